@@ -1,0 +1,1 @@
+"""Command groups of the `lulc` CLI, one module per group."""

@@ -1,0 +1,136 @@
+"""The model bundle: everything needed to predict, without the training code.
+
+A bundle is a directory::
+
+    model/             save_pretrained() output of SegformerForSemanticSegmentation (config.json,
+                       model.safetensors)
+    lulc.json          BundleMetadata: bands, resolution, normalisation, label set, metrics, provenance
+    model.onnx         optional ONNX export
+
+The registry stores the directory; KServe's storage initializer puts it under /mnt/models; the predictor loads
+it with `ModelBundle.load(path)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lulc_core import __version__
+from lulc_core.errors import ConfigError, NotFoundError
+from lulc_core.labels import LabelSet
+from lulc_core.raster import atomic_path
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "lulc.json"
+WEIGHTS_DIR = "model"
+ONNX_FILE = "model.onnx"
+
+
+class Normalisation(BaseModel):
+    """Per-band mean and standard deviation, in band order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mean: list[float]
+    std: list[float]
+
+
+class Provenance(BaseModel):
+    """Lineage of a model: which code, config, labels, area, time and imagery made it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code_version: str = Field(default=__version__, description="git SHA or package version.")
+    config_hash: str | None = Field(default=None, description="RunConfig.fingerprint().")
+    label_set: str | None = Field(default=None, description="Label set name and fingerprint.")
+    area: str | None = Field(default=None, description="AOI name, bbox or file.")
+    time_frames: list[str] = Field(default_factory=list, description="ISO 'start/end' strings.")
+    imagery_source: str | None = Field(default=None, description="Imagery store and settings.")
+    osm_source: str | None = Field(default=None, description="Label source.")
+    run_url: str | None = Field(default=None, description="Link to the training run.")
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+class BundleMetadata(BaseModel):
+    """The contents of lulc.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = 1
+    architecture: str = Field(default="segformer", description="Model family.")
+    variant: str = Field(description="MiT variant b0..b5.")
+    bands: list[str] = Field(min_length=1, description="Input bands in channel order.")
+    resolution: float = Field(gt=0, description="Pixel size in metres the model was trained at.")
+    chip_size: int = Field(gt=0, description="Training chip edge in pixels.")
+    normalisation: Normalisation
+    label_set: LabelSet
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation metrics (test split).")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="Training settings.")
+    provenance: Provenance = Field(default_factory=Provenance)
+    run_config: dict[str, Any] | None = Field(default=None, description="The RunConfig that trained the model.")
+
+
+class ModelBundle:
+    """A loaded bundle: metadata plus the model (on CPU until moved)."""
+
+    def __init__(self, path: Path, metadata: BundleMetadata, model: torch.nn.Module) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.model = model
+
+    @staticmethod
+    def read_metadata(path: str | Path) -> BundleMetadata:
+        """Read and validate lulc.json of the bundle at `path`."""
+        p = Path(path)
+        meta_file = p / METADATA_FILE
+        if not meta_file.is_file():
+            raise NotFoundError(f"{p} is not a model bundle: {METADATA_FILE} is missing")
+        try:
+            return BundleMetadata.model_validate_json(meta_file.read_text())
+        except ValidationError as exc:
+            raise ConfigError(f"{meta_file}", f"invalid bundle metadata: {exc.errors()[0]['msg']}") from exc
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+        """Load metadata and weights; the model is put in eval mode on `device`."""
+        from transformers import SegformerForSemanticSegmentation
+
+        p = Path(path)
+        metadata = cls.read_metadata(p)
+        weights = p / WEIGHTS_DIR
+        if not (weights / "config.json").is_file():
+            raise NotFoundError(f"{p} is not a model bundle: {WEIGHTS_DIR}/config.json is missing")
+        model = SegformerForSemanticSegmentation.from_pretrained(weights)
+        model.eval().to(device)
+        return cls(p, metadata, model)
+
+    def write_metadata(self) -> None:
+        """Rewrite lulc.json (e.g. after metrics were added), atomically."""
+        with atomic_path(self.path / METADATA_FILE) as tmp:
+            tmp.write_text(self.metadata.model_dump_json(indent=2))
+
+
+def save_bundle(path: str | Path, model: Any, metadata: BundleMetadata) -> Path:
+    """Write a bundle directory atomically: built beside `path`, then renamed into place."""
+    target = Path(path)
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        model.save_pretrained(staging / WEIGHTS_DIR, safe_serialization=True)
+        (staging / METADATA_FILE).write_text(metadata.model_dump_json(indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("model bundle written to %s", target)
+    return target

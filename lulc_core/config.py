@@ -1,0 +1,324 @@
+"""Run configuration: pydantic models for every step, loaded from YAML in `conf/`.
+
+Every model forbids unknown fields and describes each field, so a typo is an error naming the field and a run is
+reproducible from its saved JSON (`RunConfig.model_dump_json()`). Relative paths in a YAML file are resolved
+against the directory of that file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lulc_core.errors import ConfigError
+from lulc_core.geo import BBox, TimeRange
+
+S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+S1_BANDS = ["VV", "VH"]
+DEM_BANDS = ["DEM"]
+DEFAULT_BANDS = [*S2_BANDS, *S1_BANDS, *DEM_BANDS]
+ALL_BANDS = frozenset(DEFAULT_BANDS) | {"SCL", "CLM"}
+
+
+class StrictModel(BaseModel):
+    """Base of every configuration model: unknown fields are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AreaConfig(StrictModel):
+    """Where and when: the area of interest, its tiling and the time frames."""
+
+    name: str = Field(default="area", description="Name of the area, used in tile ids and provenance.")
+    aoi: Path | None = Field(default=None, description="AOI file (GeoJSON or GeoPackage) with polygons.")
+    bbox: list[float] | None = Field(default=None, description="AOI as [west, south, east, north] in EPSG:4326.")
+    time_frames: list[TimeRange] = Field(
+        min_length=1, description="One or more date ranges; each tile is fetched once per time frame."
+    )
+    tile_size_m: float | None = Field(
+        default=2560.0, gt=0, description="Tile edge in metres on the UTM grid (ignored when `zoom` is set)."
+    )
+    zoom: int | None = Field(default=None, ge=1, le=20, description="Split by OSM/XYZ tiles of this zoom level.")
+    min_land_share: float = Field(
+        default=0.0, ge=0, le=1, description="Drop tiles whose share of AOI/land area is below this (0..1)."
+    )
+    sample_fraction: float = Field(default=1.0, gt=0, le=1, description="Keep this random share of tiles.")
+    seed: int = Field(default=42, description="Seed of the tile sampling.")
+
+    @model_validator(mode="after")
+    def _one_aoi(self) -> AreaConfig:
+        if (self.aoi is None) == (self.bbox is None):
+            raise ValueError("give exactly one of `aoi` (a GeoJSON/GeoPackage path) or `bbox` [W, S, E, N]")
+        if self.bbox is not None:
+            BBox.from_sequence(self.bbox, "area.bbox")
+        return self
+
+
+class SentinelHubConfig(StrictModel):
+    """Sentinel Hub Process API settings (commercial or Copernicus Data Space Ecosystem)."""
+
+    base_url: str = Field(default="https://services.sentinel-hub.com", description="Process API base URL.")
+    token_url: str = Field(
+        default="https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token",
+        description="OAuth2 client-credentials token URL.",
+    )
+    evalscript: str = Field(default="lulc_v1", description="Evalscript name in lulc_core/evalscripts/ or a path.")
+    max_pixels_per_request: int = Field(default=2500 * 2500, gt=0, description="Larger tiles are split.")
+    mosaicking_order: Literal["leastCC", "mostRecent", "leastRecent"] = Field(
+        default="leastCC", description="Sentinel-2 mosaicking order."
+    )
+    max_cloud_coverage: float = Field(default=100.0, ge=0, le=100, description="Max scene cloud cover (%).")
+    s1_backscatter: Literal["GAMMA0_TERRAIN", "GAMMA0_ELLIPSOID", "SIGMA0_ELLIPSOID", "BETA0"] = Field(
+        default="GAMMA0_TERRAIN", description="Sentinel-1 backscatter coefficient."
+    )
+    byoc_corine_collection: str | None = Field(default=None, description="BYOC collection id of CORINE.")
+    timeout_s: float = Field(default=120.0, gt=0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(default=5, ge=0, description="Retries for 429/5xx/timeouts.")
+
+
+class ImageryConfig(StrictModel):
+    """Which imagery store, which bands, at which resolution."""
+
+    store: Literal["local", "sentinelhub"] = Field(default="local", description="Imagery store backend.")
+    local_dir: Path | None = Field(default=None, description="Directory of GeoTIFFs for the local store.")
+    sentinelhub: SentinelHubConfig = Field(default_factory=SentinelHubConfig, description="Sentinel Hub settings.")
+    bands: list[str] = Field(default_factory=lambda: list(DEFAULT_BANDS), min_length=1, description="Bands.")
+    resolution: float = Field(default=10.0, gt=0, description="Pixel size in metres.")
+    cache_dir: Path | None = Field(default=None, description="Download cache (default: <work_dir>/cache).")
+    concurrency: int = Field(default=8, ge=1, le=64, description="Tiles fetched in parallel.")
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: list[str]) -> list[str]:
+        unknown = [b for b in v if b not in ALL_BANDS]
+        if unknown:
+            raise ValueError(f"unknown bands {unknown}; choose from {sorted(ALL_BANDS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("bands must not repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _store(self) -> ImageryConfig:
+        if self.store == "local" and self.local_dir is None:
+            raise ValueError("store 'local' needs `local_dir` (a directory of GeoTIFFs)")
+        return self
+
+
+class LabelsConfig(StrictModel):
+    """Where labels come from and which label set defines the classes."""
+
+    label_set: Path = Field(description="Label set YAML (name, osm_filter, color, description per class).")
+    source: Literal["file", "ohsome", "corine"] = Field(default="file", description="OSM source backend.")
+    osm_file: Path | None = Field(default=None, description="Local OSM extract (.geojson, .gpkg or .osm.pbf).")
+    ohsome_url: str = Field(default="https://api.ohsome.org/v1", description="ohsome API base URL.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(default=5, ge=0, description="Retries for 429/5xx/timeouts.")
+
+    @model_validator(mode="after")
+    def _source(self) -> LabelsConfig:
+        if self.source == "file" and self.osm_file is None:
+            raise ValueError("source 'file' needs `osm_file` (.geojson, .gpkg or .osm.pbf)")
+        return self
+
+
+class DataConfig(StrictModel):
+    """How tiles become training chips."""
+
+    chip_size: int = Field(default=64, ge=16, le=2048, description="Chip edge in pixels (multiple of 32).")
+    val_fraction: float = Field(default=0.2, ge=0, lt=1, description="Share of tiles for validation.")
+    test_fraction: float = Field(default=0.2, ge=0, lt=1, description="Share of tiles for testing.")
+    split_seed: int = Field(default=7, description="Seed of the spatial train/val/test split.")
+    min_labelled_share: float = Field(default=0.05, ge=0, le=1, description="Skip chips with fewer labels.")
+
+    @field_validator("chip_size")
+    @classmethod
+    def _multiple_of_32(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"chip_size {v} must be a multiple of 32 (SegFormer downsamples by 32)")
+        return v
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1 to leave tiles for training")
+        return self
+
+
+class ModelConfig(StrictModel):
+    """The SegFormer model."""
+
+    variant: Literal["b0", "b1", "b2", "b3", "b4", "b5"] = Field(default="b0", description="MiT encoder size.")
+    pretrained: str | None = Field(
+        default=None, description="Optional pretrained encoder: a local path or a hub id (random init if unset)."
+    )
+
+
+class TrainingConfig(StrictModel):
+    """Optimisation, early stopping and hardware."""
+
+    epochs: int = Field(default=10, ge=1, description="Maximum epochs.")
+    batch_size: int = Field(default=8, ge=1, description="Chips per batch.")
+    learning_rate: float = Field(default=6e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(default=0.01, ge=0, description="Weight decay.")
+    optimizer: Literal["adamw", "adam"] = Field(default="adamw", description="Optimizer.")
+    scheduler: Literal["cosine", "plateau", "none"] = Field(default="cosine", description="LR scheduler.")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    class_weights: bool = Field(default=True, description="Weight the loss by inverse class frequency.")
+    early_stopping_patience: int = Field(default=5, ge=1, description="Epochs without val-loss improvement.")
+    accelerator: Literal["auto", "cpu", "gpu"] = Field(default="auto", description="Lightning accelerator.")
+    devices: int = Field(default=1, ge=1, description="Number of devices.")
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = Field(default="32-true", description="Precision.")
+    deterministic: bool = Field(default=True, description="Deterministic algorithms and seeded everything.")
+    seed: int = Field(default=42, description="Global seed.")
+    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
+    augment: bool = Field(default=True, description="Random flips and 90-degree rotations.")
+    max_time_minutes: float | None = Field(default=None, gt=0, description="Stop training after this time.")
+
+
+class GateConfig(StrictModel):
+    """Quality gate before promotion to production."""
+
+    min_miou: float = Field(default=0.0, ge=0, le=1, description="Minimum test mIoU.")
+    min_accuracy: float = Field(default=0.0, ge=0, le=1, description="Minimum test overall accuracy.")
+    must_beat_production: bool = Field(default=True, description="Not worse than the current production model.")
+    tolerance: float = Field(default=0.0, ge=0, description="Allowed mIoU drop versus production.")
+
+
+class RegistryConfig(StrictModel):
+    """Model registry backend and naming."""
+
+    backend: Literal["mlflow", "neptune"] = Field(default="mlflow", description="Registry backend.")
+    model_name: str = Field(default="lulc-segformer", description="Registered model name.")
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI (default: sqlite:///<work_dir>/mlflow.db)."
+    )
+    neptune_project: str | None = Field(default=None, description="Neptune project (else NEPTUNE_PROJECT).")
+    neptune_model_key: str = Field(default="LULC", description="Neptune model key.")
+    cache_dir: Path | None = Field(default=None, description="Where resolved bundles are downloaded.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate.")
+
+
+class ServingConfig(StrictModel):
+    """Inference and serving."""
+
+    window: int = Field(default=256, ge=32, description="Sliding-window edge in pixels (multiple of 32).")
+    overlap: int = Field(default=32, ge=0, description="Overlap between windows in pixels.")
+    batch_size: int = Field(default=4, ge=1, description="Windows per forward pass.")
+    max_pixels: int = Field(default=10_000 * 10_000, gt=0, description="Largest area accepted (pixels).")
+    threshold: float = Field(default=0.0, ge=0, le=1, description="Below this confidence a pixel is unknown.")
+    edge_buffer_m: float = Field(default=100.0, ge=0, description="Extra margin fetched around a request.")
+    tta: bool = Field(default=False, description="Test-time augmentation for uncertainty.")
+    cache_size: int = Field(default=32, ge=0, description="Idempotency cache entries.")
+    host: str = Field(default="127.0.0.1", description="Bind address of `lulc serve`.")
+    port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of `lulc serve`.")
+
+
+class PipelineConfig(StrictModel):
+    """Kubeflow settings: set on tasks in pipelines/, so a CPU and a GPU run differ only here."""
+
+    image: str = Field(default="ghcr.io/lulc/lulc:0.1.0", description="Project image (pinned tag or digest).")
+    parallelism: int = Field(default=4, ge=1, description="Shards of tiles processed in parallel.")
+    shards: int = Field(default=4, ge=1, description="Number of tile shards for imagery/labels.")
+    accelerator_type: str | None = Field(default=None, description="e.g. 'nvidia.com/gpu' (None: CPU).")
+    accelerator_limit: int = Field(default=1, ge=0, description="GPUs for the training task.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels for training.")
+    gpu_toleration: bool = Field(default=True, description="Tolerate the nvidia.com/gpu taint when on GPU.")
+    cpu_request: str = Field(default="2", description="CPU request of heavy tasks.")
+    cpu_limit: str = Field(default="4", description="CPU limit of heavy tasks.")
+    memory_request: str = Field(default="8G", description="Memory request of heavy tasks.")
+    memory_limit: str = Field(default="16G", description="Memory limit of heavy tasks.")
+    retries: int = Field(default=3, ge=0, description="Retries of network steps.")
+    cache_pvc: str | None = Field(default=None, description="PVC mounted as the data cache.")
+
+
+class RunConfig(StrictModel):
+    """Everything a run needs; saved with every model for reproducibility."""
+
+    name: str = Field(default="lulc", description="Run name.")
+    work_dir: Path = Field(default=Path(".lulc"), description="Where outputs, caches and the registry live.")
+    area: AreaConfig
+    imagery: ImageryConfig
+    labels: LabelsConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    def fingerprint(self) -> str:
+        """Hash of the configuration (lineage: which config produced a model)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.registry.tracking_uri or f"sqlite:///{(self.work_dir / 'mlflow.db').resolve()}"
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> ConfigError:
+    """The first pydantic error as a ConfigError naming the dotted field path."""
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "config"
+    field = f"{prefix}.{loc}" if prefix else loc
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return ConfigError(field, f"{msg}{shown}")
+
+
+def _resolve_paths(raw: Any, base: Path, keys: frozenset[str]) -> Any:
+    if isinstance(raw, dict):
+        out = {}
+        for k, v in raw.items():
+            if k in keys and isinstance(v, str) and v and not Path(v).is_absolute():
+                out[k] = str((base / v).resolve())
+            else:
+                out[k] = _resolve_paths(v, base, keys)
+        return out
+    if isinstance(raw, list):
+        return [_resolve_paths(v, base, keys) for v in raw]
+    return raw
+
+
+PATH_KEYS = frozenset({"aoi", "local_dir", "cache_dir", "label_set", "osm_file", "work_dir"})
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `override` into a copy of `base`."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a run configuration YAML; relative paths are resolved against the file's directory."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config", f"file {str(p)!r} does not exist", "pass --config with a run YAML")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"{p} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError("config", f"{p} must be a mapping of sections (area, imagery, labels, ...)")
+    raw = _resolve_paths(raw, p.parent.resolve(), PATH_KEYS)
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise format_validation_error(exc) from exc
+
+
+def parse_date(value: str, field: str) -> date:
+    """An ISO date, with an error naming `field`."""
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ConfigError(field, f"{value!r} is not a date", "write it as YYYY-MM-DD") from None

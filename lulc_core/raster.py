@@ -1,0 +1,171 @@
+"""The in-memory raster every step passes around, and GeoTIFF reading/writing.
+
+Writes are atomic (a temporary file in the target directory, renamed when complete), so an interrupted run
+never leaves a partial GeoTIFF behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+
+
+@dataclass
+class Raster:
+    """A georeferenced stack of bands.
+
+    Attributes:
+        data: array of shape (bands, height, width).
+        transform: affine pixel-to-CRS transform.
+        crs: coordinate reference system.
+        band_names: one name per band (e.g. "B04", "VV", "DEM", "class").
+        valid: boolean mask (height, width), True where every band has data; None means all valid.
+    """
+
+    data: np.ndarray
+    transform: Affine
+    crs: CRS
+    band_names: list[str]
+    valid: np.ndarray | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 3:
+            raise ValueError(f"Raster.data must be (bands, height, width), got shape {self.data.shape}")
+        if len(self.band_names) != self.data.shape[0]:
+            raise ValueError(f"{len(self.band_names)} band names for {self.data.shape[0]} bands")
+
+    @property
+    def height(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.data.shape[2])
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        w, s, e, n = rasterio.transform.array_bounds(self.height, self.width, self.transform)
+        return (w, s, e, n)
+
+    @property
+    def valid_mask(self) -> np.ndarray:
+        return np.ones((self.height, self.width), bool) if self.valid is None else self.valid
+
+    def select(self, names: Sequence[str]) -> Raster:
+        """A raster with only `names`, in that order."""
+        missing = [n for n in names if n not in self.band_names]
+        if missing:
+            raise KeyError(f"bands {missing} not in raster bands {self.band_names}")
+        idx = [self.band_names.index(n) for n in names]
+        return Raster(self.data[idx], self.transform, self.crs, list(names), self.valid, dict(self.tags))
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        tmp_path.replace(target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def hex_to_rgba(color: str) -> tuple[int, int, int, int]:
+    """'#RRGGBB' or '#RRGGBBAA' to an RGBA tuple."""
+    c = color.lstrip("#")
+    if len(c) not in (6, 8):
+        raise ValueError(f"colour {color!r} is not #RRGGBB")
+    rgba = tuple(int(c[i : i + 2], 16) for i in range(0, len(c), 2))
+    return rgba if len(rgba) == 4 else (*rgba, 255)  # type: ignore[return-value]
+
+
+def write_geotiff(
+    path: str | os.PathLike[str],
+    raster: Raster,
+    *,
+    nodata: float | None = None,
+    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+    cog: bool = False,
+    dtype: str | None = None,
+) -> Path:
+    """Write `raster` as a (tiled, deflate-compressed) GeoTIFF, atomically.
+
+    `cog=True` writes a Cloud-Optimised GeoTIFF with overviews (GDAL's COG driver). `colormap` (value ->
+    RGBA) is attached to a single-band uint8 raster. Band names go into band descriptions.
+    """
+    out_dtype = dtype or str(raster.data.dtype)
+    data = raster.data.astype(out_dtype, copy=False)
+    if raster.valid is not None and nodata is not None:
+        data = np.where(raster.valid[None], data, np.asarray(nodata, dtype=out_dtype))
+    profile = {
+        "driver": "GTiff",
+        "height": raster.height,
+        "width": raster.width,
+        "count": data.shape[0],
+        "dtype": out_dtype,
+        "crs": raster.crs,
+        "transform": raster.transform,
+        "compress": "deflate",
+        "tiled": raster.width >= 256 and raster.height >= 256,
+        "nodata": nodata,
+    }
+    if profile["tiled"]:
+        profile.update(blockxsize=256, blockysize=256)
+    if out_dtype.startswith("float"):
+        profile["predictor"] = 3
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+            for i, name in enumerate(raster.band_names, start=1):
+                dst.set_band_description(i, name)
+            if raster.tags:
+                dst.update_tags(**raster.tags)
+            if colormap is not None and data.shape[0] == 1 and out_dtype == "uint8":
+                dst.write_colormap(1, dict(colormap))
+                dst.colorinterp = [ColorInterp.palette]
+            if cog:
+                factors = [f for f in (2, 4, 8, 16) if min(raster.height, raster.width) // f >= 64]
+                if factors:
+                    resampling = Resampling.nearest if out_dtype == "uint8" else Resampling.average
+                    dst.build_overviews(factors, resampling)
+        if cog:
+            _to_cog(tmp)
+    return target
+
+
+def _to_cog(path: Path) -> None:
+    """Rewrite a GeoTIFF in place with GDAL's COG layout (overviews, tiles, header first)."""
+    from rasterio.shutil import copy as rio_copy
+
+    cog_tmp = path.with_suffix(".cog.part")
+    try:
+        rio_copy(path, cog_tmp, driver="COG", compress="DEFLATE", overviews="AUTO")
+        cog_tmp.replace(path)
+    finally:
+        cog_tmp.unlink(missing_ok=True)
+
+
+def read_geotiff(path: str | os.PathLike[str]) -> Raster:
+    """Read a whole GeoTIFF with band names (descriptions, else `band_<i>`) and its nodata mask."""
+    with rasterio.open(path) as src:
+        data = src.read()
+        names = [d or f"band_{i}" for i, d in enumerate(src.descriptions, start=1)]
+        valid = src.dataset_mask() > 0 if src.nodata is not None else None
+        return Raster(data, src.transform, src.crs, names, valid, dict(src.tags()))
