@@ -34,7 +34,7 @@ def segformer_config(variant: str, num_channels: int, num_labels: int) -> Segfor
         raise ConfigError("model.variant", f"{variant!r} is not a MiT variant", f"choose from {list(MIT_VARIANTS)}")
     if num_channels < 1:
         raise ConfigError("imagery.bands", "at least one input band is needed")
-    return SegformerConfig(num_channels=num_channels, num_labels=num_labels, **MIT_VARIANTS[variant])
+    return SegformerConfig(num_channels=num_channels, num_labels=num_labels, **MIT_VARIANTS[variant])  # type: ignore[call-arg]
 
 
 def build_segformer(
