@@ -12,7 +12,7 @@ class LulcError(Exception):
     status_code = 500
 
 
-class InputError(LulcError, ValueError):
+class InputError(LulcError):
     """A bad value supplied by a user: names the field, the value and the fix (HTTP 400/422)."""
 
     status_code = 422

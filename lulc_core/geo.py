@@ -56,7 +56,10 @@ class BBox(BaseModel):
             w, s, e, n = (float(v) for v in values)
         except (TypeError, ValueError) as exc:
             raise InputError(field, f"values must be numbers: {values!r}") from exc
-        return cls(west=w, south=s, east=e, north=n)
+        try:
+            return cls(west=w, south=s, east=e, north=n)
+        except InputError as exc:
+            raise InputError(exc.field.replace("bbox", field, 1), exc.message, exc.fix) from None
 
     def as_tuple(self) -> tuple[float, float, float, float]:
         return (self.west, self.south, self.east, self.north)
