@@ -47,7 +47,7 @@ def test_bbox_utm_and_tile_grid() -> None:
     assert BBox(west=-72.5, south=-38.8, east=-72.4, north=-38.7).utm_crs().to_epsg() == 32718
     tile = tile_for_bbox(bbox, 10.0, date(2023, 5, 1), date(2023, 5, 31))
     assert tile.crs == "EPSG:32632"
-    minx, miny, maxx, maxy = tile.bounds
+    minx, _miny, maxx, maxy = tile.bounds
     assert minx % 10 == 0 and maxy % 10 == 0
     assert tile.width == round((maxx - minx) / 10) and 70 <= tile.width <= 80
     back = tile.bbox_wgs84
