@@ -38,3 +38,9 @@ soak: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .lulc build *.egg-info
+
+# Dependency audit (pip-audit over requirements.lock + the torch pin; needs the network to reach PyPI's vulnerability
+# data). Accepted findings, each with a reason and an expiry: .ci/pip-audit-allowlist.txt. CI runs it (ci.yml).
+.PHONY: audit
+audit:
+	bash scripts/audit.sh
