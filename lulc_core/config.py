@@ -79,6 +79,17 @@ class SentinelHubConfig(StrictModel):
     byoc_corine_collection: str | None = Field(default=None, description="BYOC collection id of CORINE.")
     timeout_s: float = Field(default=120.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(default=5, ge=0, description="Retries for 429/5xx/timeouts.")
+    endpoint: Literal["sentinelhub", "cdse"] = Field(
+        default="sentinelhub",
+        description="Endpoint preset: commercial Sentinel Hub or Copernicus Data Space Ecosystem; sets the default "
+        "base and token URLs (explicit `base_url`/`token_url` win) and the collection definitions.",
+    )
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry wait in seconds; doubles per attempt.")
+    max_backoff_s: float = Field(default=60.0, ge=0, description="Longest wait between two attempts (seconds).")
+    max_retry_after_s: float = Field(default=120.0, ge=0, description="Cap on a 429 Retry-After wait (seconds).")
+    max_requests_per_second: float = Field(
+        default=5.0, gt=0, description="Rate limit of one store across all its threads (requests started per second)."
+    )
 
 
 class ImageryConfig(StrictModel):
