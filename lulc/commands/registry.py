@@ -1,7 +1,202 @@
-"""`lulc registry` commands."""
+"""`lulc registry` commands: one CLI for the MLflow and Neptune backends.
+
+REF is `NAME`, `NAME@latest`, `NAME@<version>`, `NAME@<staging|production|archived|none>` or `@production`
+(the configured model name). The registry comes from `--config` (its `registry:` section and `work_dir`), or
+from the defaults: MLflow on `sqlite:///<work-dir>/mlflow.db` (or MLFLOW_TRACKING_URI).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
 import typer
 
-app = typer.Typer(help="registry commands.", no_args_is_help=True)
+from lulc_core.config import RegistryConfig, load_run_config
+from lulc_core.registry import ModelRegistry, ModelVersionInfo, RegistrationInfo, build_registry
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(
+    help="Model registry: list, show, promote, resolve, register, gate, export-onnx.", no_args_is_help=True
+)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", envvar="LULC_CONFIG", help="Run YAML (uses its registry section).")
+]
+WorkDirOpt = Annotated[
+    Path | None, typer.Option("--work-dir", envvar="LULC_WORK_DIR", help="Work directory (default .lulc).")
+]
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="Override registry.backend: mlflow or neptune.", show_default=False)
+]
+TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="Override the MLflow tracking URI.")]
+RefArg = Annotated[str, typer.Argument(help="NAME, NAME@latest, NAME@<version> or NAME@<stage>.")]
+
+
+def _settings(
+    config: Path | None, work_dir: Path | None, backend: str | None, tracking_uri: str | None
+) -> tuple[RegistryConfig, Path]:
+    if config is not None:
+        run = load_run_config(config)
+        cfg, wd = run.registry, run.work_dir
+    else:
+        cfg, wd = RegistryConfig(), Path(".lulc")
+    updates: dict[str, object] = {}
+    if backend:
+        updates["backend"] = backend
+    if tracking_uri:
+        updates["tracking_uri"] = tracking_uri
+    if updates:
+        cfg = RegistryConfig.model_validate({**cfg.model_dump(), **updates})
+    return cfg, work_dir or wd
+
+
+def _open(
+    config: Path | None, work_dir: Path | None, backend: str | None, tracking_uri: str | None
+) -> tuple[ModelRegistry, RegistryConfig]:
+    cfg, wd = _settings(config, work_dir, backend, tracking_uri)
+    return build_registry(cfg, wd), cfg
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _row(v: ModelVersionInfo) -> str:
+    gate = {True: "passed", False: "rejected", None: "-"}[v.gate_passed]
+    created = (v.created_at or "-")[:19]
+    return (
+        f"{v.name:<24} {v.version:>4}  {v.stage:<10} {created:<19}  {_fmt(v.metrics.get('miou')):>7}  "
+        f"{_fmt(v.metrics.get('overall_accuracy')):>7}  {gate:<8}  {','.join(v.aliases) or '-'}"
+    )
+
+
+@app.command("list")
+def list_cmd(
+    name: Annotated[str | None, typer.Argument(help="Model name (default: every registered model).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = None,
+    backend: BackendOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """List the versions of a model (or of every model), newest first."""
+    registry, _ = _open(config, work_dir, backend, tracking_uri)
+    names = [name] if name else registry.list_models()
+    versions = [v for n in names for v in registry.list_versions(n)]
+    if as_json:
+        typer.echo(json.dumps([v.model_dump(mode="json") for v in versions], indent=2))
+        return
+    if not versions:
+        typer.echo("no registered models yet — `lulc registry register BUNDLE_DIR` adds one")
+        return
+    typer.echo(f"{'NAME':<24} {'VER':>4}  {'STAGE':<10} {'CREATED':<19}  {'mIoU':>7}  {'ACC':>7}  {'GATE':<8}  ALIASES")
+    for v in versions:
+        typer.echo(_row(v))
+
+
+@app.command("show")
+def show_cmd(
+    ref: RefArg,
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = None,
+    backend: BackendOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Show one version as JSON: stage, metrics, lineage and gate tags, source and KServe storage URI."""
+    registry, _ = _open(config, work_dir, backend, tracking_uri)
+    typer.echo(registry.get(ref).model_dump_json(indent=2))
+
+
+@app.command("promote")
+def promote_cmd(
+    ref: RefArg,
+    stage: Annotated[str, typer.Option("--stage", "-s", help="none, staging, production or archived.")],
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = None,
+    backend: BackendOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Move a version to a stage (the previous production version is archived)."""
+    registry, _ = _open(config, work_dir, backend, tracking_uri)
+    info = registry.promote(ref, stage)
+    typer.echo(f"{info.name}@{info.version} -> {info.stage}")
+
+
+@app.command("resolve")
+def resolve_cmd(
+    ref: RefArg,
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = None,
+    backend: BackendOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Download the version's bundle into the local cache (once) and print its directory."""
+    registry, _ = _open(config, work_dir, backend, tracking_uri)
+    typer.echo(str(registry.resolve(ref)))
+
+
+@app.command("export-onnx")
+def export_onnx_cmd(
+    ref: RefArg,
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = None,
+    backend: BackendOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Export the version's model to ONNX, attach model.onnx to the version's bundle and print its path."""
+    registry, _ = _open(config, work_dir, backend, tracking_uri)
+    typer.echo(str(registry.export_onnx(ref)))
+
+
+@app.command("register")
+def register_cmd(
+    bundle_dir: Annotated[Path, typer.Argument(help="Model bundle directory (lulc.json + model/).")],
+    name: Annotated[str | None, typer.Option("--name", help="Registered model name (default: configured).")] = None,
+    description: Annotated[str | None, typer.Option("--description", help="Version description.")] = None,
+    test_set: Annotated[str | None, typer.Option("--test-set", help="Test-set fingerprint.")] = None,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Also export and store model.onnx.")] = False,
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = None,
+    backend: BackendOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Register a bundle as a new version (stage none) and print its reference."""
+    registry, _ = _open(config, work_dir, backend, tracking_uri)
+    info = RegistrationInfo(name=name, description=description, test_set=test_set, export_onnx=onnx)
+    typer.echo(str(registry.register(bundle_dir, info)))
+
+
+@app.command("gate")
+def gate_cmd(
+    ref: RefArg,
+    min_miou: Annotated[float | None, typer.Option("--min-miou", help="Override gate.min_miou.")] = None,
+    min_accuracy: Annotated[float | None, typer.Option("--min-accuracy", help="Override gate.min_accuracy.")] = None,
+    tolerance: Annotated[float | None, typer.Option("--tolerance", help="Override gate.tolerance.")] = None,
+    promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote when passed.")] = True,
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = None,
+    backend: BackendOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Apply the quality gate: record the decision on the version, promote when passed, exit 1 when rejected."""
+    from lulc_core.registry.gate import apply_gate
+
+    registry, cfg = _open(config, work_dir, backend, tracking_uri)
+    overrides = {"min_miou": min_miou, "min_accuracy": min_accuracy, "tolerance": tolerance}
+    gate_cfg = cfg.gate.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    gate_cfg = type(gate_cfg).model_validate(gate_cfg.model_dump())
+    candidate = registry.get(ref)
+    decision = apply_gate(registry, candidate.ref, gate_cfg, promote=promote)
+    verdict: Literal["PASSED", "REJECTED"] = "PASSED" if decision.passed else "REJECTED"
+    action = " (promoted to production)" if decision.passed and promote else ""
+    typer.echo(f"gate {verdict} for {candidate.ref}{action}")
+    for key, value in decision.numbers.model_dump().items():
+        typer.echo(f"  {key:<20} {value}")
+    for reason in decision.reasons:
+        typer.echo(f"  - {reason}")
+    if not decision.passed:
+        raise typer.Exit(1)

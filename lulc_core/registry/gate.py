@@ -160,7 +160,8 @@ def apply_gate(registry: ModelRegistry, ref: str | ModelRef, cfg: GateConfig, *,
         production = registry.get(ModelRef(name=candidate.name, alias="production"))
     except NotFoundError:
         production = None
-    if production is not None and production.version == candidate.version:
+    is_production = production is not None and production.version == candidate.version
+    if is_production:
         production = None
     decision = decide(
         candidate.metrics,
@@ -170,6 +171,8 @@ def apply_gate(registry: ModelRegistry, ref: str | ModelRef, cfg: GateConfig, *,
         production_test_set=production.test_set if production else None,
         production_version=str(production.version) if production else None,
     )
+    if is_production:
+        decision.reasons[-1] = "the candidate is the current production version: nothing to compare with"
     version_ref = ModelRef(name=candidate.name, version=candidate.version)
     registry.set_tags(version_ref, decision.to_tags())
     if decision.passed and promote:
