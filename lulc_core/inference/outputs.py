@@ -1,0 +1,135 @@
+"""Writing predictions: cloud-optimised GeoTIFFs and PNG previews with a legend.
+
+Every write is atomic (lulc_core.raster.atomic_path / write_geotiff). PNGs are drawn with matplotlib's
+object-oriented API (no pyplot global state), so a server may draw from several threads.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from lulc_core.inference.options import Prediction
+from lulc_core.raster import Raster, atomic_path, write_geotiff
+
+PREVIEW_MAX_PX = 2048
+"""Previews of larger areas are subsampled to at most this many pixels per side."""
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(f"{path.name.removesuffix(path.suffix)}.{suffix}{path.suffix or '.tif'}")
+
+
+def write_prediction(
+    prediction: Prediction,
+    path: str | Path,
+    *,
+    probabilities_path: str | Path | None = None,
+    uncertainty_path: str | Path | None = None,
+) -> Path:
+    """Write the class raster as a cloud-optimised GeoTIFF with the label set's colour map and class names.
+
+    Probabilities (float32, one band per class) and uncertainty (variance, entropy) are written beside it as
+    `<name>.probabilities.tif` / `<name>.uncertainty.tif` (or the given paths) when the prediction has them.
+
+    Returns:
+        The path of the class raster (the others are at `prediction_paths(path)`).
+    """
+    target = Path(path)
+    siblings = prediction_paths(target)
+    if prediction.probabilities is not None:
+        out = Path(probabilities_path) if probabilities_path else siblings["probabilities"]
+        write_geotiff(out, prediction.probabilities, cog=True, dtype="float32")
+    if prediction.uncertainty is not None:
+        write_uncertainty(prediction, Path(uncertainty_path) if uncertainty_path else siblings["uncertainty"])
+    return write_geotiff(target, prediction.classes, cog=True, colormap=prediction.label_set.colormap(), dtype="uint8")
+
+
+def prediction_paths(path: str | Path) -> dict[str, Path]:
+    """Where `write_prediction(prediction, path)` puts each output by default."""
+    target = Path(path)
+    return {
+        "classes": target,
+        "probabilities": _sibling(target, "probabilities"),
+        "uncertainty": _sibling(target, "uncertainty"),
+    }
+
+
+def write_uncertainty(prediction: Prediction, path: str | Path) -> Path:
+    """Write the 2-band float32 uncertainty raster ("variance", "entropy"; NaN where no imagery) as a COG."""
+    if prediction.uncertainty is None:
+        raise ValueError("the prediction has no uncertainty; predict with options.uncertainty=True")
+    unc = prediction.uncertainty
+    raster = Raster(unc.data, unc.transform, unc.crs, unc.band_names, None, dict(unc.tags))
+    return write_geotiff(path, raster, cog=True, dtype="float32", nodata=float("nan"))
+
+
+def _subsample(data: np.ndarray, max_px: int) -> np.ndarray:
+    step = max(1, math.ceil(max(data.shape[-2:]) / max_px))
+    return data[..., ::step, ::step]
+
+
+def _extent(raster: Raster) -> tuple[float, float, float, float]:
+    w, s, e, n = raster.bounds
+    return (w, e, s, n)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    target = Path(path)
+    FigureCanvasAgg(fig)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    return target
+
+
+def write_preview_png(
+    prediction: Prediction, path: str | Path, *, title: str | None = None, max_px: int = PREVIEW_MAX_PX
+) -> Path:
+    """A PNG of the class raster in the label set's colours with a legend (class, share of the area)."""
+    label_set = prediction.label_set
+    classes = _subsample(prediction.classes.data[0], max_px)
+    colors = [(r / 255, g / 255, b / 255, a / 255) for _, (r, g, b, a) in sorted(label_set.colormap().items())]
+    cmap = ListedColormap(colors)
+    norm = BoundaryNorm(np.arange(label_set.num_classes + 1) - 0.5, label_set.num_classes)
+    counts = np.bincount(prediction.classes.data[0].ravel(), minlength=label_set.num_classes)
+    total = max(int(counts.sum()), 1)
+
+    fig = Figure(figsize=(9, 7))
+    ax = fig.add_subplot()
+    ax.imshow(classes, cmap=cmap, norm=norm, interpolation="nearest", extent=_extent(prediction.classes))
+    ax.set_title(title or prediction.title or f"Land use / land cover ({label_set.name})", fontsize=10)
+    crs = prediction.classes.crs
+    ax.set_xlabel(f"x ({crs.to_string() if crs else 'pixels'})")
+    ax.set_ylabel("y")
+    ax.ticklabel_format(style="plain", useOffset=False)
+    handles = [
+        Patch(facecolor=colors[i], edgecolor="0.3", label=f"{name} ({100 * counts[i] / total:.1f}%)")
+        for i, name in enumerate(label_set.names)
+    ]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title="classes")
+    return _save(fig, path)
+
+
+def write_uncertainty_preview_png(
+    prediction: Prediction, path: str | Path, *, title: str | None = None, max_px: int = PREVIEW_MAX_PX
+) -> Path:
+    """A PNG with the variance and entropy maps side by side, each with a colour bar."""
+    if prediction.uncertainty is None:
+        raise ValueError("the prediction has no uncertainty; predict with options.uncertainty=True")
+    unc = prediction.uncertainty
+    fig = Figure(figsize=(12, 5.5))
+    for i, (name, label) in enumerate([("variance", "Variance (TTA)"), ("entropy", "Entropy (Shannon, normalised)")]):
+        ax = fig.add_subplot(1, 2, i + 1)
+        band = _subsample(unc.data[unc.band_names.index(name)], max_px)
+        image = ax.imshow(band, cmap="magma", interpolation="nearest", extent=_extent(unc))
+        ax.set_title(label, fontsize=10)
+        ax.ticklabel_format(style="plain", useOffset=False)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(title or prediction.title or "Uncertainty", fontsize=10)
+    return _save(fig, path)
