@@ -1,9 +1,184 @@
-"""`lulc serve` and `lulc predict`."""
+"""`lulc serve` and `lulc predict`.
+
+`lulc predict --model PATH|REF` predicts in this process with lulc_core.inference; `lulc predict --url URL` asks
+a running predictor (`lulc serve`) instead.
+"""
 
 from __future__ import annotations
 
+import logging
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from lulc_core.errors import InputError
+from lulc_core.geo import BBox
+
+log = logging.getLogger(__name__)
+
+FUSION_MODES = "only_model, only_osm, favour_model, favour_osm, mean_mixin, only_corine, harmonized_corine"
+
+PREDICT_HELP = """Predict land use / land cover for a bounding box: a GeoTIFF (COG with colour map) and a PNG preview.
+
+Examples:
+
+  lulc predict --model .lulc/bundles/sample --bbox 9.95,57.05,9.97,57.06 --start 2017-10-01 --end 2017-10-31 -o out.tif --preview out.png
+
+  lulc predict --model lulc-sample@production --config conf/run.yaml --bbox 9.95,57.05,9.97,57.06 -o out.tif --fusion-mode favour_osm --threshold 0.5
+
+  lulc predict --url http://127.0.0.1:8080 --bbox 9.95,57.05,9.97,57.06 -o out.tif
+"""
 
 
 def register(app: typer.Typer) -> None:
     """Add the serving commands to `app`."""
+    app.command("predict", help=PREDICT_HELP)(predict)
+
+
+def predict(
+    bbox: Annotated[str, typer.Option("--bbox", help="Area as W,S,E,N in EPSG:4326 degrees.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Class GeoTIFF to write (cloud-optimised).")],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model bundle directory, or registry ref NAME@<alias|version>."),
+    ] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Base URL of a running `lulc serve`.")] = None,
+    start: Annotated[
+        str | None, typer.Option("--start", help="First imagery date YYYY-MM-DD (default: end - 7 days).")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Last imagery date YYYY-MM-DD (default: today).")] = None,
+    config: Annotated[
+        Path,
+        typer.Option("--config", "-c", envvar="LULC_CONFIG", help="Run YAML: imagery store, OSM source, registry."),
+    ] = Path("conf/run.yaml"),
+    preview: Annotated[Path | None, typer.Option("--preview", help="Also write a PNG preview with legend.")] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Minimum class probability 0..1 (else unknown).")
+    ] = None,
+    fusion_mode: Annotated[str, typer.Option("--fusion-mode", help=f"One of: {FUSION_MODES}.")] = "only_model",
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write <output>.probabilities.tif (float32 per class).")
+    ] = False,
+    uncertainty: Annotated[
+        bool,
+        typer.Option("--uncertainty", help="Also write <output>.uncertainty.tif (TTA variance, entropy) and PNG."),
+    ] = False,
+    edge_buffer_m: Annotated[
+        float | None, typer.Option("--edge-buffer-m", help="Margin predicted around the bbox, then cropped (m).")
+    ] = None,
+) -> None:
+    """Dispatch: `--model` in-process, `--url` to a running server."""
+    if (model is None) == (url is None):
+        raise InputError("--model/--url", "give exactly one of them", "--model PATH_OR_REF, or --url http://HOST:PORT")
+    if url is not None:
+        raise InputError("--url", "prediction through a running server is not available yet", "use --model PATH_OR_REF")
+    assert model is not None
+    _predict_in_process(
+        model=model,
+        bbox=bbox,
+        start=start,
+        end=end,
+        config=config,
+        output=output,
+        preview=preview,
+        threshold=threshold,
+        fusion_mode=fusion_mode,
+        probabilities=probabilities,
+        uncertainty=uncertainty,
+        edge_buffer_m=edge_buffer_m,
+    )
+
+
+def parse_bbox(text: str) -> BBox:
+    """`W,S,E,N` -> BBox, with errors naming --bbox."""
+    parts = [p for p in text.replace(" ", ",").split(",") if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise InputError(
+            "--bbox", f"{text!r} is not four numbers", "write W,S,E,N e.g. 9.95,57.05,9.97,57.06"
+        ) from None
+    return BBox.from_sequence(values, "--bbox")
+
+
+def date_range(start: str | None, end: str | None) -> tuple[date, date]:
+    """--start/--end with the original API's defaults: end today, start a week before end."""
+    from lulc_core.config import parse_date
+
+    end_d = parse_date(end, "--end") if end else date.today()
+    start_d = parse_date(start, "--start") if start else end_d - timedelta(days=7)
+    return start_d, end_d
+
+
+def _predict_in_process(
+    *,
+    model: str,
+    bbox: str,
+    start: str | None,
+    end: str | None,
+    config: Path,
+    output: Path,
+    preview: Path | None,
+    threshold: float | None,
+    fusion_mode: str,
+    probabilities: bool,
+    uncertainty: bool,
+    edge_buffer_m: float | None,
+) -> None:
+    """Load the bundle (path or registry ref), build the stores from the config, predict and write the files."""
+    from lulc_core.bundle import ModelBundle
+    from lulc_core.config import load_run_config
+    from lulc_core.imagery import build_imagery_store
+    from lulc_core.inference import (
+        PredictOptions,
+        Predictor,
+        prediction_paths,
+        write_prediction,
+        write_preview_png,
+        write_uncertainty_preview_png,
+    )
+    from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES
+
+    area = parse_bbox(bbox)
+    start_d, end_d = date_range(start, end)
+    options = PredictOptions.build(
+        threshold=threshold,
+        fusion_mode=fusion_mode,
+        probabilities=probabilities,
+        uncertainty=uncertainty,
+        edge_buffer_m=edge_buffer_m,
+    )
+    cfg = load_run_config(config)
+    bundle_dir = Path(model)
+    if not bundle_dir.exists():
+        from lulc_core.registry import build_registry
+
+        bundle_dir = build_registry(cfg.registry, cfg.work_dir).resolve(model)
+        log.info("resolved %s to %s", model, bundle_dir)
+    bundle = ModelBundle.load(bundle_dir)
+    cache = (cfg.imagery.cache_dir or cfg.work_dir / "cache").resolve()
+    store = build_imagery_store(cfg.imagery, cache_dir=cache / "imagery")
+    source = None
+    if options.fusion_mode in OSM_MODES or options.fusion_mode in CORINE_MODES:
+        from lulc_core.osm import build_osm_source
+
+        source = build_osm_source(cfg.labels, cache_dir=cache / "osm")
+    predictor = Predictor(bundle, store, source, cfg.serving)
+    prediction = predictor.predict(area, start_d, end_d, options)
+    written = [write_prediction(prediction, output)]
+    paths = prediction_paths(output)
+    if prediction.probabilities is not None:
+        written.append(paths["probabilities"])
+    if prediction.uncertainty is not None:
+        written.append(paths["uncertainty"])
+        written.append(write_uncertainty_preview_png(prediction, paths["uncertainty"].with_suffix(".png")))
+    if preview is not None:
+        written.append(write_preview_png(prediction, preview))
+    counts = prediction.class_pixel_counts()
+    total = max(sum(counts.values()), 1)
+    shares = ", ".join(f"{name} {100 * n / total:.1f}%" for name, n in counts.items() if n)
+    typer.echo(f"predicted {prediction.classes.width} x {prediction.classes.height} px: {shares}")
+    for path in written:
+        typer.echo(f"wrote {path}")
