@@ -1,13 +1,15 @@
 """The SegFormer model: MiT-b0..b5 encoders with any number of input channels.
 
 Random initialisation by default; a pretrained checkpoint (local directory or hub id) is optional. When the
-checkpoint has fewer input channels than the bands, its RGB patch-embedding weights are inflated: the mean
-over the checkpoint's channels is copied to every band and rescaled so activations keep their magnitude.
+checkpoint has fewer input channels than the bands, its RGB patch-embedding weights are inflated: the RGB
+weights go to the red, green and blue bands, the mean over the checkpoint's channels to every other band, all
+rescaled so activations keep their magnitude.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,21 +40,67 @@ def segformer_config(variant: str, num_channels: int, num_labels: int) -> Segfor
 
 
 def build_segformer(
-    variant: str, num_channels: int, num_labels: int, pretrained: str | None = None
+    variant: str,
+    num_channels: int,
+    num_labels: int,
+    pretrained: str | None = None,
+    *,
+    rgb_channels: Sequence[int] | None = None,
 ) -> SegformerForSemanticSegmentation:
-    """A SegFormer for semantic segmentation; `pretrained` is a local path or hub id of a checkpoint."""
+    """A SegFormer for semantic segmentation.
+
+    Args:
+        variant: MiT encoder size, "b0".."b5".
+        num_channels: input bands.
+        num_labels: output classes including class 0 (unknown).
+        pretrained: optional local directory (or hub id) of a SegFormer checkpoint whose encoder is copied.
+        rgb_channels: indices of the red, green and blue bands among the inputs; the checkpoint's RGB
+            patch-embedding weights go there (default: the first three channels).
+    """
     config = segformer_config(variant, num_channels, num_labels)
     model = SegformerForSemanticSegmentation(config)
     if pretrained:
-        _load_pretrained_encoder(model, pretrained)
+        _load_pretrained_encoder(model, pretrained, rgb_channels)
     return model
 
 
-def _load_pretrained_encoder(model: SegformerForSemanticSegmentation, source: str) -> None:
+def _patch_embedding_key(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The key of the first patch-embedding convolution (transformers 5 and 4 layouts)."""
+    for key in ("stages.0.patch_embeddings.proj.weight", "encoder.patch_embeddings.0.proj.weight"):
+        if key in state:
+            return key
+    return None
+
+
+def inflate_patch_embedding(
+    weight: torch.Tensor, in_channels: int, rgb_channels: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Inflate a (out, c, k, k) convolution weight to `in_channels` inputs.
+
+    Every new channel gets the mean over the donor's channels, the donor's own channels go to `rgb_channels`
+    (default: the first ones), and everything is scaled by c / in_channels so that activations keep their
+    magnitude when all inputs are similarly normalised.
+    """
+    donor_ch = weight.shape[1]
+    targets = list(rgb_channels) if rgb_channels is not None else list(range(min(donor_ch, in_channels)))
+    if len(targets) > donor_ch or any(not 0 <= t < in_channels for t in targets):
+        raise ConfigError(
+            "model.pretrained",
+            f"RGB channel indices {targets} do not fit {in_channels} input bands and {donor_ch} checkpoint channels",
+        )
+    inflated = weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
+    for src, dst in enumerate(targets):
+        inflated[:, dst] = weight[:, src]
+    return inflated * (donor_ch / in_channels)
+
+
+def _load_pretrained_encoder(
+    model: SegformerForSemanticSegmentation, source: str, rgb_channels: Sequence[int] | None = None
+) -> None:
     """Copy encoder weights from `source`, inflating the first patch embedding to the model's channels."""
     try:
         donor = SegformerForSemanticSegmentation.from_pretrained(source)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(
             "model.pretrained",
             f"cannot load {source!r}: {exc}",
@@ -60,18 +108,34 @@ def _load_pretrained_encoder(model: SegformerForSemanticSegmentation, source: st
         ) from exc
     donor_state = donor.segformer.state_dict()
     target_state = model.segformer.state_dict()
-    key = "encoder.patch_embeddings.0.proj.weight"
-    if key in donor_state and donor_state[key].shape[1] != target_state[key].shape[1]:
-        w = donor_state[key]
-        in_ch = target_state[key].shape[1]
-        mean = w.mean(dim=1, keepdim=True)
-        inflated = mean.repeat(1, in_ch, 1, 1) * (w.shape[1] / in_ch)
-        inflated[:, : min(w.shape[1], in_ch)] = w[:, : min(w.shape[1], in_ch)] * (w.shape[1] / in_ch)
-        donor_state[key] = inflated
+    key = _patch_embedding_key(donor_state)
+    if key is not None and key in target_state and donor_state[key].shape[1] != target_state[key].shape[1]:
+        donor_state[key] = inflate_patch_embedding(donor_state[key], target_state[key].shape[1], rgb_channels)
     compatible = {k: v for k, v in donor_state.items() if k in target_state and v.shape == target_state[k].shape}
+    if len(compatible) < len(target_state) // 2:
+        raise ConfigError(
+            "model.pretrained",
+            f"{source!r} fits only {len(compatible)} of {len(target_state)} encoder tensors "
+            f"(checkpoint hidden sizes {donor.config.hidden_sizes}, model {model.config.hidden_sizes})",
+            "use a checkpoint of the same MiT variant as model.variant",
+        )
     missing = sorted(set(target_state) - set(compatible))
     model.segformer.load_state_dict(compatible, strict=False)
-    log.info("loaded %d encoder tensors from %s (%d kept random)", len(compatible), source, len(missing))
+    # The decode head's MLPs transfer too when their shapes match; the classifier is always new.
+    head_target = model.decode_head.state_dict()
+    head = {
+        k: v
+        for k, v in donor.decode_head.state_dict().items()
+        if not k.startswith("classifier.") and k in head_target and v.shape == head_target[k].shape
+    }
+    model.decode_head.load_state_dict(head, strict=False)
+    log.info(
+        "loaded %d encoder and %d decoder tensors from %s (%d encoder tensors kept random)",
+        len(compatible),
+        len(head),
+        source,
+        len(missing),
+    )
 
 
 def logits_at_input_size(model: SegformerForSemanticSegmentation, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,584 @@
+"""Training data: spatial tile splits, chips cut from tile rasters, joint augmentations and the DataModule.
+
+Inputs are the per-tile artifacts of the data steps: ``<imagery_dir>/<tile_id>.tif`` (float32 bands with band
+descriptions and nodata) and ``<labels_dir>/<tile_id>.tif`` (uint8 classes, 0 = unknown) on the same grid.
+
+* :func:`split_tiles` assigns whole *spatial blocks* of tiles to train/val/test (TorchGeo's habit): all time
+  frames of a location and all tiles of a block share a split, so neighbours do not leak across splits.
+* :class:`ChipDataset` cuts each tile into ``chip_size`` chips (the last row/column aligned to the tile edge),
+  normalises bands with the dataset statistics, sets nodata pixels to input 0 and label 0 (ignored), and skips
+  chips with too few labelled pixels.
+* :func:`augment_pair` applies one random element of the dihedral group (flips and 90-degree rotations) to an
+  image and its mask together.
+* :class:`LulcDataModule` wraps the datasets for Lightning; chips are preloaded in memory when they fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import lightning as L
+import numpy as np
+import rasterio
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from rasterio.windows import Window
+from torch.utils.data import DataLoader, Dataset
+
+from lulc_core.errors import InputError
+from lulc_core.geo import Tile
+from lulc_core.labels import UNKNOWN
+from lulc_core.raster import atomic_path
+
+if TYPE_CHECKING:
+    from lulc_core.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+PRELOAD_LIMIT_BYTES = 2 * 1024**3
+"""Tiles are kept in memory when their normalised bands take less than this."""
+
+
+class NormalisationStats(Protocol):
+    """What the dataset needs of `lulc_core.stats.DatasetStats`."""
+
+    band_names: list[str]
+    mean: list[float]
+    std: list[float]
+    class_names: list[str]
+
+
+# --------------------------------------------------------------------------------------------------- splits
+
+
+class TileSplit(BaseModel):
+    """Tile ids of the train, validation and test splits (disjoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: list[str] = Field(description="Tile ids used for training.")
+    val: list[str] = Field(default_factory=list, description="Tile ids for validation (early stopping).")
+    test: list[str] = Field(default_factory=list, description="Tile ids held out for evaluation.")
+    seed: int | None = Field(default=None, description="Seed that produced the split.")
+    block_size_m: float | None = Field(default=None, description="Edge of the spatial blocks in metres.")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> TileSplit:
+        seen: dict[str, str] = {}
+        for name in ("train", "val", "test"):
+            for tile_id in getattr(self, name):
+                if tile_id in seen:
+                    raise ValueError(f"tile {tile_id!r} is in both {seen[tile_id]} and {name}; splits must be disjoint")
+                seen[tile_id] = name
+        return self
+
+    def ids(self, stage: str) -> list[str]:
+        """Tile ids of `stage` ("train", "val" or "test")."""
+        if stage not in ("train", "val", "test"):
+            raise InputError("stage", f"{stage!r} is not a split", "use train, val or test")
+        return list(getattr(self, stage))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the split as JSON (atomically)."""
+        with atomic_path(path) as tmp:
+            tmp.write_text(self.model_dump_json(indent=2))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TileSplit:
+        """Read a split written by :meth:`save`."""
+        p = Path(path)
+        if not p.is_file():
+            raise InputError("split", f"file {str(p)!r} does not exist", "run `lulc model split` first")
+        return cls.model_validate_json(p.read_text())
+
+
+def _location_key(tile: Tile) -> tuple[str, tuple[float, ...]]:
+    """Tiles of the same place in different time frames share this key."""
+    return tile.crs, tuple(round(b, 3) for b in tile.bounds)
+
+
+def _blocks(tiles: Sequence[Tile], k: int) -> dict[tuple[Any, ...], list[Tile]]:
+    """Group tiles into blocks of k x k tile edges per CRS (UTM zone), keyed by block position."""
+    by_crs: dict[str, list[Tile]] = defaultdict(list)
+    for t in tiles:
+        by_crs[t.crs].append(t)
+    blocks: dict[tuple[Any, ...], list[Tile]] = defaultdict(list)
+    for crs, group in by_crs.items():
+        edge = float(np.median([t.bounds[2] - t.bounds[0] for t in group])) * k
+        for t in group:
+            cx, cy = (t.bounds[0] + t.bounds[2]) / 2, (t.bounds[1] + t.bounds[3]) / 2
+            blocks[(crs, math.floor(cx / edge), math.floor(cy / edge))].append(t)
+    return blocks
+
+
+def split_tiles(
+    tiles: list[Tile],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    *,
+    block_tiles: int | None = None,
+) -> TileSplit:
+    """Split tiles into train/val/test by spatial blocks, deterministically for a seed.
+
+    Tiles are grouped per CRS into square blocks of ``block_tiles`` x ``block_tiles`` tile edges (default: the
+    largest block that still leaves about ten blocks, so that the fractions can be met); all time frames of a
+    place fall into the same block. Blocks are shuffled with `seed` and dealt to test, then validation, until
+    each holds its share of tiles; the rest train. With three or more tiles every split whose fraction is
+    positive gets at least one tile (blocks shrink to single places, then to single tiles, if needed).
+
+    Args:
+        tiles: the tiles of the area grid (ids must be unique).
+        val_fraction: share of tiles for validation, 0 <= f < 1.
+        test_fraction: share of tiles for testing; val_fraction + test_fraction < 1.
+        seed: seed of the block shuffle.
+        block_tiles: block edge in tiles; None chooses it from the number of tiles.
+    """
+    if not tiles:
+        raise InputError("tiles", "no tiles to split", "build the area grid first (`lulc data grid`)")
+    for name, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise InputError(name, f"{value} is outside [0, 1)", "give a share of tiles such as 0.2")
+    if val_fraction + test_fraction >= 1:
+        raise InputError("data.val_fraction", "val_fraction + test_fraction must be below 1", "leave tiles to train")
+    if block_tiles is not None and block_tiles < 1:
+        raise InputError("block_tiles", f"{block_tiles} must be at least 1")
+    ids = [t.id for t in tiles]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        raise InputError("tiles", f"tile ids repeat: {dupes[:5]}", "give each tile a unique id")
+
+    n = len(tiles)
+    wanted = [f for f in (val_fraction, test_fraction) if f > 0]
+    needed_splits = 1 + len(wanted)
+    locations: dict[tuple[str, tuple[float, ...]], list[Tile]] = defaultdict(list)
+    for t in tiles:
+        locations[_location_key(t)].append(t)
+
+    k = block_tiles
+    if k is None:
+        min_blocks = max(needed_splits, math.ceil(2 / min(wanted))) if wanted else 1
+        k = 1
+        while k < 16 and len(_blocks(tiles, k + 1)) >= min_blocks:
+            k += 1
+    groups: list[list[Tile]] = [_merge_locations(b, locations) for b in _blocks(tiles, k).values()]
+    if n >= 3 and len(groups) < needed_splits:
+        groups = list(locations.values())
+        if len(groups) < needed_splits:
+            log.warning("only %d places for %d splits: splitting by single tiles (time frames)", len(groups), n)
+            groups = [[t] for t in tiles]
+    groups = [sorted(g, key=lambda t: t.id) for g in groups]
+    groups.sort(key=lambda g: g[0].id)
+    order = np.random.default_rng(seed).permutation(len(groups))
+
+    def target(fraction: float) -> int:
+        if fraction <= 0:
+            return 0
+        return max(1, round(fraction * n)) if n >= 3 else 0
+
+    targets = {"test": target(test_fraction), "val": target(val_fraction)}
+    if n == 2 and wanted:
+        targets["val" if val_fraction > 0 else "test"] = 1
+    assigned: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for pos, idx in enumerate(order):
+        remaining = len(groups) - pos - 1
+        stage = "train"
+        for name in ("test", "val"):
+            if len(assigned[name]) >= targets[name]:
+                continue
+            # Take another block only if enough remain for every other split that is still empty.
+            still_empty = [s for s in ("train", "test", "val") if s != name and not assigned[s]]
+            if remaining >= sum(1 for s in still_empty if s == "train" or targets[s] > 0):
+                stage = name
+                break
+        assigned[stage].extend(t.id for t in groups[int(idx)])
+    edge = float(np.median([t.bounds[2] - t.bounds[0] for t in tiles])) * k
+    split = TileSplit(
+        train=sorted(assigned["train"]),
+        val=sorted(assigned["val"]),
+        test=sorted(assigned["test"]),
+        seed=seed,
+        block_size_m=edge,
+    )
+    log.info(
+        "split %d tiles in %d blocks of %dx%d tiles: %d train, %d val, %d test",
+        n,
+        len(groups),
+        k,
+        k,
+        len(split.train),
+        len(split.val),
+        len(split.test),
+    )
+    return split
+
+
+def _merge_locations(block: list[Tile], locations: dict[tuple[str, tuple[float, ...]], list[Tile]]) -> list[Tile]:
+    """A block's tiles plus every other time frame of its places (they never split apart)."""
+    out = {t.id: t for t in block}
+    for t in block:
+        for other in locations[_location_key(t)]:
+            out[other.id] = other
+    return list(out.values())
+
+
+# ----------------------------------------------------------------------------------------------- rasters
+
+
+@dataclass
+class TileData:
+    """One tile's normalised bands (C, H, W) and labels (H, W), or just the paths when read lazily."""
+
+    tile_id: str
+    image_path: Path
+    label_path: Path
+    band_indexes: list[int]
+    height: int
+    width: int
+    image: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+def normalise(data: np.ndarray, invalid: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(data - mean) / std per band as float32; invalid values (per band, same shape as data) become 0."""
+    m = np.asarray(mean, dtype=np.float32)[:, None, None]
+    s = np.asarray(std, dtype=np.float32)[:, None, None]
+    s = np.where(s > 0, s, 1.0).astype(np.float32)
+    out = (data.astype(np.float32) - m) / s
+    out[invalid] = 0.0
+    return out
+
+
+def band_indexes(path: Path, band_names: Sequence[str]) -> list[int]:
+    """1-based indexes of `band_names` in the GeoTIFF at `path` (by band description)."""
+    with rasterio.open(path) as src:
+        names = list(src.descriptions)
+        count = src.count
+    if all(n is None for n in names) and count == len(band_names):
+        log.debug("%s has no band descriptions; assuming the statistics' band order", path.name)
+        return list(range(1, count + 1))
+    missing = [b for b in band_names if b not in names]
+    if missing:
+        raise InputError(
+            "imagery.bands",
+            f"{path.name} has bands {names} but the statistics need {list(band_names)} (missing {missing})",
+            "fetch the imagery and compute the statistics with the same band list",
+        )
+    return [names.index(b) + 1 for b in band_names]
+
+
+def read_tile_window(
+    tile: TileData, window: Window, stats: NormalisationStats, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a window of a tile: normalised bands (C, h, w) float32 and labels (h, w) uint8 with nodata -> 0."""
+    with rasterio.open(tile.image_path) as src:
+        raw = src.read(tile.band_indexes, window=window, masked=True, boundless=False)
+    invalid = np.ma.getmaskarray(raw) | ~np.isfinite(raw.data)
+    image = normalise(np.asarray(raw.data), invalid, stats.mean, stats.std)
+    with rasterio.open(tile.label_path) as src:
+        lab = src.read(1, window=window, masked=True)
+    labels = np.asarray(lab.filled(0), dtype=np.uint8)
+    top = int(labels.max(initial=0))
+    if top >= num_classes:
+        raise InputError(
+            "labels",
+            f"{tile.label_path.name} holds class value {top} but the label set has only {num_classes} values "
+            f"(0..{num_classes - 1})",
+            "rasterise the labels with the label set the statistics were computed for",
+        )
+    labels[invalid.any(axis=0)] = 0
+    return image, labels
+
+
+def open_tile(tile_id: str, imagery_dir: Path, labels_dir: Path, stats: NormalisationStats) -> TileData:
+    """Check a tile's two rasters (present, same grid, bands as in the statistics) and describe them."""
+    image_path = Path(imagery_dir) / f"{tile_id}.tif"
+    label_path = Path(labels_dir) / f"{tile_id}.tif"
+    if not image_path.is_file():
+        raise InputError("imagery_dir", f"no imagery raster for tile {tile_id!r} at {image_path}", "fetch imagery")
+    if not label_path.is_file():
+        raise InputError(
+            "labels_dir", f"no label raster for tile {tile_id!r} at {label_path}", "rasterise labels for every tile"
+        )
+    indexes = band_indexes(image_path, stats.band_names)
+    with rasterio.open(image_path) as img, rasterio.open(label_path) as lab:
+        same = (
+            img.crs == lab.crs
+            and img.width == lab.width
+            and img.height == lab.height
+            and img.transform.almost_equals(lab.transform, precision=1e-6 * max(1.0, abs(img.transform.a)))
+        )
+        if not same:
+            raise InputError(
+                "labels_dir",
+                f"tile {tile_id!r}: label grid ({lab.crs}, {lab.width}x{lab.height}, {tuple(lab.transform)[:6]}) "
+                f"differs from imagery grid ({img.crs}, {img.width}x{img.height}, {tuple(img.transform)[:6]})",
+                "rasterise labels on the imagery grid of the same tile",
+            )
+        if lab.count != 1:
+            raise InputError("labels_dir", f"{label_path.name} has {lab.count} bands", "labels have one band")
+        return TileData(tile_id, image_path, label_path, indexes, img.height, img.width)
+
+
+def num_classes_of(stats: NormalisationStats) -> int:
+    """Raster values of the statistics' label set, class 0 (unknown) included."""
+    names = list(stats.class_names)
+    return len(names) if names and names[0] == UNKNOWN else len(names) + 1
+
+
+def chip_offsets(size: int, chip: int) -> list[int]:
+    """Start offsets of chips along one axis; the last chip is aligned to the edge (0 if size < chip)."""
+    if size <= chip:
+        return [0]
+    starts = list(range(0, size - chip + 1, chip))
+    if starts[-1] + chip < size:
+        starts.append(size - chip)
+    return starts
+
+
+def augment_pair(
+    image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply one random flip/90-degree-rotation (of the 8 dihedral transforms) to image (C,H,W) and mask (H,W).
+
+    A horizontal flip with probability 1/2 followed by 0-3 quarter turns reaches all eight symmetries of the
+    square (a vertical flip is a horizontal flip and a half turn), each with probability 1/8.
+    """
+    flip = bool(torch.randint(0, 2, (1,), generator=generator).item())
+    turns = int(torch.randint(0, 4, (1,), generator=generator).item())
+    if flip:
+        image, mask = image.flip(-1), mask.flip(-1)
+    if turns:
+        image, mask = torch.rot90(image, turns, (-2, -1)), torch.rot90(mask, turns, (-2, -1))
+    return image.contiguous(), mask.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+
+
+class ChipDataset(Dataset[dict[str, torch.Tensor]]):
+    """Chips of ``chip_size`` pixels cut from tile rasters, normalised, as ``{"image", "mask"}`` tensors.
+
+    ``image`` is float32 (bands, chip, chip); ``mask`` is int64 (chip, chip) with 0 for unknown or nodata.
+    Tiles smaller than a chip are padded with input 0 and label 0.
+    """
+
+    def __init__(
+        self,
+        imagery_dir: str | Path,
+        labels_dir: str | Path,
+        tile_ids: Sequence[str],
+        stats: NormalisationStats,
+        *,
+        chip_size: int = 64,
+        min_labelled_share: float = 0.05,
+        augment: bool = False,
+        preload: bool | None = None,
+    ) -> None:
+        """Index the chips of `tile_ids`.
+
+        Args:
+            imagery_dir: directory of ``<tile_id>.tif`` band rasters.
+            labels_dir: directory of ``<tile_id>.tif`` class rasters on the same grids.
+            tile_ids: the tiles of this dataset (e.g. one split).
+            stats: dataset statistics (band names, per-band mean/std, class names).
+            chip_size: chip edge in pixels.
+            min_labelled_share: chips with a smaller share of labelled (class > 0) pixels are skipped.
+            augment: apply random flips and 90-degree rotations.
+            preload: keep normalised tiles in memory (None: when they take less than PRELOAD_LIMIT_BYTES).
+        """
+        if chip_size < 1:
+            raise InputError("data.chip_size", f"{chip_size} must be positive")
+        if not 0 <= min_labelled_share <= 1:
+            raise InputError("data.min_labelled_share", f"{min_labelled_share} is outside [0, 1]")
+        if len(stats.mean) != len(stats.band_names) or len(stats.std) != len(stats.band_names):
+            raise InputError("stats", "mean/std must have one value per band", "recompute the statistics")
+        self.stats = stats
+        self.chip_size = chip_size
+        self.augment = augment
+        self.num_classes = num_classes_of(stats)
+        self.tiles = [open_tile(t, Path(imagery_dir), Path(labels_dir), stats) for t in tile_ids]
+        nbytes = sum(4 * len(t.band_indexes) * t.height * t.width for t in self.tiles)
+        self.preloaded = nbytes <= PRELOAD_LIMIT_BYTES if preload is None else preload
+        self.chips: list[tuple[int, int, int]] = []
+        skipped = 0
+        for i, tile in enumerate(self.tiles):
+            image, labels = read_tile_window(tile, Window(0, 0, tile.width, tile.height), stats, self.num_classes)
+            if self.preloaded:
+                tile.image, tile.labels = image, labels
+            for row in chip_offsets(tile.height, chip_size):
+                for col in chip_offsets(tile.width, chip_size):
+                    window = labels[row : row + chip_size, col : col + chip_size]
+                    if np.count_nonzero(window) / float(chip_size * chip_size) >= min_labelled_share and window.any():
+                        self.chips.append((i, row, col))
+                    else:
+                        skipped += 1
+        log.info(
+            "%d chips of %d px from %d tiles (%d skipped below %.0f%% labelled, %s)",
+            len(self.chips),
+            chip_size,
+            len(self.tiles),
+            skipped,
+            100 * min_labelled_share,
+            "in memory" if self.preloaded else "read on demand",
+        )
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i, row, col = self.chips[index]
+        tile = self.tiles[i]
+        c = self.chip_size
+        if tile.image is not None and tile.labels is not None:
+            image = tile.image[:, row : row + c, col : col + c]
+            labels = tile.labels[row : row + c, col : col + c]
+        else:
+            h, w = min(c, tile.height - row), min(c, tile.width - col)
+            image, labels = read_tile_window(tile, Window(col, row, w, h), self.stats, self.num_classes)
+        if image.shape[1:] != (c, c):
+            pad = ((0, 0), (0, c - image.shape[1]), (0, c - image.shape[2]))
+            image = np.pad(image, pad)
+            labels = np.pad(labels, pad[1:])
+        img_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        mask_t = torch.from_numpy(np.ascontiguousarray(labels)).long()
+        if self.augment:
+            img_t, mask_t = augment_pair(img_t, mask_t)
+        return {"image": img_t, "mask": mask_t}
+
+
+# -------------------------------------------------------------------------------------------- datamodule
+
+
+class LulcDataModule(L.LightningDataModule):
+    """Train/val/test chip datasets and their DataLoaders for Lightning.
+
+    Loaders pin memory on CUDA and keep worker processes alive between epochs; chips are preloaded when small.
+    """
+
+    def __init__(
+        self,
+        imagery_dir: str | Path,
+        labels_dir: str | Path,
+        split: TileSplit,
+        stats: NormalisationStats,
+        *,
+        chip_size: int = 64,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        min_labelled_share: float = 0.05,
+        augment: bool = True,
+        preload: bool | None = None,
+    ) -> None:
+        """Describe the data; datasets are built in :meth:`setup`.
+
+        Args:
+            imagery_dir: directory of ``<tile_id>.tif`` band rasters.
+            labels_dir: directory of ``<tile_id>.tif`` class rasters.
+            split: tile ids per split.
+            stats: dataset statistics used for normalisation.
+            chip_size: chip edge in pixels.
+            batch_size: chips per batch.
+            num_workers: DataLoader worker processes (0: load in the main process).
+            min_labelled_share: skip chips with fewer labelled pixels.
+            augment: random flips and rotations of training chips.
+            preload: keep tiles in memory (None: automatic by size).
+        """
+        super().__init__()
+        if batch_size < 1:
+            raise InputError("training.batch_size", f"{batch_size} must be at least 1")
+        if num_workers < 0:
+            raise InputError("training.num_workers", f"{num_workers} must not be negative")
+        self.imagery_dir = Path(imagery_dir)
+        self.labels_dir = Path(labels_dir)
+        self.split = split
+        self.stats = stats
+        self.chip_size = chip_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.min_labelled_share = min_labelled_share
+        self.augment = augment
+        self.preload = preload
+        self.datasets: dict[str, ChipDataset] = {}
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: RunConfig,
+        imagery_dir: str | Path,
+        labels_dir: str | Path,
+        stats: NormalisationStats,
+        split: TileSplit,
+    ) -> LulcDataModule:
+        """A DataModule with the data and training settings of a run configuration."""
+        return cls(
+            imagery_dir,
+            labels_dir,
+            split,
+            stats,
+            chip_size=cfg.data.chip_size,
+            batch_size=cfg.training.batch_size,
+            num_workers=cfg.training.num_workers,
+            min_labelled_share=cfg.data.min_labelled_share,
+            augment=cfg.training.augment,
+        )
+
+    def _dataset(self, stage: str) -> ChipDataset:
+        if stage not in self.datasets:
+            self.datasets[stage] = ChipDataset(
+                self.imagery_dir,
+                self.labels_dir,
+                self.split.ids(stage),
+                self.stats,
+                chip_size=self.chip_size,
+                min_labelled_share=self.min_labelled_share,
+                augment=self.augment and stage == "train",
+                preload=self.preload,
+            )
+        return self.datasets[stage]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets a Lightning stage ("fit", "validate", "test") needs."""
+        if stage in (None, "fit"):
+            train = self._dataset("train")
+            if len(train) == 0:
+                raise InputError(
+                    "data.min_labelled_share",
+                    f"no training chip has {self.min_labelled_share:.0%} labelled pixels "
+                    f"in {len(self.split.train)} training tiles",
+                    "lower data.min_labelled_share or check that the labels cover the tiles",
+                )
+        if stage in (None, "fit", "validate") and self.split.val:
+            self._dataset("val")
+        if stage in (None, "test") and self.split.test:
+            self._dataset("test")
+
+    def has_validation(self) -> bool:
+        """Whether the validation split yields any chip."""
+        return bool(self.split.val) and len(self._dataset("val")) > 0
+
+    def _loader(self, stage: str, shuffle: bool) -> DataLoader[dict[str, torch.Tensor]]:
+        return DataLoader(
+            self._dataset(stage),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
+        return self._loader("test", shuffle=False)
