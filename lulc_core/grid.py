@@ -166,8 +166,8 @@ def _utm_cells(parts: list[AoiPart], tile_size_m: float, resolution: float) -> l
         projected = [(idx, _project(piece, crs)) for idx, piece in pieces]
         union = shapely.union_all([g for _, g in projected])
         ux0, _, _, uy1 = union.bounds
-        x0 = math.floor(ux0 / resolution) * resolution
-        y1 = math.ceil(uy1 / resolution) * resolution
+        x0 = round(ux0 / resolution) * resolution  # nearest pixel edge: no sliver column of nodata
+        y1 = round(uy1 / resolution) * resolution
         found: dict[tuple[int, int], _Cell] = {}
         for idx, geom in projected:
             gx0, gy0, gx1, gy1 = geom.bounds

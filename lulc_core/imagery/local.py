@@ -1,0 +1,227 @@
+"""A directory of GeoTIFFs as an imagery store.
+
+Files may be in any CRS and resolution; band names come from the band descriptions (`B04`, `VV`, `DEM`, ...), so
+one place can be served by several files (an S2 file, an S1 file and a DEM file). Files are indexed by footprint
+and by the `ACQUISITION_DATE` tag (ISO date; `DATETIME`/`datetime` are read too): for a tile, files whose date lies
+in [tile.start, tile.end] come first, undated files (a DEM) count as in range, then the others by distance in days.
+`fetch` reads only the window of each file that covers the tile, warps it onto the tile grid and mosaics files in
+that order (a later file fills only pixels still empty).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import from_origin
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window, from_bounds
+from shapely.geometry import box
+
+from lulc_core.errors import InputError, NotCoveredError
+from lulc_core.geo import Tile
+from lulc_core.raster import Raster
+
+log = logging.getLogger(__name__)
+
+DATE_TAGS = ("ACQUISITION_DATE", "DATETIME", "datetime")
+SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class IndexedFile:
+    """One GeoTIFF of the store: where it is, what it holds and when it was acquired."""
+
+    path: Path
+    crs: CRS
+    bounds: tuple[float, float, float, float]
+    footprint_wgs84: tuple[float, float, float, float]
+    band_names: tuple[str, ...]
+    acquired: date | None
+
+
+def _parse_date(tags: dict[str, str]) -> date | None:
+    for key in DATE_TAGS:
+        value = tags.get(key)
+        if value:
+            try:
+                return date.fromisoformat(value.strip()[:10])
+            except ValueError:
+                log.warning("ignoring unparsable %s=%r", key, value)
+    return None
+
+
+def _days_outside(when: date | None, start: date, end: date) -> int:
+    if when is None or start <= when <= end:
+        return 0
+    return (start - when).days if when < start else (when - end).days
+
+
+class LocalGeoTiffStore:
+    """Imagery from a local directory of GeoTIFFs (searched recursively).
+
+    Args:
+        directory: the directory.
+        resampling: rasterio resampling name used when warping ("nearest" keeps values exact).
+
+    Raises:
+        InputError: the directory does not exist or holds no GeoTIFF (field `imagery.local_dir`).
+    """
+
+    def __init__(self, directory: str | Path, resampling: str = "nearest") -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise InputError(
+                "imagery.local_dir", f"directory {str(self.directory)!r} does not exist", "give a folder of GeoTIFFs"
+            )
+        try:
+            self.resampling = Resampling[resampling]
+        except KeyError:
+            raise InputError("resampling", f"unknown resampling {resampling!r}", "use nearest or bilinear") from None
+        self._lock = threading.Lock()
+        self._index: list[IndexedFile] | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalGeoTiffStore({str(self.directory)!r})"
+
+    @property
+    def index(self) -> list[IndexedFile]:
+        """The indexed files (built on first use)."""
+        with self._lock:
+            if self._index is None:
+                self._index = self._build_index()
+            return self._index
+
+    def _build_index(self) -> list[IndexedFile]:
+        files = sorted(
+            p for p in self.directory.rglob("*") if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+        )
+        index: list[IndexedFile] = []
+        for path in files:
+            try:
+                with rasterio.open(path) as src:
+                    if src.crs is None:
+                        log.warning("skipping %s: no CRS", path)
+                        continue
+                    names = tuple(d or f"band_{i}" for i, d in enumerate(src.descriptions, start=1))
+                    index.append(
+                        IndexedFile(
+                            path=path,
+                            crs=src.crs,
+                            bounds=tuple(src.bounds),  # type: ignore[arg-type]
+                            footprint_wgs84=transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21),
+                            band_names=names,
+                            acquired=_parse_date(src.tags()),
+                        )
+                    )
+            except rasterio.errors.RasterioIOError as exc:
+                log.warning("skipping unreadable %s: %s", path, exc)
+        if not index:
+            raise InputError(
+                "imagery.local_dir", f"no readable GeoTIFF in {self.directory}", "put *.tif files with a CRS there"
+            )
+        log.info("%s: %d GeoTIFFs indexed", self.directory, len(index))
+        return index
+
+    def candidates(self, tile: Tile, bands: Sequence[str]) -> list[IndexedFile]:
+        """Files that overlap `tile` and hold at least one of `bands`, in mosaic order (best date first)."""
+        tb = tile.bbox_wgs84
+        tile_box = box(*tb.as_tuple())
+        wanted = set(bands)
+        found = []
+        for f in self.index:
+            if not wanted.intersection(f.band_names) or not tile_box.intersects(box(*f.footprint_wgs84)):
+                continue
+            # exact test in the file's CRS
+            if box(*transform_bounds(tile.crs, f.crs, *tile.bounds, densify_pts=21)).intersection(box(*f.bounds)).area:
+                found.append(f)
+        return sorted(found, key=lambda f: (_days_outside(f.acquired, tile.start, tile.end), str(f.path)))
+
+    def fetch(self, tile: Tile, bands: Sequence[str]) -> Raster:
+        """The requested bands on the tile grid (float32; NaN and `valid=False` where no file has data).
+
+        Raises:
+            InputError: `bands` empty or repeated.
+            NotCoveredError: no file covers the tile for some band (names the tile and the bands).
+        """
+        names = list(bands)
+        if not names or len(set(names)) != len(names):
+            raise InputError("bands", f"{names} must be a non-empty list without repeats")
+        height, width = tile.height, tile.width
+        dst_transform = from_origin(tile.bounds[0], tile.bounds[3], tile.resolution, tile.resolution)
+        dst_crs = CRS.from_user_input(tile.crs)
+        out = np.full((len(names), height, width), np.nan, dtype=np.float32)
+        for f in self.candidates(tile, names):
+            todo = [b for b in names if b in f.band_names and np.isnan(out[names.index(b)]).any()]
+            if todo:
+                self._warp_into(f, tile, todo, names, out, dst_transform, dst_crs)
+        valid = np.isfinite(out)
+        missing = [b for i, b in enumerate(names) if not valid[i].any()]
+        if missing:
+            raise NotCoveredError(
+                f"tile {tile.id}: no GeoTIFF in {self.directory} covers bands {missing} "
+                f"(tile bounds {tile.bounds} in {tile.crs}, {tile.start}..{tile.end})"
+            )
+        return Raster(out, dst_transform, dst_crs, names, np.asarray(valid.all(axis=0)))
+
+    def _warp_into(
+        self,
+        f: IndexedFile,
+        tile: Tile,
+        todo: list[str],
+        names: list[str],
+        out: np.ndarray,
+        dst_transform: rasterio.Affine,
+        dst_crs: CRS,
+    ) -> None:
+        with rasterio.open(f.path) as src:
+            window = _source_window(src, tile)
+            if window is None:
+                return
+            indexes = [f.band_names.index(b) + 1 for b in todo]
+            data = src.read(indexes, window=window, out_dtype="float32")
+            masks = src.read_masks(indexes, window=window)
+            data[masks == 0] = np.nan
+            fresh = np.full((len(todo), out.shape[1], out.shape[2]), np.nan, dtype=np.float32)
+            with warnings.catch_warnings():  # rasterio warns spuriously about in-memory arrays
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                reproject(
+                    source=data,
+                    destination=fresh,
+                    src_transform=src.window_transform(window),
+                    src_crs=src.crs,
+                    src_nodata=np.nan,
+                    dst_transform=dst_transform,
+                    dst_crs=dst_crs,
+                    dst_nodata=np.nan,
+                    resampling=self.resampling,
+                )
+        for k, band in enumerate(todo):
+            target = out[names.index(band)]
+            gap = np.isnan(target)
+            target[gap] = fresh[k][gap]
+        log.debug("tile %s: %s from %s", tile.id, todo, f.path.name)
+
+
+def _source_window(src: rasterio.io.DatasetReader, tile: Tile, pad: int = 2) -> Window | None:
+    """The window of `src` covering the tile (plus `pad` pixels for resampling), or None when outside."""
+    bounds = transform_bounds(tile.crs, src.crs, *tile.bounds, densify_pts=21)
+    win = from_bounds(*bounds, transform=src.transform)
+    col0 = max(math.floor(win.col_off) - pad, 0)
+    row0 = max(math.floor(win.row_off) - pad, 0)
+    col1 = min(math.ceil(win.col_off + win.width) + pad, src.width)
+    row1 = min(math.ceil(win.row_off + win.height) + pad, src.height)
+    if col1 <= col0 or row1 <= row0:
+        return None
+    return Window(col0, row0, col1 - col0, row1 - row0)

@@ -1,0 +1,148 @@
+"""Labels: OSM polygons of each class of a label set burnt onto a tile's pixel grid.
+
+Polygons of all classes are burnt largest first, so smaller polygons lie on top (a park inside a residential
+area stays a park); pixels are burnt only when their centre is inside a polygon (all_touched off); pixels without
+a polygon are 0 (`unknown`). `label_tiles` writes one uint8 GeoTIFF per tile with the label set's colour map and
+reuses earlier results keyed by tile grid, date, label-set fingerprint and source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.features import rasterize
+from rasterio.transform import from_origin
+from tqdm import tqdm
+
+from lulc_core.errors import LulcError
+from lulc_core.geo import Tile
+from lulc_core.labels import LabelSet
+from lulc_core.osm import OsmSource
+from lulc_core.raster import Raster, atomic_path, write_geotiff
+
+log = logging.getLogger(__name__)
+
+KEY_TAG = "LULC_LABEL_KEY"
+
+
+def rasterize_labels(source: OsmSource, label_set: LabelSet, tile: Tile, when: date | None = None) -> Raster:
+    """The class raster of `tile`: one uint8 band "class" on the tile grid, 0 where no polygon.
+
+    Args:
+        source: where OSM polygons come from.
+        label_set: classes 1..N and their ohsome filters.
+        tile: the grid (CRS, bounds, resolution).
+        when: OSM date (default: `tile.end`, the end of the imagery time frame).
+    """
+    when = when or tile.end
+    crs = CRS.from_user_input(tile.crs)
+    bbox = tile.bbox_wgs84
+    shapes: list[tuple[object, int, float]] = []
+    for value, cls in enumerate(label_set.classes, start=1):
+        gdf: gpd.GeoDataFrame = source.features(bbox, when, cls.osm_filter)
+        if gdf.empty:
+            continue
+        projected = gdf.to_crs(crs).geometry
+        for geom in projected:
+            if geom is not None and not geom.is_empty and geom.area > 0:
+                shapes.append((geom, value, float(geom.area)))
+    transform = from_origin(tile.bounds[0], tile.bounds[3], tile.resolution, tile.resolution)
+    out = np.zeros((tile.height, tile.width), dtype=np.uint8)
+    if shapes:
+        shapes.sort(key=lambda s: -s[2])  # stable: equal areas keep class order
+        rasterize(
+            ((g, v) for g, v, _ in shapes),
+            out=out,
+            transform=transform,
+            all_touched=False,
+            dtype="uint8",
+        )
+    tags = {"LABEL_SET": label_set.name, "LABEL_SET_FINGERPRINT": label_set.fingerprint(), "OSM_DATE": str(when)}
+    return Raster(out[None], transform, crs, ["class"], None, tags)
+
+
+def source_key(source: OsmSource) -> str:
+    """A stable identity of a source for cache keys (its `cache_key`, else class and path/url)."""
+    key = getattr(source, "cache_key", None)
+    if isinstance(key, str) and key:
+        return key
+    where = getattr(source, "path", None) or getattr(source, "url", None) or ""
+    if isinstance(where, Path) and where.is_file():
+        stat = where.stat()
+        return f"{type(source).__name__}:{where.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{type(source).__name__}:{where}"
+
+
+def label_key(source: OsmSource, label_set: LabelSet, tile: Tile, when: date) -> str:
+    """The cache key of one tile's labels: tile grid, date, label-set fingerprint and source."""
+    parts = [tile.id, tile.crs, repr(tile.bounds), repr(tile.resolution), str(when), label_set.fingerprint()]
+    parts.append(source_key(source))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def _stored_key(path: Path) -> str | None:
+    try:
+        with rasterio.open(path) as src:
+            value = src.tags().get(KEY_TAG)
+            return str(value) if value is not None else None
+    except rasterio.errors.RasterioIOError:
+        return None
+
+
+def label_tiles(
+    source: OsmSource,
+    label_set: LabelSet,
+    tiles: Sequence[Tile],
+    out_dir: Path,
+    cache_dir: Path | None = None,
+) -> list[Path]:
+    """Write `<out_dir>/<tile.id>.tif` (uint8 classes with the label set's colour map) for every tile.
+
+    A tile whose file already holds labels with the same key is skipped; with `cache_dir`, labels are also kept
+    there (`<cache_dir>/<fingerprint>/<key>.tif`) and copied from it on a later run.
+
+    Raises:
+        The source's error (FilterSyntaxError, UpstreamError, ...) with the tile id in its message.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache_dir) / label_set.fingerprint() if cache_dir else None
+    paths: list[Path] = []
+    hits = 0
+    for tile in tqdm(tiles, desc="labels", unit="tile", leave=False):
+        when = tile.end
+        key = label_key(source, label_set, tile, when)
+        path = out / f"{tile.id}.tif"
+        paths.append(path)
+        if path.is_file() and _stored_key(path) == key:
+            hits += 1
+            continue
+        cached = cache / f"{key}.tif" if cache else None
+        if cached is not None and cached.is_file() and _stored_key(cached) == key:
+            with atomic_path(path) as tmp:
+                shutil.copyfile(cached, tmp)
+            hits += 1
+            continue
+        try:
+            raster = rasterize_labels(source, label_set, tile, when)
+        except LulcError as exc:
+            if tile.id not in str(exc):
+                exc.args = (f"tile {tile.id}: {exc}", *exc.args[1:])
+            raise
+        raster.tags[KEY_TAG] = key
+        write_geotiff(path, raster, colormap=label_set.colormap(), dtype="uint8")
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cached) as tmp:
+                shutil.copyfile(path, tmp)
+    log.info("labels: %d tiles (%d reused) in %s", len(paths), hits, out)
+    return paths
