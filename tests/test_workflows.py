@@ -1,0 +1,171 @@
+"""The GitHub workflows and the pre-commit configuration: linted by real tools (actionlint with shellcheck, the
+GitHub workflow JSON schema, pre-commit's own validator) and checked for what they must do."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / ".github" / "workflows"
+BIN = Path(sys.executable).parent
+
+
+def _load(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((WORKFLOWS / name).read_text())
+    # YAML 1.1 reads the key `on` as True.
+    doc["on"] = doc.pop(True, doc.get("on"))
+    return doc
+
+
+def _tool(name: str) -> str:
+    path = BIN / name
+    assert path.exists(), f"{name} missing from the venv: `make venv` installs it (dev extras)"
+    return str(path)
+
+
+def _run(cmd: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+
+
+def _steps(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [step for job in doc["jobs"].values() for step in job.get("steps", [])]
+
+
+def test_workflow_files() -> None:
+    assert sorted(p.name for p in WORKFLOWS.glob("*.yml")) >= ["ci.yml", "images.yml", "retrain.yml"]
+
+
+def test_actionlint_passes() -> None:
+    """actionlint (with shellcheck on PATH, so every `run:` script is shellchecked too)."""
+    _tool("shellcheck")
+    result = _run([_tool("actionlint"), "-no-color"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    bad = tmp_path / ".github" / "workflows" / "bad.yml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(
+        "on:\n  pushh:\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n"
+        '      - run: echo "${{ github.event.pull_request.title }}"\n'
+        "      - run: echo ${{ secrets.KFP_TOKEN.oops( }}\n"
+    )
+    result = _run([_tool("actionlint"), "-no-color", str(bad)], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "pushh" in result.stdout  # unknown trigger
+    assert ":8:" in result.stdout  # broken expression
+    assert "potentially untrusted" in result.stdout  # script injection
+
+
+def test_workflows_match_the_github_schema() -> None:
+    files = [str(p) for p in sorted(WORKFLOWS.glob("*.yml"))]
+    result = _run([_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *files])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_rejects_a_bad_workflow(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("on: push\njobs:\n  a:\n    runs_on: ubuntu-24.04\n    steps: []\n")
+    result = _run([_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(bad)])
+    assert result.returncode != 0
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    scripts = sorted(str(p) for p in (REPO / "scripts").glob("*.sh"))
+    assert scripts
+    result = _run([_tool("shellcheck"), *scripts])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ci_runs_make_test_on_pushes_and_pull_requests() -> None:
+    ci = _load("ci.yml")
+    assert "push" in ci["on"] and "pull_request" in ci["on"]
+    assert "pull_request_target" not in ci["on"], "never run PR code with repository secrets"
+    assert any(step.get("run", "").startswith("make test") for step in _steps(ci))
+    assert ci["permissions"] == {"contents": "read"}
+    assert "secrets." not in (WORKFLOWS / "ci.yml").read_text(), "tests need no secrets (forks run them too)"
+    # torch resolves to the CPU build, as in the CPU image.
+    assert ci["env"]["PIP_EXTRA_INDEX_URL"].endswith("/whl/cpu")
+
+
+def test_images_tagged_with_the_git_sha_never_latest() -> None:
+    images = _load("images.yml")
+    on = images["on"]
+    assert on["push"]["branches"] == ["main"] and on["push"]["tags"]
+    assert "workflow_call" in on, "retrain.yml builds this commit's image first"
+    text = (WORKFLOWS / "images.yml").read_text()
+    assert "latest" not in text.replace("never `latest`", "")
+    assert ":${GITHUB_SHA}${SUFFIX}" in text
+    build = next(s for s in _steps(images) if str(s.get("uses", "")).startswith("docker/build-push-action"))
+    assert build["with"]["push"] is True and build["with"]["target"] == "runtime"
+    assert "TORCH_VARIANT=${{ matrix.torch_variant }}" in build["with"]["build-args"]
+    assert "GIT_SHA=${{ github.sha }}" in build["with"]["build-args"]
+    assert "exists" in build["if"], "an existing SHA tag is never rebuilt (immutable tags)"
+
+
+def test_retrain_triggers_and_secrets() -> None:
+    retrain = _load("retrain.yml")
+    on = retrain["on"]
+    assert on["push"]["paths"] == ["conf/**"]
+    assert on["push"]["branches"] == ["main"]
+    assert "workflow_dispatch" in on
+    (cron,) = (entry["cron"] for entry in on["schedule"])
+    assert len(cron.split()) == 5
+    assert retrain["concurrency"]["cancel-in-progress"] is False
+    assert retrain["jobs"]["images"]["uses"] == "./.github/workflows/images.yml"
+    job = retrain["jobs"]["retrain"]
+    assert job["needs"] == "images"
+    assert job["env"]["KFP_HOST"] == "${{ secrets.KFP_HOST }}"
+    assert job["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}"
+    assert "continue-on-error" not in job and all("continue-on-error" not in s for s in job["steps"])
+
+
+def test_retrain_runs_the_tested_script() -> None:
+    """The workflow runs scripts/retrain.sh — the very command the retrain test runs against the KFP stand-in."""
+    job = _load("retrain.yml")["jobs"]["retrain"]
+    runs = [s["run"] for s in job["steps"] if "run" in s]
+    assert any(r.strip().endswith("scripts/retrain.sh") for r in runs)
+    assert "LULC_IMAGE=" in "\n".join(runs) and "${GITHUB_SHA}" in "\n".join(runs)
+    script = (REPO / "scripts" / "retrain.sh").read_text()
+    assert re.search(r"lulc pipeline submit\b[^\n]*--wait", script.replace("\\\n", " "))
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "images.yml", "retrain.yml"])
+def test_secrets_never_inline_in_scripts(name: str) -> None:
+    """Secrets reach scripts through env, never `${{ secrets.X }}` inside `run:` (no injection, no echo)."""
+    doc = _load(name)
+    for step in _steps(doc):
+        assert "secrets." not in step.get("run", ""), f"{name}: step {step.get('name')} inlines a secret"
+        assert "set -x" not in step.get("run", ""), f"{name}: set -x would print secrets"
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "images.yml", "retrain.yml"])
+def test_checkout_does_not_persist_credentials(name: str) -> None:
+    for step in _steps(_load(name)):
+        if str(step.get("uses", "")).startswith("actions/checkout"):
+            assert step.get("with", {}).get("persist-credentials") is False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pre-commit
+
+
+def test_pre_commit_config() -> None:
+    path = REPO / ".pre-commit-config.yaml"
+    result = _run([_tool("pre-commit"), "validate-config", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load(path.read_text())
+    hooks = {hook["id"]: (repo["repo"], repo["rev"]) for repo in config["repos"] for hook in repo["hooks"]}
+    assert {"ruff-check", "ruff-format", "check-yaml", "end-of-file-fixer", "trailing-whitespace"} <= set(hooks)
+    assert "detect-private-key" in hooks
+    ruff_pin = re.search(r"^ruff==(\S+)$", (REPO / "requirements.lock").read_text(), re.M)
+    assert ruff_pin and hooks["ruff-check"][1] == f"v{ruff_pin.group(1)}", "pre-commit's ruff = the locked ruff"
