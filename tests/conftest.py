@@ -51,47 +51,12 @@ class SyntheticTiles:
         return [t.id for t in self.tiles]
 
 
-def _training_stats(bands: list[str], class_names: list[str], imagery_dir: Path, labels_dir: Path, ids: list[str]):
-    """DatasetStats of the synthetic tiles (the real class once lulc_core.stats exists)."""
-    import numpy as np
+def _training_stats(imagery_dir: Path, labels_dir: Path, ids: list[str]):
+    """DatasetStats of the synthetic tiles, computed by lulc_core.stats."""
+    from lulc_core.labels import LabelSet
+    from lulc_core.stats import compute_stats
 
-    from lulc_core.raster import read_geotiff
-
-    try:
-        from lulc_core.stats import DatasetStats, compute_stats
-    except ImportError:  # the data engineer's module has not landed yet
-        compute_stats = None
-    if compute_stats is not None:
-        from lulc_core.labels import LabelSet
-
-        return compute_stats(imagery_dir, labels_dir, LabelSet.from_yaml(V3_LABELS), tile_ids=ids)
-    stacks = [read_geotiff(imagery_dir / f"{i}.tif") for i in ids]
-    data = np.concatenate([r.data.reshape(len(bands), -1) for r in stacks], axis=1)
-    data = np.where(np.isfinite(data) & (data != -9999), data, np.nan)
-    counts = np.zeros(len(class_names), dtype=np.int64)
-    for i in ids:
-        lab = read_geotiff(labels_dir / f"{i}.tif").data[0]
-        counts += np.bincount(lab.ravel(), minlength=len(class_names))[: len(class_names)]
-    freq = counts[1:] / max(1, counts[1:].sum())
-    weights = [0.0] + [float(1 / np.sqrt(f)) if f > 0 else 0.0 for f in freq]
-    from pydantic import BaseModel
-
-    class DatasetStats(BaseModel):  # type: ignore[no-redef]
-        band_names: list[str]
-        mean: list[float]
-        std: list[float]
-        class_names: list[str]
-        class_pixel_counts: list[int]
-        class_weights: list[float]
-
-    return DatasetStats(
-        band_names=bands,
-        mean=[float(v) for v in np.nanmean(data, axis=1)],
-        std=[float(v) for v in np.nanstd(data, axis=1)],
-        class_names=class_names,
-        class_pixel_counts=[int(c) for c in counts],
-        class_weights=weights,
-    )
+    return compute_stats(imagery_dir, labels_dir, LabelSet.from_yaml(V3_LABELS), tile_ids=ids)
 
 
 def make_synthetic_tiles(
@@ -164,7 +129,7 @@ def make_synthetic_tiles(
                 Raster(labels[None], transform, crs, ["class"]),
                 colormap=label_set.colormap(),
             )
-    stats = _training_stats(list(bands), label_set.names, imagery_dir, labels_dir, [t.id for t in tiles])
+    stats = _training_stats(imagery_dir, labels_dir, [t.id for t in tiles])
     return SyntheticTiles(root, tiles, list(bands), stats, V3_LABELS)
 
 
@@ -172,3 +137,34 @@ def make_synthetic_tiles(
 def synthetic_training_tiles(tmp_path_factory: pytest.TempPathFactory) -> SyntheticTiles:
     """12 synthetic 64x64 tiles (4 bands, classes 1..4, one nodata corner), shared read-only by tests."""
     return make_synthetic_tiles(tmp_path_factory.mktemp("synthetic_tiles"))
+
+
+# --- data engineer: the bundled sample area as tiles ---------------------------------------------------------------
+
+SAMPLE_TIME_FRAMES = [
+    {"start": "2017-10-25", "end": "2017-11-04"},
+    {"start": "2020-04-03", "end": "2020-04-16"},
+    {"start": "2023-06-05", "end": "2023-06-15"},
+]
+
+
+@pytest.fixture(scope="session")
+def data_sample_area():
+    """AreaConfig of data/sample/aoi.geojson: 640 m tiles, whole tiles only, one time frame per patch."""
+    from lulc_core.config import AreaConfig
+
+    return AreaConfig(
+        name="sample",
+        aoi=SAMPLE / "aoi.geojson",
+        time_frames=SAMPLE_TIME_FRAMES,
+        tile_size_m=640,
+        min_land_share=0.9,
+    )
+
+
+@pytest.fixture(scope="session")
+def data_sample_tiles(data_sample_area) -> list:
+    """The 27 tiles (9 per patch, 64 x 64 px at 10 m) of the sample area."""
+    from lulc_core.grid import build_grid
+
+    return build_grid(data_sample_area, 10.0)
