@@ -52,9 +52,12 @@ LABEL org.opencontainers.image.title="lulc" \
       org.opencontainers.image.revision="${GIT_SHA}" \
       io.lulc.torch-variant="${TORCH_VARIANT}"
 
-# A fixed, non-zero UID/GID so that Kubernetes' runAsNonRoot / runAsUser checks can verify it.
+# A fixed, non-zero UID/GID so that Kubernetes' runAsNonRoot / runAsUser checks can verify it. The KFP v2 launcher
+# stages artifacts under /gcs, /minio and /s3 (emptyDirs on current backends): owned by the user for older ones.
 RUN groupadd --system --gid 10001 lulc \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /home/lulc --create-home --shell /usr/sbin/nologin lulc
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/lulc --create-home --shell /usr/sbin/nologin lulc \
+    && mkdir -p /gcs /minio /s3 \
+    && chown 10001:10001 /gcs /minio /s3
 
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
