@@ -32,9 +32,57 @@ Examples:
 """
 
 
+SERVE_HELP = """Start the predictor locally: KServe's ModelServer with V1/V2 endpoints and the original REST API.
+
+Examples:
+
+  lulc serve --model .lulc/bundles/sample --config conf/run.yaml
+
+  lulc serve --model lulc-sample@production --host 127.0.0.1 --port 8080
+
+Then open http://127.0.0.1:8080/docs, or call POST /segment/ (see README).
+"""
+
+
 def register(app: typer.Typer) -> None:
     """Add the serving commands to `app`."""
     app.command("predict", help=PREDICT_HELP)(predict)
+    app.command("serve", help=SERVE_HELP)(serve)
+
+
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model bundle directory, or registry ref NAME@STAGE.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", envvar="LULC_CONFIG", help="Run YAML (default: the bundle's, else conf/run.yaml)."
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (default: serving.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="HTTP port (default: serving.port, 8080).")] = None,
+    name: Annotated[str, typer.Option("--name", help="Model name on /v1/models/<name>.")] = "lulc",
+    device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda.")] = "auto",
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body (MB).")] = 32.0,
+) -> None:
+    """Load the model once and serve until Ctrl-C / SIGTERM (graceful shutdown)."""
+    from lulc_core.config import load_run_config
+    from serving import isolated_argv
+
+    cfg = load_run_config(config) if config else None
+    with isolated_argv():
+        from serving.observability import configure_logging
+        from serving.predictor import LulcModel
+        from serving.server import run_server
+
+    configure_logging()
+    settings = cfg.serving if cfg else None
+    lulc_model = LulcModel(name, model, cfg, device=device)
+    run_server(
+        lulc_model,
+        host=host or (settings.host if settings else "127.0.0.1"),
+        port=port or (settings.port if settings else 8080),
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+    )
 
 
 def predict(
@@ -73,7 +121,19 @@ def predict(
     if (model is None) == (url is None):
         raise InputError("--model/--url", "give exactly one of them", "--model PATH_OR_REF, or --url http://HOST:PORT")
     if url is not None:
-        raise InputError("--url", "prediction through a running server is not available yet", "use --model PATH_OR_REF")
+        _predict_remote(
+            url=url,
+            bbox=bbox,
+            start=start,
+            end=end,
+            output=output,
+            preview=preview,
+            threshold=threshold,
+            fusion_mode=fusion_mode,
+            probabilities=probabilities,
+            uncertainty=uncertainty,
+        )
+        return
     assert model is not None
     _predict_in_process(
         model=model,
@@ -182,3 +242,67 @@ def _predict_in_process(
     typer.echo(f"predicted {prediction.classes.width} x {prediction.classes.height} px: {shares}")
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+def _predict_remote(
+    *,
+    url: str,
+    bbox: str,
+    start: str | None,
+    end: str | None,
+    output: Path,
+    preview: Path | None,
+    threshold: float | None,
+    fusion_mode: str,
+    probabilities: bool,
+    uncertainty: bool,
+) -> None:
+    """Ask a running predictor's original API (POST /segment/, /segment/preview, /uncertainty/) and write the files."""
+    import requests
+
+    from lulc_core.errors import UpstreamError
+    from lulc_core.inference import prediction_paths
+    from lulc_core.raster import atomic_path
+
+    if probabilities:
+        raise InputError("--probabilities", "is not served by the REST API", "use --model, or V1 with outputs")
+    area = parse_bbox(bbox)
+    start_d, end_d = date_range(start, end)
+    body: dict[str, object] = {
+        "area_coords": list(area.as_tuple()),
+        "start_date": start_d.isoformat(),
+        "end_date": end_d.isoformat(),
+        "fusion_mode": fusion_mode,
+    }
+    if threshold is not None:
+        body["threshold"] = threshold
+    base = url.rstrip("/")
+    jobs = [("/segment/", output)]
+    if preview is not None:
+        jobs.append(("/segment/preview", preview))
+    if uncertainty:
+        unc = prediction_paths(output)["uncertainty"]
+        jobs += [("/uncertainty/", unc), ("/uncertainty/preview", unc.with_suffix(".png"))]
+    for route, path in jobs:
+        try:
+            response = requests.post(base + route, json=body, timeout=900)
+        except requests.RequestException as exc:
+            raise UpstreamError("lulc server", f"cannot reach {base}: {exc}", status_code=503) from exc
+        if response.status_code != 200:
+            try:
+                info = response.json()
+            except ValueError:
+                info = {"error": response.text[:300]}
+            message = info.get("error") or str(info.get("detail", info))
+            if 400 <= response.status_code < 500:
+                raise InputError(str(info.get("field") or route), message, info.get("fix"))
+            retry = response.headers.get("Retry-After")
+            raise UpstreamError(
+                "lulc server",
+                f"{route} answered {response.status_code}: {message}",
+                retry_after=float(retry) if retry and retry.isdigit() else None,
+                status_code=response.status_code,
+            )
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(response.content)
+        typer.echo(f"wrote {path} ({response.headers.get('X-Cache', 'miss')})")

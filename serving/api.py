@@ -1,0 +1,205 @@
+"""The original utility's REST API, mounted on KServe's ModelServer app next to the V1/V2 endpoints.
+
+    POST /segment/               GeoTIFF (COG) of classes with colour map, on the requested bbox
+    POST /segment/preview        PNG of the classes with a legend
+    GET  /segment/describe       the label set (values, names, colours, descriptions)
+    POST /uncertainty/           2-band GeoTIFF: TTA variance and Shannon entropy
+    POST /uncertainty/preview    PNG of variance and entropy
+    GET  /health                 200 when the model is loaded, else 503
+    GET  /docs, /openapi.json    OpenAPI documentation
+
+`install_api(app, model)` also maps lulc's errors to HTTP (4xx for bad input with the field and the fix, 413
+for areas and bodies over the limits, 404/502/503/504 for the data sources, with Retry-After when known), limits
+the request body size and adds request ids, access logs and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Protocol
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from lulc_core.errors import InputError, LulcError, NotCoveredError, NotFoundError, UpstreamError
+from lulc_core.inference import (
+    FusionMode,
+    write_prediction,
+    write_preview_png,
+    write_uncertainty,
+    write_uncertainty_preview_png,
+)
+from serving.observability import RequestContextMiddleware
+from serving.service import AreaJob, AreaRequest, LulcService, encode_file
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+TIFF, PNG = "image/tiff", "image/png"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"description": "Bad input: the field and the fix are named."},
+    413: {"description": "Area or body larger than the configured limit."},
+    404: {"description": "No imagery for the area and dates."},
+    502: {"description": "A data source failed."},
+    503: {"description": "Model not loaded yet, or a data source unavailable (see Retry-After)."},
+    504: {"description": "A data source or the prediction timed out."},
+}
+
+
+FIXES = {
+    "area_coords": "give [west, south, east, north] in EPSG:4326 degrees",
+    "start_date": "write the date as YYYY-MM-DD",
+    "end_date": "write the date as YYYY-MM-DD",
+    "threshold": "give a number between 0 and 1",
+    "fusion_mode": "choose one of " + ", ".join(m.value for m in FusionMode),
+}
+
+
+class ServiceHolder(Protocol):
+    """What the router needs from the KServe model: its name, readiness and service."""
+
+    name: str
+    ready: bool
+    service: LulcService | None
+
+
+def _error(status: int, message: str, field: str | None = None, fix: str | None = None, **headers: str) -> Response:
+    body = {"error": message, "field": field, "fix": fix}
+    return JSONResponse(status_code=status, content={k: v for k, v in body.items() if v is not None}, headers=headers)
+
+
+def _status_of(exc: LulcError) -> int:
+    if isinstance(exc, NotFoundError | NotCoveredError):
+        return 404
+    status = int(getattr(exc, "status_code", 500))
+    return status if 400 <= status < 600 else 500
+
+
+async def lulc_error_handler(_: Request, exc: Exception) -> Response:
+    """LulcError -> its HTTP status, naming the field and the fix for bad input."""
+    assert isinstance(exc, LulcError)
+    status = _status_of(exc)
+    if isinstance(exc, InputError):
+        return _error(status, str(exc), exc.field, exc.fix)
+    headers = {}
+    if isinstance(exc, UpstreamError) and exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if status >= 500:
+        log.warning("request failed: %s", exc)
+    return _error(status, str(exc), **headers)
+
+
+async def validation_error_handler(_: Request, exc: Exception) -> Response:
+    """FastAPI/pydantic body validation -> 422 naming the first bad field."""
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"] or ["body"]
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    field = ".".join(loc)
+    message = msg if msg.startswith(f"{field}:") else f"{field}: {msg}"
+    fix = FIXES.get(loc[0], "send a JSON object as documented at /docs")
+    if first.get("type") == "json_invalid":
+        message, field = "the body is not valid JSON", "body"
+    return _error(422, message, field, fix)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette HTTPException (404 route, 405 method, 413 body size) as JSON with a fix."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 413:
+        limit = getattr(request.app, "max_body_size", None)
+        return _error(413, f"request body larger than {limit} bytes", "body", "send a smaller body (areas, not images)")
+    return _error(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))  # type: ignore[arg-type]
+
+
+async def recursion_error_handler(_: Request, exc: Exception) -> Response:
+    """Absurdly nested JSON is a bad request, not a server error."""
+    return _error(400, "the JSON body is nested too deeply", "body", "send a flat JSON object")
+
+
+def build_router(model: ServiceHolder) -> APIRouter:
+    """The original API's routes, answering from `model.service`."""
+    router = APIRouter(tags=["lulc"], responses=ERRORS)
+
+    def service() -> LulcService:
+        if not model.ready or model.service is None:
+            raise _not_ready()
+        return model.service
+
+    async def run(request: AreaRequest, uncertainty: bool = False) -> tuple[Any, bool]:
+        job = AreaJob.from_request(request, uncertainty=uncertainty)
+        return await service().predict_area(job)
+
+    def file(content: bytes, media: str, name: str, cached: bool) -> Response:
+        headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Cache": "hit" if cached else "miss"}
+        return Response(content=content, media_type=media, headers=headers)
+
+    @router.post("/segment/", response_class=Response, responses={200: {"content": {TIFF: {}}}})
+    async def segment(request: AreaRequest) -> Response:
+        """Segment an area: a Cloud-Optimised GeoTIFF of classes with the label set's colour map."""
+        prediction, cached = await run(request)
+        return file(encode_file(lambda p: write_prediction(prediction, p), ".tif"), TIFF, "segmentation.tif", cached)
+
+    @router.post("/segment/preview", response_class=Response, responses={200: {"content": {PNG: {}}}})
+    async def segment_preview(request: AreaRequest) -> Response:
+        """Segment an area: a PNG preview with a legend (class names, colours, shares)."""
+        prediction, cached = await run(request)
+        return file(encode_file(lambda p: write_preview_png(prediction, p), ".png"), PNG, "segmentation.png", cached)
+
+    @router.get("/segment/describe")
+    async def describe() -> dict[str, Any]:
+        """The label set: value, name, colour and description of every class, and the model's inputs."""
+        return service().describe()
+
+    @router.post("/uncertainty/", response_class=Response, responses={200: {"content": {TIFF: {}}}})
+    async def uncertainty(request: AreaRequest) -> Response:
+        """Test-time-augmentation uncertainty: a 2-band GeoTIFF (variance, normalised Shannon entropy)."""
+        prediction, cached = await run(request, uncertainty=True)
+        content = encode_file(lambda p: write_uncertainty(prediction, p), ".tif")
+        return file(content, TIFF, "uncertainty.tif", cached)
+
+    @router.post("/uncertainty/preview", response_class=Response, responses={200: {"content": {PNG: {}}}})
+    async def uncertainty_preview(request: AreaRequest) -> Response:
+        """Test-time-augmentation uncertainty: a PNG of variance and entropy with colour bars."""
+        prediction, cached = await run(request, uncertainty=True)
+        content = encode_file(lambda p: write_uncertainty_preview_png(prediction, p), ".png")
+        return file(content, PNG, "uncertainty.png", cached)
+
+    @router.get("/health", responses={503: {"description": "Model not loaded yet."}})
+    async def health() -> Response:
+        """Liveness and readiness of the original API: 200 with the model name once it is loaded."""
+        ready = bool(model.ready and model.service is not None)
+        body = {"status": "ok" if ready else "loading", "model": model.name, "ready": ready}
+        return JSONResponse(status_code=200 if ready else 503, content=body)
+
+    return router
+
+
+def _not_ready() -> UpstreamError:
+    return UpstreamError("lulc", "the model is not loaded yet", retry_after=5, status_code=503)
+
+
+def install_api(app: FastAPI, model: ServiceHolder, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    """Mount the original API, error handlers, body limit, request ids and docs on KServe's app (before start)."""
+    app.title = "lulc — land-use/land-cover segmentation"
+    app.description = (
+        "SegFormer land-use/land-cover predictions for any bounding box. The original utility's API "
+        "(/segment, /uncertainty) beside KServe's V1 (/v1/models/{name}:predict) and V2 "
+        "(/v2/models/{name}/infer) protocols."
+    )
+    app.max_body_size = max_body_bytes  # FastAPI/Starlette's own limit: 413 before the body is read
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(build_router(model))
+    app.add_exception_handler(LulcError, lulc_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
+    app.add_exception_handler(RecursionError, recursion_error_handler)
+    if not any(getattr(r, "path", None) == "/docs" for r in app.routes):
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=app.title)

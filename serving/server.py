@@ -1,0 +1,67 @@
+"""Start KServe's ModelServer with the lulc model and the original API, on a chosen host and port.
+
+`ModelServer.start` binds 0.0.0.0; `LulcModelServer` binds the given host (127.0.0.1 for `lulc serve`, 0.0.0.0
+in the container) and runs only the REST server (no gRPC port). SIGTERM/SIGINT stop it gracefully: uvicorn
+stops accepting connections and lets requests in flight finish within `grace_period_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kserve import ModelServer
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.model import BaseKServeModel
+from kserve.protocol.rest.server import RESTServer
+
+from serving.api import DEFAULT_MAX_BODY_BYTES, install_api
+from serving.predictor import LulcModel
+
+log = logging.getLogger(__name__)
+
+
+class LulcModelServer(ModelServer):
+    """ModelServer whose REST server binds `host` (kserve's own binds every interface)."""
+
+    def __init__(self, host: str = "127.0.0.1", **kwargs: object) -> None:
+        super().__init__(enable_grpc=False, workers=1, **kwargs)  # type: ignore[arg-type]
+        self.host = host
+
+    def start(self, models: list[BaseKServeModel]) -> None:
+        """Register the (loaded) models and serve until SIGTERM/SIGINT."""
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            access_log_format=self.access_log_format,
+            workers=1,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+        )
+        self._rest_server.config.host = self.host
+        self.servers.append(self._rest_server.start())
+        self.setup_event_loop()
+        self.register_signal_handler()
+        log.info("serving %s on http://%s:%d", [m.name for m in models], self.host, self.http_port)
+        asyncio.run(self._serve())
+
+
+def run_server(
+    model: LulcModel,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    grace_period_s: int = 30,
+) -> None:
+    """Load `model` (if not yet), mount the original API on KServe's app and serve (blocks)."""
+    from kserve.model_server import app
+
+    if not model.ready:
+        model.load()
+    install_api(app, model, max_body_bytes)
+    LulcModelServer(host=host, http_port=port, grace_period=grace_period_s).start([model])

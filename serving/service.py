@@ -1,0 +1,283 @@
+"""What the KServe predictor and the REST API share: request values, one prediction call, result encoding.
+
+`AreaRequest` is the original utility's request body (area_coords, start_date, end_date, threshold, fusion_mode)
+and is validated here once for every protocol. `LulcService` runs predictions off the event loop with bounded
+concurrency, a deadline and an idempotency cache (LRU keyed by the normalised request), and counts them in the
+Prometheus metrics. The heavy lifting is `lulc_core.inference`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lulc_core.bundle import ModelBundle
+from lulc_core.config import ServingConfig, format_validation_error
+from lulc_core.errors import InputError, NotCoveredError, UpstreamError
+from lulc_core.geo import SENTINEL2_LAUNCH, BBox
+from lulc_core.inference import FusionMode, Prediction, PredictOptions, Predictor, predict_raster
+from lulc_core.raster import Raster
+from serving import observability as obs
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+OUTPUTS = ("classes", "probabilities", "uncertainty")
+
+
+class AreaRequest(BaseModel):
+    """An area and time range to segment (the original utility's request body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    area_coords: list[float] = Field(
+        description="Bounding box [west, south, east, north] in EPSG:4326 degrees.",
+        examples=[[9.835, 57.222, 9.850, 57.230]],
+    )
+    start_date: date | None = Field(default=None, description="First day of imagery (default: end_date - 7 days).")
+    end_date: date | None = Field(default=None, description="Last day of imagery (default: today).")
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="Below this confidence a pixel is unknown (0..1; default: server's)."
+    )
+    fusion_mode: FusionMode = Field(default=FusionMode.ONLY_MODEL, description="How model and OSM are combined.")
+
+    @field_validator("area_coords")
+    @classmethod
+    def _bbox(cls, v: list[float]) -> list[float]:
+        BBox.from_sequence(v, "area_coords")
+        return v
+
+    @classmethod
+    def parse(cls, values: Any, prefix: str = "") -> AreaRequest:
+        """Validate a mapping; an error names the field (with `prefix`) and the fix."""
+        if not isinstance(values, dict):
+            raise InputError(prefix or "body", f"expected a JSON object, got {type(values).__name__}")
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise format_validation_error(exc, prefix) from exc
+
+    def bbox(self) -> BBox:
+        return BBox.from_sequence(self.area_coords, "area_coords")
+
+    def dates(self, today: date | None = None) -> tuple[date, date]:
+        """(start, end) with defaults applied; the range must lie between Sentinel-2's launch and today."""
+        today = today or date.today()
+        end = self.end_date or today
+        start = self.start_date or end - timedelta(days=7)
+        if end > today:
+            raise InputError("end_date", f"{end} is in the future", f"use a date up to today ({today})")
+        if start > end:
+            raise InputError("start_date", f"{start} is after end_date {end}", "swap the dates")
+        if start < SENTINEL2_LAUNCH:
+            raise InputError(
+                "start_date", f"{start} is before the Sentinel-2 mission start", f"use {SENTINEL2_LAUNCH} or later"
+            )
+        return start, end
+
+
+@dataclass(frozen=True)
+class AreaJob:
+    """One area prediction: the validated request and the outputs wanted."""
+
+    bbox: BBox
+    start: date
+    end: date
+    options: PredictOptions
+
+    @classmethod
+    def from_request(cls, request: AreaRequest, *, probabilities: bool = False, uncertainty: bool = False) -> AreaJob:
+        start, end = request.dates()
+        options = PredictOptions.build(
+            threshold=request.threshold,
+            fusion_mode=request.fusion_mode,
+            probabilities=probabilities,
+            uncertainty=uncertainty,
+        )
+        return cls(request.bbox(), start, end, options)
+
+    def key(self) -> str:
+        """The normalised request: equal for requests that must give the same prediction."""
+        payload = {
+            "bbox": [round(v, 7) for v in self.bbox.as_tuple()],
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "options": self.options.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def parse_outputs(value: Any, field: str = "outputs") -> set[str]:
+    """The outputs a V1/V2 client asks for: a subset of classes, probabilities, uncertainty."""
+    if value is None:
+        return {"classes"}
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise InputError(field, f"{value!r} is not a list of names", f"give a subset of {list(OUTPUTS)}")
+    unknown = sorted(set(items) - set(OUTPUTS))
+    if unknown:
+        raise InputError(field, f"unknown outputs {unknown}", f"choose from {list(OUTPUTS)}")
+    return set(items) | {"classes"}
+
+
+class PredictionCache:
+    """A small thread-safe LRU of recent predictions."""
+
+    def __init__(self, size: int, max_pixels: int = 16_000_000) -> None:
+        self.size = size
+        self.max_pixels = max_pixels
+        self._items: OrderedDict[str, Prediction] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Prediction | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: str, prediction: Prediction) -> None:
+        if self.size <= 0 or prediction.classes.height * prediction.classes.width > self.max_pixels:
+            return
+        with self._lock:
+            self._items[key] = prediction
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class LulcService:
+    """Predictions for the predictor and the API: off the event loop, bounded, cached, measured."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        bundle: ModelBundle,
+        settings: ServingConfig | None = None,
+        *,
+        max_concurrency: int = 1,
+        timeout_s: float = 600.0,
+    ) -> None:
+        self.predictor = predictor
+        self.bundle = bundle
+        self.settings = settings or ServingConfig()
+        self.timeout_s = timeout_s
+        self.cache = PredictionCache(self.settings.cache_size)
+        self._slots = asyncio.Semaphore(max_concurrency)
+
+    @property
+    def label_set(self) -> Any:
+        return self.bundle.metadata.label_set
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        async with self._slots:
+            try:
+                return await asyncio.wait_for(asyncio.to_thread(fn), self.timeout_s)
+            except TimeoutError:
+                raise UpstreamError(
+                    "lulc", f"prediction did not finish within {self.timeout_s:g} s", status_code=504
+                ) from None
+
+    async def predict_area(self, job: AreaJob) -> tuple[Prediction, bool]:
+        """The prediction of `job` and whether it came from the cache."""
+        key = job.key()
+        cached = self.cache.get(key)
+        if cached is not None:
+            obs.CACHE_HITS.inc()
+            return cached, True
+        try:
+            prediction = await self._run(lambda: self.predictor.predict(job.bbox, job.start, job.end, job.options))
+        except (UpstreamError, NotCoveredError) as exc:
+            obs.UPSTREAM_ERRORS.labels(service=getattr(exc, "service", "imagery")).inc()
+            raise
+        obs.PIXELS.inc(prediction.classes.height * prediction.classes.width)
+        self.cache.put(key, prediction)
+        return prediction, False
+
+    async def predict_image(self, raster: Raster, options: PredictOptions) -> Prediction:
+        """The prediction of a client's own imagery (bands in the bundle's order)."""
+        s = self.settings
+        threshold = s.threshold if options.threshold is None else options.threshold
+        prediction = await self._run(
+            lambda: predict_raster(
+                self.bundle,
+                raster,
+                window=s.window,
+                overlap=s.overlap,
+                batch_size=s.batch_size,
+                threshold=threshold,
+                return_probabilities=options.probabilities,
+                uncertainty=options.uncertainty,
+                tta_variants=options.tta_variants,
+                progress=False,
+            )
+        )
+        obs.PIXELS.inc(raster.height * raster.width)
+        return prediction
+
+    def warm_up(self) -> float:
+        """One forward pass on a blank window (so the first request is not slow); returns seconds."""
+        started = time.monotonic()
+        meta = self.bundle.metadata
+        size = min(self.settings.window, 64)
+        blank = np.zeros((len(meta.bands), size, size), np.float32)
+        from affine import Affine
+        from rasterio.crs import CRS
+
+        raster = Raster(blank, Affine(meta.resolution, 0, 0, 0, -meta.resolution, 0), CRS.from_epsg(3857), meta.bands)
+        predict_raster(self.bundle, raster, window=size, overlap=0, batch_size=1, progress=False)
+        return time.monotonic() - started
+
+    def describe(self) -> dict[str, Any]:
+        """The label set and the model's inputs (GET /segment/describe)."""
+        meta = self.bundle.metadata
+        return {
+            "label_set": meta.label_set.name,
+            "classes": [
+                {"value": 0, "name": "unknown", "color": "#000000", "description": "No data or below the threshold."}
+            ]
+            + [
+                {"value": i, "name": c.name, "color": c.color, "description": c.description, "osm_filter": c.osm_filter}
+                for i, c in enumerate(meta.label_set.classes, start=1)
+            ],
+            "bands": meta.bands,
+            "resolution_m": meta.resolution,
+            "fusion_modes": [m.value for m in FusionMode],
+            "max_pixels": self.settings.max_pixels,
+        }
+
+
+def georeference(raster: Raster) -> dict[str, Any]:
+    """CRS, affine transform (GDAL order a, b, c, d, e, f), size and bounds of a raster."""
+    t = raster.transform
+    return {
+        "crs": raster.crs.to_string() if raster.crs else None,
+        "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+        "width": raster.width,
+        "height": raster.height,
+        "bounds": list(raster.bounds),
+    }
+
+
+def encode_file(write: Callable[[Path], object], suffix: str) -> bytes:
+    """Bytes of a file written by `write(path)` into a temporary directory (deleted afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="lulc-") as tmp:
+        path = Path(tmp) / f"out{suffix}"
+        write(path)
+        return path.read_bytes()
