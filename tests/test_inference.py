@@ -430,3 +430,82 @@ def test_predictor_fusion_modes_need_their_sources(bundle: ModelBundle, store: _
         predictor.predict(_bbox_inside(), START, END, PredictOptions(fusion_mode=FusionMode.HARMONIZED_CORINE))
     with pytest.raises(InputError, match="label set"):
         predictor.predict(_bbox_inside(), START, END, PredictOptions(fusion_mode=FusionMode.ONLY_CORINE))
+
+
+# --- Predictor with OSM / CORINE fusion ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def forest_osm(tmp_path: Path) -> object:
+    """A real local OSM source: one landuse=forest polygon over the western half of the request bbox."""
+    gpd = pytest.importorskip("geopandas")
+    local_osm = pytest.importorskip("lulc_core.osm.local")
+    pytest.importorskip("lulc_core.labelling")
+    from shapely.geometry import box
+
+    bbox = _bbox_inside()
+    mid = (bbox.west + bbox.east) / 2
+    frame = gpd.GeoDataFrame(
+        {"osm_id": ["way/1"], "landuse": ["forest"]},
+        geometry=[box(bbox.west - 0.01, bbox.south - 0.01, mid, bbox.north + 0.01)],
+        crs="EPSG:4326",
+    )
+    path = tmp_path / "osm.geojson"
+    frame.to_file(path, driver="GeoJSON")
+    return local_osm.LocalOsmSource(path)
+
+
+def test_predictor_fusion_with_a_local_osm_source(
+    bundle: ModelBundle, store: _RecordingStore, forest_osm: object, v3_label_set: LabelSet
+) -> None:
+    forest = v3_label_set.value_of("forest")
+    settings = ServingConfig(window=64, overlap=16, edge_buffer_m=0)
+    predictor = Predictor(bundle, store, forest_osm, settings)  # type: ignore[arg-type]
+    bbox = _bbox_inside()
+
+    only_osm = predictor.predict(bbox, START, END, PredictOptions(fusion_mode=FusionMode.ONLY_OSM))
+    assert store.tiles == [], "only_osm does not fetch imagery or run the model"
+    osm = only_osm.classes.data[0]
+    west = osm[:, : osm.shape[1] // 2 - 2]
+    east = osm[:, osm.shape[1] // 2 + 2 :]
+    assert (west == forest).all() and (east == 0).all()
+
+    model = predictor.predict(bbox, START, END, PredictOptions(fusion_mode=FusionMode.ONLY_MODEL)).classes.data[0]
+    favour_osm = predictor.predict(bbox, START, END, PredictOptions(fusion_mode=FusionMode.FAVOUR_OSM))
+    expected = np.where(osm > 0, osm, model)
+    np.testing.assert_array_equal(favour_osm.classes.data[0], expected)
+
+    unsure = PredictOptions(fusion_mode=FusionMode.FAVOUR_MODEL, threshold=1.0)  # the model says unknown everywhere
+    np.testing.assert_array_equal(predictor.predict(bbox, START, END, unsure).classes.data[0], osm)
+
+    mixin = PredictOptions(fusion_mode=FusionMode.MEAN_MIXIN, mixin_weight=0.9, probabilities=True)
+    mixed = predictor.predict(bbox, START, END, mixin)
+    assert (mixed.classes.data[0][osm > 0] == forest).all()
+    np.testing.assert_array_equal(mixed.classes.data[0][osm == 0], model[osm == 0])
+    assert mixed.classes.tags["FUSION_MODE"] == "mean_mixin"
+
+    with pytest.raises(InputError, match="uncertainty"):
+        predictor.predict(bbox, START, END, PredictOptions(fusion_mode=FusionMode.ONLY_OSM, uncertainty=True))
+
+
+class _CorineSource:
+    """A CORINE-capable label source (stands in for the Sentinel Hub BYOC CLC collection)."""
+
+    def features(self, *args: object) -> object:
+        raise AssertionError("not used by harmonized_corine")
+
+    def corine_codes(self, tile: Tile) -> Raster:
+        codes = np.full((1, tile.height, tile.width), 211, np.uint16)  # non-irrigated arable land
+        codes[0, : tile.height // 2] = 311  # broad-leaved forest
+        transform = Affine(tile.resolution, 0, tile.bounds[0], 0, -tile.resolution, tile.bounds[3])
+        return Raster(codes, transform, CRS.from_user_input(tile.crs), ["clc"])
+
+
+def test_predictor_harmonized_corine(bundle: ModelBundle, store: _RecordingStore, v3_label_set: LabelSet) -> None:
+    predictor = Predictor(bundle, store, _CorineSource())  # type: ignore[arg-type]
+    options = PredictOptions(fusion_mode=FusionMode.HARMONIZED_CORINE)
+    classes = predictor.predict(_bbox_inside(), START, END, options).classes.data[0]
+    half = classes.shape[0] // 2
+    assert (classes[:half] == v3_label_set.value_of("forest")).all()
+    assert (classes[half:] == v3_label_set.value_of("farmland")).all()
+    assert store.tiles == []
