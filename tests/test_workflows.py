@@ -3,6 +3,7 @@ GitHub workflow JSON schema, pre-commit's own validator) and checked for what th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -169,3 +170,78 @@ def test_pre_commit_config() -> None:
     assert "detect-private-key" in hooks
     ruff_pin = re.search(r"^ruff==(\S+)$", (REPO / "requirements.lock").read_text(), re.M)
     assert ruff_pin and hooks["ruff-check"][1] == f"v{ruff_pin.group(1)}", "pre-commit's ruff = the locked ruff"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The gate report of a retraining run (scripts/gate_report.py, called by scripts/retrain.sh)
+
+GATE_REPORT = REPO / "scripts" / "gate_report.py"
+
+
+def _version(version: int, created: str, passed: str | None, name: str = "lulc-segformer") -> dict[str, Any]:
+    tags = {"lulc.lineage.code_version": "abc"}
+    if passed is not None:
+        tags |= {
+            "lulc.gate.passed": passed,
+            "lulc.gate.candidate_miou": "0.61",
+            "lulc.gate.min_miou": "0.5",
+            "lulc.gate.production_miou": "0.58",
+            "lulc.gate.production_version": "2",
+            "lulc.gate.reasons": "mIoU 0.6100 meets the threshold 0.5000 | mIoU 0.6100 is not worse than production 2",
+        }
+    return {"name": name, "version": version, "backend": "mlflow", "created_at": created, "tags": tags}
+
+
+def _gate_report(versions: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    stdin = versions if isinstance(versions, str) else json.dumps(versions)
+    return subprocess.run(
+        [sys.executable, str(GATE_REPORT), *args], input=stdin, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_gate_report_passed_appends_summary(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    summary.write_text("# earlier step\n")
+    versions = [_version(3, "2026-01-15T05:00:00+00:00", "true"), _version(2, "2026-01-01T00:00:00+00:00", "true")]
+    result = _gate_report(versions, "--since", "2026-01-15T03:17:00Z", "--run", "run-1", "--summary", str(summary))
+    assert result.returncode == 0, result.stderr
+    text = summary.read_text()
+    assert text.startswith("# earlier step\n") and "quality gate passed" in text
+    assert "`lulc-segformer@3`" in text and "| candidate test mIoU | 0.61 |" in text
+    assert "| production test mIoU | 0.58 |" in text and "- mIoU 0.6100 meets the threshold 0.5000" in text
+
+
+def test_gate_report_rejected_fails() -> None:
+    versions = [_version(4, "2026-01-15T05:00:00+00:00", "false"), _version(3, "2026-01-15T04:00:00+00:00", "true")]
+    result = _gate_report(versions, "--since", "2026-01-15T03:17:00+00:00")
+    assert result.returncode == 1
+    assert "**rejected**" in result.stdout and "@4" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("versions", "args"),
+    [
+        ([], ()),
+        ([_version(2, "2026-01-15T03:00:00+00:00", "true")], ()),  # older than the submission (past the skew)
+        ([_version(5, "2026-01-15T05:00:00+00:00", "true", name="other-model")], ("--model", "lulc-segformer")),
+        ([_version(5, "2026-01-15T05:00:00+00:00", None)], ()),  # registered but no gate decision
+    ],
+)
+def test_gate_report_without_a_decision_fails(versions: list[dict[str, Any]], args: tuple[str, ...]) -> None:
+    result = _gate_report(versions, "--since", "2026-01-15T03:17:00+00:00", *args)
+    assert result.returncode == 3, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("stdin", "since", "message"),
+    [
+        ("not json", "2026-01-15T03:17:00Z", "not the JSON"),
+        ('{"a": 1}', "2026-01-15T03:17:00Z", "JSON list"),
+        ("[]", "yesterday", "not an ISO 8601 time"),
+        ("[]", "2026-01-15T03:17:00", "no time zone"),
+    ],
+)
+def test_gate_report_bad_input(stdin: str, since: str, message: str) -> None:
+    result = _gate_report(stdin, "--since", since)
+    assert result.returncode == 2
+    assert message in result.stderr
