@@ -5,7 +5,8 @@ A bundle is a directory::
     model/             save_pretrained() output of SegformerForSemanticSegmentation (config.json,
                        model.safetensors)
     lulc.json          BundleMetadata: bands, resolution, normalisation, label set, metrics, provenance
-    model.onnx         optional ONNX export
+    model.onnx         optional ONNX export (`export_onnx`): pixel_values (B, bands, H, W) -> logits
+                       (B, classes, H/4, W/4), dynamic batch/height/width, verified against torch
 
 The registry stores the directory; KServe's storage initializer puts it under /mnt/models; the predictor loads
 it with `ModelBundle.load(path)`.
@@ -109,6 +110,7 @@ class ModelBundle:
         if not (weights / "config.json").is_file():
             raise NotFoundError(f"{p} is not a model bundle: {WEIGHTS_DIR}/config.json is missing")
         model = SegformerForSemanticSegmentation.from_pretrained(weights)
+        check_model_matches(model, metadata, p)
         model.eval().to(device)
         return cls(p, metadata, model)
 
@@ -118,9 +120,30 @@ class ModelBundle:
             tmp.write_text(self.metadata.model_dump_json(indent=2))
 
 
+def check_model_matches(model: Any, metadata: BundleMetadata, where: str | Path = "bundle") -> None:
+    """The model's input channels and classes must be the metadata's bands and label set."""
+    config = getattr(model, "config", None)
+    channels = getattr(config, "num_channels", None)
+    labels = getattr(config, "num_labels", None)
+    if channels is not None and channels != len(metadata.bands):
+        raise ConfigError(
+            f"{where}: bands",
+            f"the model takes {channels} channels but lulc.json lists {len(metadata.bands)} bands",
+            "write the bundle with the bands the model was trained on",
+        )
+    if labels is not None and labels != metadata.label_set.num_classes:
+        raise ConfigError(
+            f"{where}: label_set",
+            f"the model predicts {labels} classes but the label set has {metadata.label_set.num_classes} "
+            "(unknown included)",
+            "write the bundle with the label set the model was trained on",
+        )
+
+
 def save_bundle(path: str | Path, model: Any, metadata: BundleMetadata) -> Path:
     """Write a bundle directory atomically: built beside `path`, then renamed into place."""
     target = Path(path)
+    check_model_matches(model, metadata, target)
     staging = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -134,3 +157,97 @@ def save_bundle(path: str | Path, model: Any, metadata: BundleMetadata) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("model bundle written to %s", target)
     return target
+
+
+class _LogitsOnly(torch.nn.Module):
+    """The SegFormer returning only its logits tensor (what ONNX exports)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits  # type: ignore[no-any-return]
+
+
+def export_onnx(
+    bundle_dir: str | Path,
+    output: str | Path | None = None,
+    *,
+    opset: int = 17,
+    verify: bool = True,
+    atol: float = 1e-4,
+) -> Path:
+    """Export the bundle's SegFormer to ONNX (default `<bundle>/model.onnx`, written atomically).
+
+    Input ``pixel_values`` float32 (batch, bands, height, width), normalised as lulc.json says; output ``logits``
+    (batch, classes, height/4, width/4). Batch, height and width are dynamic (height and width multiples of 32).
+    With `verify`, onnxruntime runs the file at two input sizes and must match torch within `atol` (scaled by the
+    logits' magnitude), otherwise nothing is written.
+    """
+    import warnings
+
+    bundle = ModelBundle.load(bundle_dir)
+    wrapper = _LogitsOnly(bundle.model).eval()
+    channels = len(bundle.metadata.bands)
+    example = torch.zeros(1, channels, 64, 64)
+    target = Path(output) if output is not None else Path(bundle_dir) / ONNX_FILE
+    with atomic_path(target) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(tmp),
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_axes={
+                "pixel_values": {0: "batch", 2: "height", 3: "width"},
+                "logits": {0: "batch", 2: "height_4", 3: "width_4"},
+            },
+            opset_version=opset,
+            dynamo=False,
+        )
+        wrapper.eval()
+        if verify:
+            diff = verify_onnx(wrapper, tmp, channels, atol=atol)
+            log.info("ONNX matches torch (max abs diff %.2e)", diff)
+    log.info("ONNX model written to %s", target)
+    return target
+
+
+def verify_onnx(
+    model: torch.nn.Module,
+    onnx_path: str | Path,
+    channels: int,
+    sizes: tuple[tuple[int, int, int], ...] = ((1, 64, 64), (2, 96, 160)),
+    atol: float = 1e-4,
+) -> float:
+    """Run an exported model with onnxruntime at several (batch, height, width) and compare with torch.
+
+    Returns the largest absolute difference; raises `ConfigError` when a difference exceeds
+    ``atol * max(1, |logits|max)``.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for batch, height, width in sizes:
+        x = torch.randn(batch, channels, height, width, generator=generator)
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        got = session.run(["logits"], {"pixel_values": x.numpy()})[0]
+        if got.shape != expected.shape:
+            raise ConfigError(
+                "onnx", f"ONNX output shape {got.shape} != torch {expected.shape} at input {tuple(x.shape)}"
+            )
+        diff = float(np.abs(got - expected).max())
+        worst = max(worst, diff)
+        if diff > atol * max(1.0, float(np.abs(expected).max())):
+            raise ConfigError(
+                "onnx",
+                f"ONNX and torch logits differ by {diff:.3g} at input {tuple(x.shape)}",
+                "try another --opset; the export is not written",
+            )
+    return worst
