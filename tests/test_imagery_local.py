@@ -195,3 +195,15 @@ def test_build_imagery_store(repo_root: Path, tmp_path: Path):
     with pytest.raises(InputError) as err:
         build_imagery_store(ImageryConfig(store="local", local_dir=tmp_path / "missing"))
     assert err.value.field == "imagery.local_dir"
+
+
+def test_build_imagery_store_dispatches_to_sentinelhub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from lulc_core.imagery.sentinelhub import SentinelHubStore
+
+    monkeypatch.setenv("SH_CLIENT_ID", "client")
+    monkeypatch.setenv("SH_CLIENT_SECRET", "secret")
+    cfg = ImageryConfig(
+        store="sentinelhub",
+        sentinelhub={"base_url": "http://127.0.0.1:9", "token_url": "http://127.0.0.1:9/token"},
+    )
+    assert isinstance(build_imagery_store(cfg, cache_dir=tmp_path), SentinelHubStore)

@@ -149,3 +149,11 @@ def test_build_osm_source(repo_root: Path, tmp_path: Path):
     with pytest.raises(InputError) as err:
         build_osm_source(LabelsConfig(label_set=label_set, source="corine"))
     assert err.value.field == "labels.source"
+
+
+def test_build_osm_source_dispatches_to_ohsome(repo_root: Path, tmp_path: Path):
+    from lulc_core.osm.ohsome import OhsomeSource
+
+    cfg = LabelsConfig(label_set=repo_root / "conf/labels/v3.yaml", source="ohsome", ohsome_url="http://127.0.0.1:9/v1")
+    src = build_osm_source(cfg, cache_dir=tmp_path)
+    assert isinstance(src, OhsomeSource) and isinstance(src, OsmSource)
