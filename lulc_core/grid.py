@@ -169,24 +169,28 @@ def _utm_cells(parts: list[AoiPart], tile_size_m: float, resolution: float) -> l
         x0 = round(ux0 / resolution) * resolution  # nearest pixel edge: no sliver column of nodata
         y1 = round(uy1 / resolution) * resolution
         found: dict[tuple[int, int], _Cell] = {}
+        shapely.prepare(union)
         for idx, geom in projected:
             gx0, gy0, gx1, gy1 = geom.bounds
-            cols = range(int((gx0 - x0) // size), math.ceil((gx1 - x0) / size))
-            rows = range(int((y1 - gy1) // size), math.ceil((y1 - gy0) / size))
+            cols = np.arange(int((gx0 - x0) // size), math.ceil((gx1 - x0) / size))
+            rows = np.arange(int((y1 - gy1) // size), math.ceil((y1 - gy0) / size))
+            cc, rr = (a.ravel() for a in np.meshgrid(cols, rows))
+            boxes = shapely.box(x0 + cc * size, y1 - (rr + 1) * size, x0 + (cc + 1) * size, y1 - rr * size)
             shapely.prepare(geom)
-            for row in rows:
-                for col in cols:
-                    bounds = (x0 + col * size, y1 - (row + 1) * size, x0 + (col + 1) * size, y1 - row * size)
-                    cell_box = box(*bounds)
-                    if not shapely.intersects(geom, cell_box):
-                        continue
-                    cell = found.get((col, row))
-                    if cell is None:
-                        share = shapely.intersection(cell_box, union).area / cell_box.area
-                        cell = _Cell((crs, row, col), crs, bounds, share)
-                        cell.label = f"{epsg}-{round(bounds[0])}-{round(bounds[1])}"
-                        found[(col, row)] = cell
-                    cell.parts.add(idx)
+            hit = shapely.intersects(geom, boxes)
+            new = np.array([(int(c), int(r)) not in found for c, r in zip(cc, rr, strict=True)], dtype=bool) & hit
+            shares = np.zeros(len(boxes))
+            if new.any():
+                shares[new] = shapely.area(shapely.intersection(boxes[new], union)) / (size * size)
+            for k in np.flatnonzero(hit):
+                key = (int(cc[k]), int(rr[k]))
+                cell = found.get(key)
+                if cell is None:
+                    bounds = tuple(float(v) for v in shapely.bounds(boxes[k]))
+                    cell = _Cell((crs, key[1], key[0]), crs, bounds, float(shares[k]))  # type: ignore[arg-type]
+                    cell.label = f"{epsg}-{round(bounds[0])}-{round(bounds[1])}"
+                    found[key] = cell
+                cell.parts.add(idx)
         cells.extend(found[k] for k in sorted(found, key=lambda rc: (rc[1], rc[0])))
     return cells
 
