@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
@@ -34,6 +35,8 @@ from lulc_core.geo import Tile
 from lulc_core.raster import Raster
 
 log = logging.getLogger(__name__)
+# rasterio warns about its own in-memory datasets when reprojecting numpy arrays; the transforms are given.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module=r"rasterio\.warp")
 
 DATE_TAGS = ("ACQUISITION_DATE", "DATETIME", "datetime")
 SUFFIXES = (".tif", ".tiff")
@@ -91,6 +94,7 @@ class LocalGeoTiffStore:
             raise InputError("resampling", f"unknown resampling {resampling!r}", "use nearest or bilinear") from None
         self._lock = threading.Lock()
         self._index: list[IndexedFile] | None = None
+        self._tree: shapely.STRtree | None = None
 
     def __repr__(self) -> str:
         return f"LocalGeoTiffStore({str(self.directory)!r})"
@@ -101,6 +105,7 @@ class LocalGeoTiffStore:
         with self._lock:
             if self._index is None:
                 self._index = self._build_index()
+                self._tree = shapely.STRtree([box(*f.footprint_wgs84) for f in self._index])
             return self._index
 
     def _build_index(self) -> list[IndexedFile]:
@@ -136,12 +141,13 @@ class LocalGeoTiffStore:
 
     def candidates(self, tile: Tile, bands: Sequence[str]) -> list[IndexedFile]:
         """Files that overlap `tile` and hold at least one of `bands`, in mosaic order (best date first)."""
-        tb = tile.bbox_wgs84
-        tile_box = box(*tb.as_tuple())
+        index = self.index
+        assert self._tree is not None
         wanted = set(bands)
         found = []
-        for f in self.index:
-            if not wanted.intersection(f.band_names) or not tile_box.intersects(box(*f.footprint_wgs84)):
+        for i in sorted(self._tree.query(box(*tile.bbox_wgs84.as_tuple()), predicate="intersects")):
+            f = index[int(i)]
+            if not wanted.intersection(f.band_names):
                 continue
             # exact test in the file's CRS
             if box(*transform_bounds(tile.crs, f.crs, *tile.bounds, densify_pts=21)).intersection(box(*f.bounds)).area:
@@ -194,19 +200,17 @@ class LocalGeoTiffStore:
             masks = src.read_masks(indexes, window=window)
             data[masks == 0] = np.nan
             fresh = np.full((len(todo), out.shape[1], out.shape[2]), np.nan, dtype=np.float32)
-            with warnings.catch_warnings():  # rasterio warns spuriously about in-memory arrays
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                reproject(
-                    source=data,
-                    destination=fresh,
-                    src_transform=src.window_transform(window),
-                    src_crs=src.crs,
-                    src_nodata=np.nan,
-                    dst_transform=dst_transform,
-                    dst_crs=dst_crs,
-                    dst_nodata=np.nan,
-                    resampling=self.resampling,
-                )
+            reproject(
+                source=data,
+                destination=fresh,
+                src_transform=src.window_transform(window),
+                src_crs=src.crs,
+                src_nodata=np.nan,
+                dst_transform=dst_transform,
+                dst_crs=dst_crs,
+                dst_nodata=np.nan,
+                resampling=self.resampling,
+            )
         for k, band in enumerate(todo):
             target = out[names.index(band)]
             gap = np.isnan(target)
