@@ -314,10 +314,13 @@ def _iso(value: datetime) -> str:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, title: str) -> None:
+    """An error answer: status, title and (as the real server sends) an errorType code."""
+
+    def __init__(self, status: int, title: str, error_type: str | None = None) -> None:
         super().__init__(title)
         self.status = status
         self.title = title
+        self.error_type = error_type
 
 
 # --------------------------------------------------------------------------------------------- NQL
@@ -425,6 +428,15 @@ class NeptuneStandIn:
         self._uploads: dict[str, dict[str, Any]] = {}
         self._downloads: dict[str, bytes] = {}
         self._lock = threading.RLock()
+        project_container = Container(id=self.project_id, type="project", short_id=project_key, parent_id=self.org_id)
+        project_container.attrs.update(
+            {
+                "sys/id": Attribute("string", project_key),
+                "sys/name": Attribute("string", project),
+                "sys/creation_time": Attribute("datetime", _now()),
+            }
+        )
+        self.containers[self.project_id] = project_container
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -472,6 +484,8 @@ class NeptuneStandIn:
     def _container(self, ident: str) -> Container:
         if ident in self.containers:
             return self.containers[ident]
+        if ident == self.project:
+            return self.containers[self.project_id]
         short = ident.rsplit("/", 1)[-1]
         prefix = ident.rsplit("/", 1)[0] if "/" in ident else self.project
         if prefix != self.project:
@@ -479,7 +493,7 @@ class NeptuneStandIn:
         for c in self.containers.values():
             if c.short_id == short:
                 return c
-        raise ApiError(404, f"experiment {ident} not found")
+        raise ApiError(404, f"experiment {ident} not found", "EXPERIMENT_NOT_FOUND")
 
     def _experiment_json(self, c: Container) -> dict[str, Any]:
         return {
@@ -831,7 +845,10 @@ class NeptuneStandIn:
                     with server._lock:
                         result = server._route(method, parsed.path, parse_qs(parsed.query), body, self.headers)
                 except ApiError as exc:
-                    self._send(exc.status, {"title": exc.title, "status": exc.status})
+                    payload = {"title": exc.title, "status": exc.status}
+                    if exc.error_type:
+                        payload["errorType"] = exc.error_type
+                    self._send(exc.status, payload)
                     return
                 except (KeyError, ValueError) as exc:
                     self._send(400, {"title": f"bad request: {exc}", "status": 400})

@@ -1,0 +1,466 @@
+"""Neptune registry backend (neptune client 1.x): a Neptune *model* with one *model version* per registration.
+
+Status: Neptune announced the shutdown of its hosted service (app.neptune.ai) on 3 December 2025. This backend
+keeps working against a self-hosted Neptune server (the token's `api_address` points at it) and in offline mode
+(`NEPTUNE_MODE=offline`, data under `./.neptune/` for a later `neptune sync` to such a server). MLflow is the
+default backend.
+
+Configuration: `NEPTUNE_API_TOKEN`, `NEPTUNE_PROJECT` (or `registry.neptune_project`), `NEPTUNE_MODE` (async -
+the default - and sync register synchronously; offline; read-only). The model key is `registry.neptune_model_key`
+(1-10 upper-case letters/digits); the model id is `<PROJECT_KEY>-<KEY>`, versions `<PROJECT_KEY>-<KEY>-<n>`.
+
+A version holds: `bundle` (file set: the bundle directory), `metrics/*`, `hyperparameters/*`, `provenance/*`,
+`label_set/{name,fingerprint,yaml}`, `run_url`, `sys/stage` (none/staging/production/archived, changed with
+`change_stage`), and `lulc/<tag>` strings mirroring the MLflow version tags (gate decision, lineage, test set).
+
+Offline mode: the neptune client cannot create models or versions offline, so a registration is stored as an
+offline *run* tagged `lulc-model-candidate` with the same fields and the bundle (copied to
+`.neptune/lulc-bundles/`, because offline file sets only reference paths); after `neptune sync`, register the
+bundle online. Reads (`list`, `resolve`, `promote`) need a server.
+
+KServe cannot fetch from Neptune (`storage_uri` is None): resolve the bundle and copy it to object storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import shutil
+import uuid
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from lulc_core.config import RegistryConfig
+from lulc_core.errors import InputError, LulcError, NotFoundError, UpstreamError
+from lulc_core.registry import (
+    ALIAS_STAGES,
+    STAGES,
+    TAG_STAGE,
+    ModelRef,
+    ModelRegistry,
+    ModelVersionInfo,
+    Registration,
+    RegistrationInfo,
+    Stage,
+    metrics_from_tags,
+    parse_stage,
+    prepare_registration,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = ("async", "sync", "offline", "read-only", "debug")
+CREDENTIALS_FIX = (
+    "export NEPTUNE_API_TOKEN=<API token from your Neptune server> and NEPTUNE_PROJECT=<workspace>/<project> "
+    "(or set registry.neptune_project), or use NEPTUNE_MODE=offline to store locally for `neptune sync`"
+)
+_KEY = re.compile(r"^[A-Z0-9]{1,10}$")
+_VERSION_ID = re.compile(r"^(?P<model>[A-Z0-9]+-[A-Z0-9]+)-(?P<n>\d+)$")
+# Connection retries of the neptune client (read once, when neptune is first imported): seconds, not minutes.
+NEPTUNE_ENV_DEFAULTS = {"NEPTUNE_RETRIES_TIMEOUT": "15", "NEPTUNE_REQUEST_TIMEOUT": "60"}
+
+
+def _neptune() -> Any:
+    for key, value in NEPTUNE_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    import neptune
+
+    for name in ("neptune", "neptune-client", "neptune.new"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return neptune
+
+
+def _tag_path(key: str) -> str:
+    return "lulc/" + key.replace("/", "__")
+
+
+def _tag_key(path: str) -> str:
+    return path.removeprefix("lulc/").replace("__", "/")
+
+
+class NeptuneRegistry(ModelRegistry):
+    """Model registry on a (self-hosted) Neptune server, through the neptune 1.x client."""
+
+    backend = "neptune"
+
+    def __init__(
+        self,
+        project: str | None,
+        api_token: str | None,
+        model_key: str,
+        cache_dir: Path,
+        *,
+        mode: str = "async",
+        model_name: str | None = None,
+    ) -> None:
+        if not _KEY.match(model_key):
+            raise InputError(
+                "registry.neptune_model_key", f"{model_key!r} is not a Neptune model key", "use 1-10 A-Z/0-9"
+            )
+        super().__init__(model_key, cache_dir)
+        if mode not in MODES:
+            raise InputError("NEPTUNE_MODE", f"unknown mode {mode!r}", f"choose one of {', '.join(MODES)}")
+        if mode not in ("offline", "debug"):
+            if not api_token:
+                raise InputError("NEPTUNE_API_TOKEN", "is not set", CREDENTIALS_FIX)
+            if not project:
+                raise InputError("NEPTUNE_PROJECT", "is not set", CREDENTIALS_FIX)
+        self.project = project
+        self.api_token = api_token
+        self.mode = mode
+        self.model_key = model_key
+        self.aliases = {model_key, *([model_name] if model_name else [])}
+        self._project_key: str | None = None
+
+    @classmethod
+    def from_env(cls, cfg: RegistryConfig, cache_dir: Path) -> NeptuneRegistry:
+        """Project from `cfg.neptune_project` or NEPTUNE_PROJECT; token and mode from the environment."""
+        return cls(
+            cfg.neptune_project or os.environ.get("NEPTUNE_PROJECT"),
+            os.environ.get("NEPTUNE_API_TOKEN"),
+            cfg.neptune_model_key,
+            cache_dir,
+            mode=os.environ.get("NEPTUNE_MODE", "async") or "async",
+            model_name=cfg.model_name,
+        )
+
+    # -- plumbing -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Translate neptune client errors into lulc errors naming `what`."""
+        _neptune()
+        from neptune.common.exceptions import (
+            Forbidden,
+            NeptuneConnectionLostException,
+            NeptuneException,
+            NeptuneInvalidApiTokenException,
+            Unauthorized,
+        )
+        from neptune.exceptions import (
+            CannotResolveHostname,
+            FetchAttributeNotFoundException,
+            MetadataContainerNotFound,
+            NeptuneMissingApiTokenException,
+            NeptuneMissingProjectNameException,
+            ProjectNotFound,
+        )
+
+        try:
+            yield
+        except LulcError:
+            raise
+        except (NeptuneMissingApiTokenException, NeptuneInvalidApiTokenException) as exc:
+            raise InputError(
+                "NEPTUNE_API_TOKEN", "is missing or not a valid Neptune API token", CREDENTIALS_FIX
+            ) from exc
+        except (Unauthorized, Forbidden) as exc:
+            raise InputError("NEPTUNE_API_TOKEN", f"the server refused access ({what})", CREDENTIALS_FIX) from exc
+        except (NeptuneMissingProjectNameException, ProjectNotFound) as exc:
+            raise InputError("NEPTUNE_PROJECT", f"project {self.project!r} not found", CREDENTIALS_FIX) from exc
+        except (MetadataContainerNotFound, FetchAttributeNotFoundException) as exc:
+            raise NotFoundError(f"{what}: not found in Neptune project {self.project}") from exc
+        except (NeptuneConnectionLostException, CannotResolveHostname, ConnectionError) as exc:
+            raise UpstreamError(
+                "neptune",
+                f"cannot reach the Neptune server of NEPTUNE_API_TOKEN ({what}) — check that the self-hosted server "
+                "runs and the token's api_address",
+                status_code=503,
+            ) from exc
+        except NeptuneException as exc:
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip(" -")), type(exc).__name__)
+            raise UpstreamError("neptune", f"{what}: {first}") from exc
+
+    def _kwargs(self, mode: str) -> dict[str, Any]:
+        return {"project": self.project, "api_token": self.api_token, "mode": mode}
+
+    def _online_mode(self) -> str:
+        if self.mode in ("offline", "debug"):
+            raise InputError(
+                "NEPTUNE_MODE",
+                f"{self.mode} mode cannot read or change model versions",
+                "unset NEPTUNE_MODE (or set async) with NEPTUNE_API_TOKEN/NEPTUNE_PROJECT of a Neptune server",
+            )
+        return "sync"
+
+    def _key_of(self, name: str) -> str:
+        if name in self.aliases:
+            return self.model_key
+        if _KEY.match(name):
+            return name
+        if "-" in name and _KEY.match(name.rsplit("-", 1)[-1]):
+            return name.rsplit("-", 1)[-1]
+        raise InputError("ref", f"{name!r} is not a Neptune model key or id", "use the model key, e.g. LULC@3")
+
+    def project_key(self) -> str:
+        """The project's key (prefix of model ids), read from the server once."""
+        if self._project_key is None:
+            neptune = _neptune()
+            with self._errors(f"project {self.project}"):
+                project = neptune.init_project(project=self.project, api_token=self.api_token, mode="read-only")
+                try:
+                    self._project_key = str(project["sys/id"].fetch())
+                finally:
+                    project.stop()
+        return self._project_key
+
+    def model_id(self, key: str) -> str:
+        return f"{self.project_key()}-{key}"
+
+    def _uri(self, version_id: str) -> str:
+        return f"neptune://{self.project}/{version_id}"
+
+    # -- reads ----------------------------------------------------------------------------------------------
+
+    def _table(self, key: str) -> list[dict[str, Any]]:
+        """All versions of model `key` as dicts of field path -> value (one leaderboard search)."""
+        neptune = _neptune()
+        model_id = self.model_id(key)
+        with self._errors(f"model {key}"):
+            try:
+                model = neptune.init_model(with_id=model_id, **self._kwargs("read-only"))
+            except Exception as exc:
+                from neptune.exceptions import ModelNotFound
+
+                if isinstance(exc, ModelNotFound):
+                    raise NotFoundError(
+                        f"no Neptune model {model_id!r} in {self.project} — register one with `lulc registry register`"
+                    ) from None
+                raise
+            try:
+                frame = model.fetch_model_versions_table(progress_bar=False).to_pandas()
+            finally:
+                model.stop()
+        rows = []
+        for record in frame.to_dict(orient="records"):
+            rows.append({k: v for k, v in record.items() if not (isinstance(v, float) and math.isnan(v))})
+        return rows
+
+    def _to_info(self, key: str, row: Mapping[str, Any]) -> ModelVersionInfo:
+        version_id = str(row["sys/id"])
+        m = _VERSION_ID.match(version_id)
+        number = int(m["n"]) if m else 0
+        tags = {_tag_key(k): str(v) for k, v in row.items() if k.startswith("lulc/")}
+        stage = str(row.get("sys/stage", "none"))
+        tags[TAG_STAGE] = stage
+        created = row.get("sys/creation_time")
+        return ModelVersionInfo(
+            backend=self.backend,
+            name=key,
+            version=number,
+            version_id=version_id,
+            stage=stage if stage in STAGES else "none",  # type: ignore[arg-type]
+            aliases=[stage] if stage in ALIAS_STAGES else [],
+            created_at=str(created.isoformat()) if created is not None and hasattr(created, "isoformat") else None,
+            description=row.get("sys/description") or None,
+            metrics=metrics_from_tags(tags),
+            tags=tags,
+            run_id=version_id,
+            run_url=row.get("run_url") or None,
+            source=f"{self._uri(version_id)}/bundle",
+            uri=self._uri(version_id),
+            storage_uri=None,
+        )
+
+    def list_versions(self, name: str | None = None) -> list[ModelVersionInfo]:
+        self._online_mode()
+        key = self._key_of(name or self.model_key)
+        infos = [self._to_info(key, row) for row in self._table(key)]
+        return sorted(infos, key=lambda v: v.version, reverse=True)
+
+    def list_models(self) -> list[str]:
+        self._online_mode()
+        neptune = _neptune()
+        with self._errors("list models"):
+            project = neptune.init_project(project=self.project, api_token=self.api_token, mode="read-only")
+            try:
+                frame = project.fetch_models_table(columns=["sys/id"], progress_bar=False).to_pandas()
+            finally:
+                project.stop()
+        prefix = self.project_key() + "-"
+        return sorted(str(i).removeprefix(prefix) for i in frame.get("sys/id", []))
+
+    def get(self, ref: str | ModelRef) -> ModelVersionInfo:
+        self._online_mode()
+        r = self.ref(ref)
+        key = self._key_of(r.name)
+        if r.alias is not None and r.alias not in STAGES:
+            raise InputError("ref", f"Neptune has no alias {r.alias!r}", f"use a version number or a stage {STAGES}")
+        versions = self.list_versions(key)
+        if r.version is not None:
+            for v in versions:
+                if v.version == r.version:
+                    return v
+            have = ", ".join(str(v.version) for v in versions[::-1]) or "none"
+            raise NotFoundError(f"model {key!r} has no version {r.version} (versions: {have})")
+        if r.is_latest:
+            if not versions:
+                raise NotFoundError(f"model {key!r} has no versions yet")
+            return versions[0]
+        for v in versions:
+            if v.stage == r.alias:
+                return v
+        raise NotFoundError(
+            f"model {key!r} has no version in stage {r.alias!r} — promote one with "
+            f"`lulc registry promote {key}@<version> --stage {r.alias}`"
+        )
+
+    # -- writes ---------------------------------------------------------------------------------------------
+
+    def _write_fields(self, obj: Any, reg: Registration) -> None:
+        obj["metrics"] = dict(reg.metrics)
+        obj["hyperparameters"] = dict(reg.params)
+        obj["provenance"] = {
+            k: ";".join(v) if isinstance(v, list) else v
+            for k, v in reg.provenance.model_dump(mode="json").items()
+            if v not in (None, [])
+        }
+        label_set = reg.metadata.label_set
+        obj["label_set"] = {"name": label_set.name, "fingerprint": label_set.fingerprint(), "yaml": reg.label_set_yaml}
+        if reg.provenance.run_url:
+            obj["run_url"] = reg.provenance.run_url
+        if reg.description:
+            obj["sys/description"] = reg.description
+        for key, value in reg.version_tags.items():
+            obj[_tag_path(key)] = value
+
+    def register(self, bundle_dir: Path, metadata: RegistrationInfo | None = None) -> ModelRef:
+        """Create the model if missing and a new version holding the bundle and its metadata."""
+        info = metadata or RegistrationInfo()
+        if info.export_onnx:
+            from lulc_core.registry.onnx_export import export_onnx
+
+            export_onnx(Path(bundle_dir))
+        reg = prepare_registration(Path(bundle_dir), info, self.model_key)
+        key = self._key_of(reg.name)
+        if self.mode in ("offline", "debug"):
+            return self._register_offline(key, reg)
+        if self.mode == "read-only":
+            raise InputError("NEPTUNE_MODE", "read-only mode cannot register", "unset NEPTUNE_MODE or set async")
+        neptune = _neptune()
+        model_id = self.model_id(key)
+        with self._errors(f"register {model_id}"):
+            from neptune.exceptions import ModelNotFound
+
+            try:
+                model = neptune.init_model(with_id=model_id, **self._kwargs("sync"))
+            except ModelNotFound:
+                model = neptune.init_model(key=key, name="lulc SegFormer", **self._kwargs("sync"))
+            model.stop()
+            version = neptune.init_model_version(model=model_id, name=reg.run_name, **self._kwargs("sync"))
+            try:
+                self._write_fields(version, reg)
+                version["bundle"].upload_files(str(reg.bundle_dir), wait=True)
+                version_id = str(version["sys/id"].fetch())
+                if not reg.provenance.run_url:
+                    version["run_url"] = version.get_url()
+                version.wait()
+            finally:
+                version.stop()
+        m = _VERSION_ID.match(version_id)
+        ref = ModelRef(name=key, version=int(m["n"]) if m else None)
+        log.info("registered %s (%s)", ref, version_id)
+        return ref
+
+    def _register_offline(self, key: str, reg: Registration) -> ModelRef:
+        """Store the registration as an offline run (bundle copied beside it) for `neptune sync`."""
+        neptune = _neptune()
+        with self._errors("offline registration"):
+            run = neptune.init_run(
+                project=self.project,
+                mode=self.mode,
+                name=reg.run_name,
+                tags=["lulc-model-candidate", f"model:{key}"],
+                capture_stdout=False,
+                capture_stderr=False,
+                capture_hardware_metrics=False,
+                source_files=[],
+                git_ref=False,
+            )
+            try:
+                self._write_fields(run, reg)
+                run["model_key"] = key
+                kept = Path(".neptune") / "lulc-bundles" / uuid.uuid4().hex
+                shutil.copytree(reg.bundle_dir, kept, dirs_exist_ok=True)
+                run["bundle"].upload_files(str(kept.resolve()))
+            finally:
+                run.stop()
+        log.warning(
+            "Neptune %s mode: registration stored as a run under .neptune/ (models cannot be created offline); "
+            "run `neptune sync --project <workspace/project>` and then `lulc registry register` online",
+            self.mode,
+        )
+        return ModelRef(name=key, alias="offline")
+
+    def _open_version(self, info: ModelVersionInfo, mode: str) -> Any:
+        return _neptune().init_model_version(with_id=info.version_id, **self._kwargs(mode))
+
+    def set_tags(self, ref: str | ModelRef, tags: Mapping[str, str]) -> None:
+        info = self.get(ref)
+        with self._errors(f"tag {info.version_id}"):
+            version = self._open_version(info, self._online_mode())
+            try:
+                for key, value in tags.items():
+                    version[_tag_path(key)] = str(value)
+                version.wait()
+            finally:
+                version.stop()
+
+    def promote(self, ref: str | ModelRef, stage: str) -> ModelVersionInfo:
+        """`change_stage` on the version; the previous holder of staging/production is displaced."""
+        target: Stage = parse_stage(stage)
+        mode = self._online_mode()
+        info = self.get(ref)
+        displaced: Stage = "archived" if target == "production" else "none"
+        with self._errors(f"promote {info.version_id}"):
+            if target in ALIAS_STAGES:
+                for other in self.list_versions(info.name):
+                    if other.stage == target and other.version != info.version:
+                        self._change_stage(other, displaced, mode)
+            self._change_stage(info, target, mode)
+        log.info("%s is now %s", info.version_id, target)
+        return self.get(ModelRef(name=info.name, version=info.version))
+
+    def _change_stage(self, info: ModelVersionInfo, stage: Stage, mode: str) -> None:
+        version = self._open_version(info, mode)
+        try:
+            version.change_stage(stage)
+            version[_tag_path(TAG_STAGE)] = stage
+            version.wait()
+        finally:
+            version.stop()
+
+    def _download(self, info: ModelVersionInfo, staging: Path) -> Path:
+        archive = staging / "bundle.zip"
+        with self._errors(f"download {info.version_id}"):
+            version = self._open_version(info, "read-only")
+            try:
+                version["bundle"].download(destination=str(archive), progress_bar=False)
+            finally:
+                version.stop()
+        target = staging / "bundle"
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                resolved = (target / member).resolve()
+                if not resolved.is_relative_to(target.resolve()):
+                    raise UpstreamError("neptune", f"{info.version_id}: unsafe path {member!r} in the bundle archive")
+            zf.extractall(target)
+        archive.unlink()
+        return target
+
+    def _attach(self, info: ModelVersionInfo, file: Path) -> None:
+        with self._errors(f"upload {file.name} to {info.version_id}"):
+            version = self._open_version(info, self._online_mode())
+            try:
+                version["bundle"].upload_files([str(file)], wait=True)
+                version.wait()
+            finally:
+                version.stop()
+
+    def _cache_key(self, info: ModelVersionInfo) -> str:
+        return f'["neptune", "{self._uri(info.version_id)}", "{info.tags.get("lulc.onnx")}"]'
