@@ -407,6 +407,7 @@ class SentinelHubStore:
         resolution: the configured pixel size; tiles are fetched on their own grid (`tile.resolution`).
         cache_dir: response cache directory (None: no cache).
         credentials: (client id, secret); default from the environment (`credentials_from_env`).
+        evalscript: evalscript name or path overriding `cfg.evalscript`.
 
     Raises:
         ConfigError: missing credentials or an unknown evalscript.
@@ -419,11 +420,12 @@ class SentinelHubStore:
         cache_dir: Path | None = None,
         *,
         credentials: tuple[str, str] | None = None,
+        evalscript: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.resolution = resolution
         self.endpoint = resolve_endpoint(cfg)
-        self.evalscript = load_evalscript(cfg.evalscript)
+        self.evalscript = load_evalscript(evalscript or cfg.evalscript)
         self._sh_config = build_sh_config(cfg, self.endpoint, credentials or credentials_from_env())
         self._collections = define_collections(self.endpoint.base_url)
         self._client = _DownloadClient(self._sh_config)
@@ -464,18 +466,11 @@ class SentinelHubStore:
             estimate_processing_units(w.width, w.height, self.evalscript.input_band_count, float32) for w in windows
         )
 
-    def _request(self, tile: Tile, window: Window, outputs: Sequence[str]) -> Any:
-        minx, _, _, maxy = tile.bounds
-        res = tile.resolution
-        bounds = (
-            minx + window.col * res,
-            maxy - (window.row + window.height) * res,
-            minx + (window.col + window.width) * res,
-            maxy - window.row * res,
-        )
+    def _input_data(self, tile: Tile) -> dict[str, Any]:
+        """The request's input data by evalscript datasource id: S2 L2A, S1 IW GRD (orthorectified), DEM."""
         interval = (tile.start, tile.end)
         cfg = self.cfg
-        inputs = {
+        return {
             "s2": sh.SentinelHubRequest.input_data(
                 self._collections["s2"],
                 identifier="s2",
@@ -498,9 +493,22 @@ class SentinelHubStore:
             ),
             "dem": sh.SentinelHubRequest.input_data(self._collections["dem"], identifier="dem"),
         }
+
+    def _request(self, tile: Tile, window: Window, outputs: Sequence[str]) -> Any:
+        minx, _, _, maxy = tile.bounds
+        res = tile.resolution
+        bounds = (
+            minx + window.col * res,
+            maxy - (window.row + window.height) * res,
+            minx + (window.col + window.width) * res,
+            maxy - window.row * res,
+        )
+        inputs = self._input_data(tile)
         missing = [i for i in self.evalscript.inputs if i not in inputs]
         if missing:
-            raise ConfigError("imagery.sentinelhub.evalscript", f"unknown data sources {missing}", "use s2, s1, dem")
+            raise ConfigError(
+                "imagery.sentinelhub.evalscript", f"unknown data sources {missing}", f"use {sorted(inputs)}"
+            )
         return sh.SentinelHubRequest(
             evalscript=self.evalscript.text,
             input_data=[inputs[i] for i in self.evalscript.inputs],
