@@ -1,0 +1,114 @@
+"""Model bundles: atomic save, load without training code, metadata round trip, ONNX export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from lulc_core.bundle import (
+    METADATA_FILE,
+    ONNX_FILE,
+    BundleMetadata,
+    ModelBundle,
+    Normalisation,
+    Provenance,
+    export_onnx,
+    save_bundle,
+)
+from lulc_core.errors import ConfigError, NotFoundError
+from lulc_core.model import build_segformer
+
+BANDS = ["B02", "B03", "B04", "B08"]
+
+
+def metadata(label_set, bands: list[str] = BANDS) -> BundleMetadata:
+    return BundleMetadata(
+        variant="b0",
+        bands=bands,
+        resolution=10.0,
+        chip_size=64,
+        normalisation=Normalisation(mean=[0.1] * len(bands), std=[0.2] * len(bands)),
+        label_set=label_set,
+        metrics={"miou": 0.5},
+        hyperparameters={"epochs": 2},
+        provenance=Provenance(config_hash="abc", area="sample", created_at="2024-05-01T12:00:00+00:00"),
+        run_config={"name": "test"},
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, v3_label_set) -> Path:
+    torch.manual_seed(0)
+    model = build_segformer("b0", len(BANDS), v3_label_set.num_classes)
+    return save_bundle(tmp_path_factory.mktemp("bundles") / "bundle", model, metadata(v3_label_set))
+
+
+def test_round_trip(tiny_bundle: Path, v3_label_set) -> None:
+    bundle = ModelBundle.load(tiny_bundle)
+    assert bundle.metadata == metadata(v3_label_set)
+    assert bundle.metadata.label_set.names[0] == "unknown"
+    assert not bundle.model.training
+    assert (tiny_bundle / "model" / "model.safetensors").is_file()
+    again = ModelBundle.load(tiny_bundle)
+    for (k, a), (_, b) in zip(bundle.model.state_dict().items(), again.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    bundle.metadata.metrics["extra"] = 1.0
+    bundle.write_metadata()
+    assert json.loads((tiny_bundle / METADATA_FILE).read_text())["metrics"]["extra"] == 1.0
+    assert not list(tiny_bundle.parent.glob(".*partial*"))
+
+
+def test_missing_or_broken_bundles(tmp_path: Path, tiny_bundle: Path) -> None:
+    with pytest.raises(NotFoundError, match=r"lulc\.json is missing"):
+        ModelBundle.load(tmp_path)
+    (tmp_path / METADATA_FILE).write_text("{}")
+    with pytest.raises(ConfigError, match="invalid bundle metadata"):
+        ModelBundle.load(tmp_path)
+    (tmp_path / METADATA_FILE).write_text((tiny_bundle / METADATA_FILE).read_text())
+    with pytest.raises(NotFoundError, match=r"config\.json is missing"):
+        ModelBundle.load(tmp_path)
+
+
+def test_save_rejects_mismatched_model(tmp_path: Path, v3_label_set) -> None:
+    model = build_segformer("b0", 3, v3_label_set.num_classes)
+    with pytest.raises(ConfigError, match=r"3 channels but lulc\.json lists 4 bands"):
+        save_bundle(tmp_path / "b", model, metadata(v3_label_set))
+    model = build_segformer("b0", 4, 3)
+    with pytest.raises(ConfigError, match="predicts 3 classes"):
+        save_bundle(tmp_path / "b", model, metadata(v3_label_set))
+    assert not (tmp_path / "b").exists()
+
+
+def test_failed_save_keeps_the_old_bundle(tmp_path: Path, tiny_bundle: Path, v3_label_set) -> None:
+    class Broken(torch.nn.Module):
+        config = build_segformer("b0", 4, v3_label_set.num_classes).config
+
+        def save_pretrained(self, *args: object, **kwargs: object) -> None:
+            raise OSError("disk full")
+
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "marker").write_text("old")
+    with pytest.raises(OSError, match="disk full"):
+        save_bundle(target, Broken(), metadata(v3_label_set))
+    assert (target / "marker").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_onnx_export_has_dynamic_size_and_matches_torch(tmp_path: Path, tiny_bundle: Path) -> None:
+    out = export_onnx(tiny_bundle, tmp_path / ONNX_FILE)
+    assert out.is_file() and not list(tmp_path.glob("*.part"))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixel_values"]
+    model = ModelBundle.load(tiny_bundle).model
+    x = torch.randn(3, len(BANDS), 128, 32)
+    with torch.no_grad():
+        expected = model(pixel_values=x).logits.numpy()
+    got = session.run(["logits"], {"pixel_values": x.numpy()})[0]
+    assert got.shape == (3, 11 - 4, 32, 8)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
