@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from lulc.cli import app
 from lulc_core.bundle import BundleMetadata, Normalisation, save_bundle
-from lulc_core.errors import InputError
+from lulc_core.errors import InputError, NotFoundError
 from lulc_core.labels import LabelSet
 from lulc_core.model import build_segformer
 
@@ -105,4 +105,6 @@ def test_predict_bad_inputs(sample_config: Path, sample_bundle: Path, tmp_path: 
         result = runner.invoke(app, args)
         assert isinstance(result.exception, InputError), (args, result.output, result.exception)
         assert result.exception.field == field
+    missing = runner.invoke(app, [*base, "--bbox", BBOX, "--model", str(tmp_path / "no-bundle")])
+    assert isinstance(missing.exception, NotFoundError) and "does not exist" in str(missing.exception)
     assert not (tmp_path / "x.tif").exists()

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from lulc_core.errors import InputError
+from lulc_core.errors import InputError, NotFoundError
 from lulc_core.geo import BBox
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,8 @@ def _predict_in_process(
     cfg = load_run_config(config)
     bundle_dir = Path(model)
     if not bundle_dir.exists():
+        if "@" not in model and ("/" in model or model.startswith(".")):
+            raise NotFoundError(f"--model: bundle directory {model!r} does not exist (nor is it NAME@<alias|version>)")
         from lulc_core.registry import build_registry
 
         bundle_dir = build_registry(cfg.registry, cfg.work_dir).resolve(model)
