@@ -168,3 +168,39 @@ def data_sample_tiles(data_sample_area) -> list:
     from lulc_core.grid import build_grid
 
     return build_grid(data_sample_area, 10.0)
+
+
+# --- registry engineer: a tiny model bundle (random SegFormer-b0, 3 bands, v3 label set) -------------------------
+
+
+def make_registry_bundle(path: Path, miou: float = 0.42, accuracy: float = 0.81, test_tiles: int = 3) -> Path:
+    """Write a bundle with random weights and the given test metrics (no training) to `path`."""
+    from lulc_core.bundle import BundleMetadata, Normalisation, Provenance, save_bundle
+    from lulc_core.labels import LabelSet
+    from lulc_core.model import build_segformer
+
+    label_set = LabelSet.from_yaml(V3_LABELS)
+    metadata = BundleMetadata(
+        variant="b0",
+        bands=["B02", "B03", "B04"],
+        resolution=10.0,
+        chip_size=64,
+        normalisation=Normalisation(mean=[0.1, 0.1, 0.1], std=[0.05, 0.05, 0.05]),
+        label_set=label_set,
+        metrics={
+            "miou": miou,
+            "overall_accuracy": accuracy,
+            "per_class": {"forest": {"iou": miou, "f1": 0.5}, "water": {"iou": 0.3, "f1": 0.4}},
+            "test_tile_ids": [f"t{i}" for i in range(test_tiles)],
+        },
+        hyperparameters={"training": {"learning_rate": 6e-4, "epochs": 1}, "model": {"variant": "b0"}},
+        provenance=Provenance(area="test bbox", time_frames=["2023-06-01/2023-06-30"], imagery_source="local"),
+    )
+    model = build_segformer("b0", 3, label_set.num_classes)
+    return save_bundle(path, model, metadata)
+
+
+@pytest.fixture(scope="session")
+def registry_tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model bundle directory (random weights; test mIoU 0.42, accuracy 0.81) shared read-only by tests."""
+    return make_registry_bundle(tmp_path_factory.mktemp("registry_bundle") / "bundle")

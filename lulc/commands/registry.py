@@ -200,3 +200,17 @@ def gate_cmd(
         typer.echo(f"  - {reason}")
     if not decision.passed:
         raise typer.Exit(1)
+
+
+@app.command("neptune-sync")
+def neptune_sync_cmd(
+    project: Annotated[
+        str | None, typer.Option("--project", envvar="NEPTUNE_PROJECT", help="workspace/project on the server.")
+    ] = None,
+    path: Annotated[Path, typer.Option("--path", help="Directory holding .neptune/.")] = Path(),
+) -> None:
+    """Upload registrations stored with NEPTUNE_MODE=offline to the Neptune server of NEPTUNE_API_TOKEN."""
+    from lulc_core.registry.neptune_backend import sync_offline
+
+    sync_offline(project, path)
+    typer.echo(f"synchronised {path.resolve() / '.neptune'} to {project}")

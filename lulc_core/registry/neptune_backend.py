@@ -35,6 +35,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from lulc_core.bundle import METADATA_FILE
 from lulc_core.config import RegistryConfig
 from lulc_core.errors import InputError, LulcError, NotFoundError, UpstreamError
 from lulc_core.registry import (
@@ -451,7 +452,12 @@ class NeptuneRegistry(ModelRegistry):
                     raise UpstreamError("neptune", f"{info.version_id}: unsafe path {member!r} in the bundle archive")
             zf.extractall(target)
         archive.unlink()
-        return target
+        # neptune stores file-set paths relative to the current directory when the files lie below it, so the
+        # bundle may sit under a prefix (e.g. .lulc/out/bundle/): take the shallowest directory with lulc.json.
+        found = sorted(target.rglob(METADATA_FILE), key=lambda p: len(p.parts))
+        if not found:
+            raise NotFoundError(f"{info.version_id}: the stored bundle holds no {METADATA_FILE}")
+        return found[0].parent
 
     def _attach(self, info: ModelVersionInfo, file: Path) -> None:
         with self._errors(f"upload {file.name} to {info.version_id}"):
@@ -464,3 +470,23 @@ class NeptuneRegistry(ModelRegistry):
 
     def _cache_key(self, info: ModelVersionInfo) -> str:
         return f'["neptune", "{self._uri(info.version_id)}", "{info.tags.get("lulc.onnx")}"]'
+
+
+def sync_offline(project: str | None, path: Path = Path()) -> None:
+    """Upload the offline data under `<path>/.neptune` to the server of NEPTUNE_API_TOKEN (`neptune sync`).
+
+    Calls the neptune client's own `sync` command (its `neptune` console script needs `pkg_resources`, which
+    recent setuptools no longer ship).
+    """
+    if not os.environ.get("NEPTUNE_API_TOKEN"):
+        raise InputError("NEPTUNE_API_TOKEN", "is not set", CREDENTIALS_FIX)
+    if not project:
+        raise InputError("NEPTUNE_PROJECT", "is not set", "pass --project <workspace>/<project>")
+    if not (Path(path) / ".neptune").is_dir():
+        raise NotFoundError(f"{Path(path).resolve()}/.neptune does not exist — nothing was stored offline here")
+    _neptune()
+    from neptune.cli.commands import sync
+
+    registry = NeptuneRegistry(project, os.environ["NEPTUNE_API_TOKEN"], "LULC", Path(path), mode="sync")
+    with registry._errors("neptune sync"):
+        sync.main(["--path", str(path), "--project", project, "--offline-only"], standalone_mode=False)

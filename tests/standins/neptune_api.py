@@ -743,7 +743,7 @@ class NeptuneStandIn:
                 for member in tar.getmembers():
                     if member.isfile():
                         extracted = tar.extractfile(member)
-                        files[member.name.lstrip("./")] = extracted.read() if extracted else b""
+                        files[member.name.removeprefix("./")] = extracted.read() if extracted else b""
             self._touch_fileset(c, one["attribute"])
             return {"errors": []}
         if path == "/api/leaderboard/v1/attributes/storage/fileset/upload":
