@@ -559,16 +559,16 @@ class SentinelHubStore:
             estimated,
             spent,
         )
-        valid = np.ones((tile.height, tile.width), bool)
-        for o in outputs:
-            valid &= full[o][-1] > 0
+        has_data = {o: full[o][-1] > 0 for o in outputs}
+        valid = np.logical_and.reduce([has_data[o] for o in outputs])
         if not valid.any():
             raise NotCoveredError(
                 f"Sentinel Hub has no {'/'.join(outputs)} data for tile {tile.id} between {tile.start} and {tile.end}"
             )
-        data = np.stack(
-            [full[self.evalscript.output_of(b)][specs[self.evalscript.output_of(b)].bands.index(b)] for b in bands]
-        )
+        data = np.empty((len(bands), tile.height, tile.width), np.float32)
+        for i, band in enumerate(bands):
+            out = self.evalscript.output_of(band)
+            data[i] = np.where(has_data[out], full[out][specs[out].bands.index(band)], np.nan)  # NaN = no data
         transform = Affine(tile.resolution, 0, tile.bounds[0], 0, -tile.resolution, tile.bounds[3])
         tags = {"source": f"sentinelhub:{self.endpoint.name}", "evalscript": self.evalscript.name}
         return Raster(data, transform, CRS.from_user_input(tile.crs), bands, valid, tags)
