@@ -111,9 +111,8 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     """Starlette HTTPException (404 route, 405 method, 413 body size) as JSON with a fix."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 413:
-        limit = getattr(request.app, "max_body_size", None)
-        return _error(413, f"request body larger than {limit} bytes", "body", "send a smaller body (areas, not images)")
-    return _error(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))  # type: ignore[arg-type]
+        return _error(413, str(exc.detail), "body", "send a smaller body: an area, or a smaller image tensor")
+    return _error(exc.status_code, str(exc.detail), **dict(exc.headers or {}))
 
 
 async def recursion_error_handler(_: Request, exc: Exception) -> Response:
@@ -191,8 +190,7 @@ def install_api(app: FastAPI, model: ServiceHolder, max_body_bytes: int = DEFAUL
         "(/segment, /uncertainty) beside KServe's V1 (/v1/models/{name}:predict) and V2 "
         "(/v2/models/{name}/infer) protocols."
     )
-    app.max_body_size = max_body_bytes  # FastAPI/Starlette's own limit: 413 before the body is read
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=max_body_bytes)
     app.include_router(build_router(model))
     app.add_exception_handler(LulcError, lulc_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException
 
 REQUESTS = Counter(
     "lulc_requests_total", "HTTP requests by endpoint, method and status.", ["endpoint", "method", "status"]
@@ -80,11 +81,19 @@ def _endpoint(scope: dict[str, Any]) -> str:
     return str(getattr(route, "path", None) or "unmatched")
 
 
-class RequestContextMiddleware:
-    """ASGI middleware: request id in, out and in the logs; access log; request metrics."""
+class BodyTooLarge(HTTPException):
+    """The request body exceeds the limit (413)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit:,} bytes")
+
+
+class RequestContextMiddleware:
+    """ASGI middleware: request id in, out and in the logs; body size limit (413); access log; metrics."""
+
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -97,6 +106,17 @@ class RequestContextMiddleware:
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 500
+        limit = self.max_body_bytes
+        received = 0
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
 
         async def send_with_id(message: dict[str, Any]) -> None:
             nonlocal status
@@ -106,7 +126,11 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            length = dict(scope["headers"]).get(b"content-length", b"0")
+            if length.isdigit() and int(length) > limit:
+                await _json_413(send_with_id, limit)
+            else:
+                await self.app(scope, limited_receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             endpoint = _endpoint(scope)
@@ -124,3 +148,13 @@ class RequestContextMiddleware:
                 },
             )
             REQUEST_ID.reset(token)
+
+
+async def _json_413(send: Any, limit: int) -> None:
+    """Answer 413 without reading the body (its Content-Length is over the limit)."""
+    body = json.dumps(
+        {"error": f"request body larger than {limit:,} bytes", "field": "body", "fix": "send a smaller body"}
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
