@@ -17,7 +17,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import Resampling
 
 
 @dataclass
@@ -132,14 +132,13 @@ def write_geotiff(
     target = Path(path)
     with atomic_path(target) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
+            if colormap is not None and data.shape[0] == 1 and out_dtype == "uint8":
+                dst.write_colormap(1, dict(colormap))
             dst.write(data)
             for i, name in enumerate(raster.band_names, start=1):
                 dst.set_band_description(i, name)
             if raster.tags:
                 dst.update_tags(**raster.tags)
-            if colormap is not None and data.shape[0] == 1 and out_dtype == "uint8":
-                dst.write_colormap(1, dict(colormap))
-                dst.colorinterp = [ColorInterp.palette]
             if cog:
                 factors = [f for f in (2, 4, 8, 16) if min(raster.height, raster.width) // f >= 64]
                 if factors:

@@ -34,7 +34,7 @@ class JobOutputs(BaseModel):
     bundle_dir: Path
     evaluation_dir: Path
     metrics: dict[str, float] = Field(description="Test-split overall accuracy and mIoU.")
-    per_class_iou: dict[str, float] = Field(default_factory=dict)
+    per_class_iou: dict[str, float | None] = Field(default_factory=dict)
     model_ref: str = Field(description="Registry reference of the registered version.")
     promoted: bool = Field(description="Whether the quality gate promoted it to production.")
     gate_reasons: list[str] = Field(default_factory=list)
@@ -53,12 +53,12 @@ def _step(name: str, seconds: dict[str, float]) -> Iterator[None]:
     log.info("step %s done in %.1f s", name, seconds[name])
 
 
-def test_area_bbox(tiles: list[Tile], test_ids: list[str]) -> BBox:
+def test_area(tiles: list[Tile], test_ids: list[str]) -> tuple[BBox, Tile]:
     """A prediction area over the first test tile (unseen in training), shrunk a little inside it."""
     chosen = next((t for t in tiles if t.id in set(test_ids)), tiles[0])
     b = chosen.bbox_wgs84
     dx, dy = (b.east - b.west) * 0.1, (b.north - b.south) * 0.1
-    return BBox(west=b.west + dx, south=b.south + dy, east=b.east - dx, north=b.north - dy)
+    return BBox(west=b.west + dx, south=b.south + dy, east=b.east - dx, north=b.north - dy), chosen
 
 
 def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox | None = None) -> JobOutputs:
@@ -71,9 +71,10 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
     from lulc_core.inference import PredictOptions, Predictor, write_prediction, write_preview_png
     from lulc_core.labelling import label_tiles
     from lulc_core.labels import LabelSet
-    from lulc_core.lineage import registration_info
+    from lulc_core.lineage import build_provenance, fingerprint_test_set
     from lulc_core.osm import build_osm_source
-    from lulc_core.registry import build_registry
+    from lulc_core.registry import RegistrationInfo, build_registry
+    from lulc_core.registry.gate import apply_gate
     from lulc_core.stats import compute_stats
     from lulc_core.training import train
 
@@ -105,8 +106,13 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         report = evaluate(result.bundle_dir, out / "imagery", out / "labels", split.test, out / "evaluation")
     with _step("registration", seconds):
         registry = build_registry(cfg.registry, cfg.work_dir)
-        ref = registry.register(result.bundle_dir, registration_info(cfg, report))
-        decision = registry.apply_gate(ref, cfg.registry.gate)
+        info = RegistrationInfo(
+            run_name=cfg.name,
+            provenance=build_provenance(cfg, label_set),
+            test_set=fingerprint_test_set(split.test),
+        )
+        ref = registry.register(result.bundle_dir, info)
+        decision = apply_gate(registry, ref, cfg.registry.gate)
     outputs = JobOutputs(
         out_dir=out,
         tiles=out / "tiles.geojson",
@@ -125,8 +131,9 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         seconds=seconds,
     )
     with _step("prediction", seconds):
-        bbox = predict_bbox or test_area_bbox(tiles, split.test)
-        frame = cfg.area.time_frames[0]
+        bbox, frame = test_area(tiles, split.test)
+        if predict_bbox is not None:
+            bbox, frame = predict_bbox, cfg.area.time_frames[0]
         bundle = ModelBundle.load(registry.resolve(ref))
         predictor = Predictor(bundle, store, source, cfg.serving)
         prediction = predictor.predict(bbox, frame.start, frame.end, PredictOptions())

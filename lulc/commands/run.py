@@ -32,7 +32,10 @@ def _summary(outputs: object) -> str:
         f"  overall accuracy  {outputs.metrics['overall_accuracy']:.3f}",
         f"  mIoU              {outputs.metrics['miou']:.3f}",
     ]
-    lines += [f"  IoU {name:<15} {iou:.3f}" for name, iou in outputs.per_class_iou.items()]
+    lines += [
+        f"  IoU {name:<15} " + ("n/a (absent from the test tiles)" if iou is None else f"{iou:.3f}")
+        for name, iou in outputs.per_class_iou.items()
+    ]
     lines += ["", "step times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in outputs.seconds.items())]
     return "\n".join(lines)
 
