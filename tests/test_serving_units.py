@@ -1,0 +1,180 @@
+"""Serving pieces in-process: request values and defaults, cache keys, the LRU, error -> HTTP mapping, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date, timedelta
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from lulc_core.errors import InputError, NotCoveredError, TooLargeError, UpstreamError
+from lulc_core.inference import FusionMode, Prediction
+from serving.api import http_error_handler, lulc_error_handler, recursion_error_handler
+from serving.observability import REQUEST_ID, JsonFormatter, RequestContextMiddleware, RequestIdFilter
+from serving.service import AreaJob, AreaRequest, PredictionCache, parse_outputs
+
+BBOX = [9.835, 57.222, 9.850, 57.230]
+
+
+def test_dates_default_to_the_last_week() -> None:
+    start, end = AreaRequest(area_coords=BBOX).dates(today=date(2024, 5, 10))
+    assert (start, end) == (date(2024, 5, 3), date(2024, 5, 10))
+    start, end = AreaRequest(area_coords=BBOX, end_date=date(2020, 1, 8)).dates()
+    assert start == date(2020, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"end_date": date.today() + timedelta(days=1)}, "end_date"),
+        ({"start_date": date(2020, 2, 1), "end_date": date(2020, 1, 1)}, "start_date"),
+        ({"start_date": date(2015, 1, 1), "end_date": date(2015, 12, 1)}, "start_date"),
+    ],
+)
+def test_bad_dates_name_the_field(values: dict[str, date], field: str) -> None:
+    with pytest.raises(InputError) as info:
+        AreaRequest(area_coords=BBOX, **values).dates()  # type: ignore[arg-type]
+    assert info.value.field == field and info.value.fix
+
+
+def test_parse_names_the_field_with_prefix() -> None:
+    with pytest.raises(InputError) as info:
+        AreaRequest.parse({"area_coords": BBOX, "threshold": 3}, "instances[0]")
+    assert info.value.field == "instances[0].threshold"
+    with pytest.raises(InputError, match="area_coords"):
+        AreaRequest.parse({"area_coords": [1, 2, 3, float("inf")]})
+    with pytest.raises(InputError, match="JSON object"):
+        AreaRequest.parse([1, 2])
+
+
+def test_cache_key_is_the_normalised_request() -> None:
+    a = AreaJob.from_request(AreaRequest(area_coords=BBOX, start_date=date(2020, 1, 1), end_date=date(2020, 1, 5)))
+    b = AreaJob.from_request(
+        AreaRequest.parse(
+            {"area_coords": [v + 1e-9 for v in BBOX], "start_date": "2020-01-01", "end_date": "2020-01-05"}
+        )
+    )
+    c = AreaJob.from_request(
+        AreaRequest(
+            area_coords=BBOX, start_date=date(2020, 1, 1), end_date=date(2020, 1, 5), fusion_mode=FusionMode.FAVOUR_OSM
+        )
+    )
+    d = AreaJob.from_request(
+        AreaRequest(area_coords=BBOX, start_date=date(2020, 1, 1), end_date=date(2020, 1, 5)), uncertainty=True
+    )
+    assert a.key() == b.key()
+    assert len({a.key(), c.key(), d.key()}) == 3
+
+
+def test_lru_cache_evicts_oldest_and_skips_huge(v3_label_set: object) -> None:
+    import numpy as np
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from lulc_core.raster import Raster
+
+    def pred(n: int) -> Prediction:
+        raster = Raster(np.zeros((1, n, n), np.uint8), Affine.identity(), CRS.from_epsg(32632), ["class"])
+        return Prediction(classes=raster, label_set=v3_label_set)  # type: ignore[arg-type]
+
+    cache = PredictionCache(size=2, max_pixels=100)
+    cache.put("a", pred(2))
+    cache.put("b", pred(2))
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put("c", pred(2))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    cache.put("big", pred(20))
+    assert cache.get("big") is None and len(cache) == 2
+    off = PredictionCache(size=0)
+    off.put("a", pred(2))
+    assert off.get("a") is None
+
+
+def test_outputs() -> None:
+    assert parse_outputs(None) == {"classes"}
+    assert parse_outputs(["uncertainty"]) == {"classes", "uncertainty"}
+    with pytest.raises(InputError, match="rgb"):
+        parse_outputs(["rgb"])
+    with pytest.raises(InputError, match="outputs"):
+        parse_outputs([1])
+
+
+def _app() -> TestClient:
+    app = FastAPI()
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=100)
+    from starlette.exceptions import HTTPException
+
+    from lulc_core.errors import LulcError
+
+    app.add_exception_handler(LulcError, lulc_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
+    app.add_exception_handler(RecursionError, recursion_error_handler)
+    errors = {
+        "rate-limited": UpstreamError("sentinelhub", "429 Too Many Requests", retry_after=2.5, status_code=503),
+        "bad-gateway": UpstreamError("ohsome", "garbage in response"),
+        "timeout": UpstreamError("sentinelhub", "read timed out", status_code=504),
+        "not-covered": NotCoveredError("no imagery for the tile"),
+        "too-large": TooLargeError("bbox", "1e9 px", "split it"),
+        "bad": InputError("threshold", "2 is outside 0..1", "give 0..1"),
+    }
+
+    @app.post("/raise/{name}")
+    async def _raise(name: str) -> None:
+        raise errors[name]
+
+    @app.post("/echo")
+    async def _echo(body: dict[str, str]) -> dict[str, str]:
+        return body
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "retry_after", "field"),
+    [
+        ("rate-limited", 503, "3", None),
+        ("bad-gateway", 502, None, None),
+        ("timeout", 504, None, None),
+        ("not-covered", 404, None, None),
+        ("too-large", 413, None, "bbox"),
+        ("bad", 422, None, "threshold"),
+    ],
+)
+def test_errors_map_to_http(name: str, status: int, retry_after: str | None, field: str | None) -> None:
+    r = _app().post(f"/raise/{name}", headers={"X-Request-ID": "unit-1"})
+    assert r.status_code == status
+    assert r.headers.get("retry-after") == retry_after
+    assert r.headers["x-request-id"] == "unit-1"
+    assert r.json().get("field") == field and r.json()["error"]
+
+
+def test_body_limit_and_request_id_sanitising() -> None:
+    client = _app()
+    r = client.post("/echo", content=b'{"a": "' + b"x" * 200 + b'"}', headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["field"] == "body"
+
+    def chunks() -> object:
+        yield b'{"a": "'
+        yield b"x" * 200
+        yield b'"}'
+
+    r = client.post("/echo", content=chunks(), headers={"content-type": "application/json"})  # chunked, no length
+    assert r.status_code == 413 and "100" in r.json()["error"]
+    r = client.post("/echo", json={"a": "b"}, headers={"X-Request-ID": "bad id\nforged"})
+    assert (
+        r.status_code == 200 and r.headers["x-request-id"] != "bad id\nforged" and len(r.headers["x-request-id"]) == 32
+    )
+
+
+def test_json_log_lines_carry_the_request_id() -> None:
+    record = logging.LogRecord("serving.x", logging.INFO, __file__, 1, "hello %s", ("world",), None)
+    token = REQUEST_ID.set("req-42")
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        REQUEST_ID.reset(token)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "req-42" and line["message"] == "hello world" and line["level"] == "INFO"
