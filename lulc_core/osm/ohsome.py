@@ -71,6 +71,12 @@ def attempt_error(exc: OhsomeException) -> AttemptError:
     """What an `OhsomeException` stands for: an HTTP status with the API's message, a transport or a body problem."""
     response = getattr(exc, "response", None)
     code = exc.error_code if isinstance(exc.error_code, int) and exc.error_code >= 400 else None
+    if response is not None and response.status_code < 400:
+        # a 2xx body that is not valid JSON: the API streams GeoJSON and, when its timeout strikes mid-stream,
+        # appends an error object (ohsome-py extracts its status, e.g. 413); otherwise the body was cut short
+        if code is not None and code not in (440, 500):
+            return HttpStatusError(code, str(exc.message or ""))
+        return CorruptResponseError(str(exc.message or "broken response body"))
     status = code if code is not None and code != 440 else None
     if status is None and response is not None and response.status_code >= 400:
         status = response.status_code
@@ -244,15 +250,18 @@ class OhsomeSource:
 
         def download() -> bytes:
             client = self._client()
-            response = client.post(
-                endpoint="elements/geometry",
-                bboxes=bounds,
-                time=day.isoformat(),
-                filter=query,
-                properties="tags",
-                clipGeometry="true",
-                timeout=max(1, int(self.timeout_s)),
-            )
+            try:
+                response = client.post(
+                    endpoint="elements/geometry",
+                    bboxes=bounds,
+                    time=day.isoformat(),
+                    filter=query,
+                    properties="tags",
+                    clipGeometry="true",
+                    timeout=max(1, int(self.timeout_s)),
+                )
+            except OhsomeException as exc:
+                raise attempt_error(exc) from exc
             return json.dumps(response.data).encode()
 
         def decode(body: bytes) -> list[dict[str, Any]]:

@@ -10,7 +10,8 @@ lined up with the sample imagery) and `../shared/data/osm/kouvola.osm.pbf` (area
 filter is evaluated per feature with the project's own filter engine (`lulc_core.osm.filter.parse_filter`), and
 geometries are clipped to the bbox when `clipGeometry` is true (the default), keeping polygonal parts.
 
-Besides the shared fault plan, `max_features` makes a query matching more features than that answer 413, as the
+Besides the shared fault plan (plus `Fault("stream_timeout")`: a 200 body cut mid-stream with the 413 error
+object appended, as the real API does when its timeout strikes while streaming), `max_features` makes a query matching more features than that answer 413, as the
 real API does when a query exceeds its timeout — which drives the client's bbox splitting.
 """
 
@@ -216,7 +217,13 @@ class OhsomeStandIn(StandIn):
             "type": "FeatureCollection",
             "features": features,
         }
-        return self._json(200, body, "application/geo+json;charset=utf-8")
+        reply = self._json(200, body, "application/geo+json;charset=utf-8")
+        if fault is not None and fault.kind == "stream_timeout":
+            # the real API streams features and, when its timeout strikes, appends an error object to the 200 body
+            error = {"timestamp": datetime.now(UTC).isoformat(), "status": 413, "message": TOO_LARGE}
+            tail = json.dumps(error, indent=2).replace('": ', '" : ').encode()
+            reply = Reply(200, reply.body[: len(reply.body) // 2] + b"\n" + tail, reply.content_type)
+        return reply
 
     @staticmethod
     def _bbox(text: str) -> tuple[float, float, float, float]:
