@@ -11,19 +11,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sentinelhub as sh
+from tqdm import tqdm
 
 from lulc_core.config import SentinelHubConfig
-from lulc_core.errors import ConfigError
+from lulc_core.errors import ConfigError, LulcError
 from lulc_core.geo import Tile
 from lulc_core.imagery.sentinelhub import ENDPOINTS, SentinelHubStore
 from lulc_core.labels import LabelSet
-from lulc_core.raster import Raster
+from lulc_core.raster import Raster, write_geotiff
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +133,24 @@ class CorineLabelSource(SentinelHubStore):
         classes = self.lookup[index][None]
         tags = {**raster.tags, "label_set": self.label_set.name, "label_source": "corine"}
         return Raster(classes, raster.transform, raster.crs, ["class"], None, tags)
+
+
+def corine_label_tiles(source: CorineLabelSource, tiles: Sequence[Tile], out_dir: Path) -> list[Path]:
+    """Write `<out_dir>/<tile.id>.tif` (uint8 classes with the label set's colour map) for every tile.
+
+    Raises:
+        The source's error (NotCoveredError, UpstreamError, ...) with the tile id in its message; no partial file.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for tile in tqdm(tiles, desc="corine labels", unit="tile", leave=False):
+        try:
+            raster = source.rasterize(tile)
+        except LulcError as exc:
+            if tile.id not in str(exc):
+                exc.args = (f"tile {tile.id}: {exc}", *exc.args[1:])
+            raise
+        paths.append(write_geotiff(out / f"{tile.id}.tif", raster, colormap=source.label_set.colormap(), dtype="uint8"))
+    log.info("corine labels: %d tiles in %s", len(paths), out)
+    return paths

@@ -408,3 +408,28 @@ def test_corine_labels_map_codes_through_the_label_set(sh: SentinelHubStandIn, v
     assert lookup[41] == v3_label_set.value_of("water") and lookup[48] == 0
     with pytest.raises(NotCoveredError):
         source.rasterize(tile, when=date(2000, 1, 1))  # before the (stand-in's) 2018 edition
+
+
+def test_cli_data_labels_from_corine(sh: SentinelHubStandIn, tmp_path: Path, v3_label_set):
+    from lulc.cli import app
+    from lulc_core.corine import CorineLabelSource
+    from lulc_core.grid import write_tiles
+
+    tiles = [patch_tile("433D_629L_3_1", size=48)]
+    write_tiles(tiles, tmp_path / "tiles.geojson")
+    run = {
+        "name": "corine-cli",
+        "work_dir": str(tmp_path / "work"),
+        "area": {"bbox": [-72.0, -39.0, -71.9, -38.9], "time_frames": [{"start": "2020-04-03", "end": "2020-04-16"}]},
+        "imagery": {"store": "sentinelhub", "sentinelhub": {"base_url": sh.url, "token_url": sh.token_url}},
+        "labels": {"label_set": str(REPO / "conf" / "labels" / "v3.yaml"), "source": "file", "osm_file": "x.gpkg"},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    args = ["data", "labels", "-c", str(tmp_path / "run.yaml"), "-t", str(tmp_path / "tiles.geojson")]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "labels"), "--source", "corine"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "labels" / f"{tiles[0].id}.tif") as src:
+        written = src.read(1)
+        assert src.colormap(1)[v3_label_set.value_of("water")][:3] == (1, 25, 89)
+    direct = CorineLabelSource(settings(sh), v3_label_set, None).rasterize(tiles[0])
+    assert np.array_equal(written, direct.data[0]) and written.any()

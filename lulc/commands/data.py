@@ -82,12 +82,12 @@ def imagery(
 def _source_overrides(source: str | None) -> dict[str, Any]:
     if source is None:
         return {}
-    if source == "ohsome":
-        return {"labels": {"source": "ohsome"}}
+    if source in ("ohsome", "corine"):
+        return {"labels": {"source": source}}
     if source.startswith("file:"):
         path = Path(source.removeprefix("file:")).expanduser()
         return {"labels": {"source": "file", "osm_file": str(path.resolve())}}
-    raise InputError("--source", f"{source!r} is not a label source", "use file:PATH or ohsome")
+    raise InputError("--source", f"{source!r} is not a label source", "use file:PATH, ohsome or corine")
 
 
 @app.command("labels")
@@ -95,7 +95,9 @@ def labels(
     config: Path = CONFIG_OPTION,
     tiles: Path = TILES_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="Directory for <tile id>.tif (uint8 classes, colour map)."),
-    source: str | None = typer.Option(None, "--source", help="Override the label source: file:PATH or ohsome."),
+    source: str | None = typer.Option(
+        None, "--source", help="Override the label source: file:PATH, ohsome or corine (Sentinel Hub BYOC)."
+    ),
     label_set: Path | None = typer.Option(None, "--label-set", help="Override labels.label_set (YAML)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Label cache reused across runs."),
 ) -> None:
@@ -108,6 +110,8 @@ def labels(
       lulc data labels -c conf/run.yaml -t tiles.geojson -o out/labels --source file:extract.osm.pbf
 
       lulc data labels -c conf/run.yaml -t tiles.geojson -o out/labels --source ohsome
+
+      lulc data labels -c conf/run.yaml -t tiles.geojson -o out/labels --source corine
     """
     from lulc_core.grid import read_tiles
     from lulc_core.labelling import label_tiles
@@ -121,6 +125,13 @@ def labels(
     labels_cfg = cfg.labels
     classes = LabelSet.from_yaml(labels_cfg.label_set)
     tile_list = read_tiles(tiles)
+    if labels_cfg.source == "corine":  # CORINE through Sentinel Hub BYOC (corine_codes of the label set)
+        from lulc_core.corine import CorineLabelSource, corine_label_tiles
+
+        corine = CorineLabelSource(cfg.imagery.sentinelhub, classes, cache_dir)
+        written = corine_label_tiles(corine, tile_list, out)
+        typer.echo(f"{len(written)} CORINE label rasters ({classes.name}) -> {out}")
+        return
     osm = build_osm_source(labels_cfg, cache_dir=cache_dir)
     paths = label_tiles(osm, classes, tile_list, out, cache_dir=cache_dir)
     typer.echo(f"{len(paths)} label rasters ({classes.name}: {', '.join(classes.names)}) -> {out}")
