@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import date, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI
@@ -15,6 +18,9 @@ from lulc_core.inference import FusionMode, Prediction
 from serving.api import http_error_handler, lulc_error_handler, recursion_error_handler
 from serving.observability import REQUEST_ID, JsonFormatter, RequestContextMiddleware, RequestIdFilter
 from serving.service import AreaJob, AreaRequest, PredictionCache, parse_outputs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_helpers import BANDS, make_bundle
 
 BBOX = [9.835, 57.222, 9.850, 57.230]
 
@@ -178,3 +184,45 @@ def test_json_log_lines_carry_the_request_id() -> None:
         REQUEST_ID.reset(token)
     line = json.loads(JsonFormatter().format(record))
     assert line["request_id"] == "req-42" and line["message"] == "hello world" and line["level"] == "INFO"
+
+
+def test_upstream_faults_through_the_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """API -> LulcService -> Predictor -> SentinelHubStore -> sentinelhub-py -> stand-in that fails: 503/502/504."""
+    from standins import Fault
+    from standins.sentinelhub import PROCESS_PATH, SentinelHubStandIn
+
+    from lulc_core.bundle import ModelBundle
+    from lulc_core.config import ImageryConfig, SentinelHubConfig, ServingConfig
+    from lulc_core.imagery import build_imagery_store
+    from lulc_core.inference import Predictor
+    from serving import observability as obs
+    from serving.api import install_api
+    from serving.service import LulcService
+
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    monkeypatch.setenv("SH_CLIENT_ID", "lulc-test-client")
+    monkeypatch.setenv("SH_CLIENT_SECRET", "lulc-test-secret")
+    bundle = ModelBundle.load(make_bundle(tmp_path / "bundle"))
+    settings = ServingConfig(window=64, overlap=16, edge_buffer_m=0)
+    body = {"area_coords": BBOX, "start_date": "2017-10-25", "end_date": "2017-11-04"}
+    with SentinelHubStandIn() as sh:
+        sh_cfg = SentinelHubConfig(base_url=sh.url, token_url=sh.token_url, max_retries=0, timeout_s=0.5)
+        store = build_imagery_store(ImageryConfig(store="sentinelhub", sentinelhub=sh_cfg, bands=BANDS))
+        service = LulcService(Predictor(bundle, store, None, settings), bundle, settings)
+        app = FastAPI()
+        install_api(app, SimpleNamespace(name="lulc", ready=True, service=service))
+        client = TestClient(app, raise_server_exceptions=False)
+        before = obs.UPSTREAM_ERRORS.labels(service="Sentinel Hub")._value.get()
+        for fault, status, retry_after in [
+            (Fault.http(503, retry_after="30000"), 503, "30"),  # Sentinel Hub's Retry-After is in ms
+            (Fault.http(500), 502, None),
+            (Fault.slow(2.0), 504, None),
+        ]:
+            sh.faults.clear()
+            sh.faults.add(f"POST {PROCESS_PATH}", fault, times=None)
+            r = client.post("/segment/", json=body)
+            assert r.status_code == status, r.text
+            assert r.headers.get("retry-after") == retry_after
+            assert "Sentinel Hub" in r.json()["error"]
+        assert obs.UPSTREAM_ERRORS.labels(service="Sentinel Hub")._value.get() == before + 3
+        assert client.get("/health").json()["ready"] is True
