@@ -85,8 +85,8 @@ def test_promote_resolve_load_predict(mlflow_work: dict) -> None:
     assert logits.shape == (1, bundle.metadata.label_set.num_classes, 64, 64)
 
 
-def test_stages_move_and_displace(tmp_path: Path, registry_tiny_bundle: Path) -> None:
-    registry = build_registry(RegistryConfig(model_name="stages"), tmp_path)
+def test_stages_move_and_displace(mlflow_work: dict, registry_tiny_bundle: Path) -> None:
+    registry = build_registry(RegistryConfig(model_name="stages"), mlflow_work["work"])  # same database
     a = registry.register(registry_tiny_bundle)
     b = registry.register(registry_tiny_bundle)
     assert registry.promote(a, "staging").stage == "staging"
@@ -182,12 +182,12 @@ def test_cli_list_show_promote_resolve_gate(mlflow_work: dict) -> None:
     assert isinstance(missing.exception, NotFoundError)
 
 
-def test_cli_register_and_export_onnx(tmp_path: Path, registry_tiny_bundle: Path) -> None:
+def test_cli_register_and_export_onnx(mlflow_work: dict, registry_tiny_bundle: Path) -> None:
     import numpy as np
     import onnxruntime as ort
 
     runner = CliRunner()
-    work = ["--work-dir", str(tmp_path)]
+    work = ["--work-dir", str(mlflow_work["work"])]
     out = runner.invoke(registry_app, ["register", str(registry_tiny_bundle), "--name", "onnx-test", *work])
     assert out.exit_code == 0, out.output
     assert out.stdout.strip() == "onnx-test@1"
@@ -197,7 +197,7 @@ def test_cli_register_and_export_onnx(tmp_path: Path, registry_tiny_bundle: Path
     session = ort.InferenceSession(str(onnx_path))
     (logits,) = session.run(None, {"pixel_values": np.zeros((1, 3, 96, 64), np.float32)})
     assert logits.shape == (1, 7, 24, 16)
-    registry = build_registry(RegistryConfig(), tmp_path)
+    registry = mlflow_work["registry"]
     info = registry.get("onnx-test@1")
     assert info.tags["lulc.onnx"] == "model.onnx"
     assert Path(info.storage_uri.removeprefix("file://"), "model.onnx").is_file()  # stored in the registry
