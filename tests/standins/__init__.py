@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import threading
 import time
@@ -151,14 +152,15 @@ class StandIn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> StandIn:
+    def start(self, port: int = 0) -> StandIn:
+        """Serve on 127.0.0.1:`port` (0: a free port) in a background thread."""
         standin = self
 
         class Handler(_Handler):
             pass
 
         Handler.standin = standin
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name, daemon=True
@@ -177,6 +179,22 @@ class StandIn:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def serve_until_interrupted(self, port: int, lines: list[str]) -> None:
+        """Run in the foreground (manual use of a stand-in): print `lines`, serve until Ctrl-C or SIGTERM."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        self.start(port)
+        print(f"{self.name} on {self.url}")
+        for line in lines:
+            print(line.format(url=self.url))
+        try:
+            while not self._stop.wait(3600):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+            print(f"{self.name}: {dict(self.counts)}")
 
     def reset_stats(self) -> None:
         with self._lock:

@@ -255,3 +255,20 @@ class OhsomeStandIn(StandIn):
                 f"{self._end().strftime('%Y-%m-%dT%H:%MZ')}) of the database.",
             )
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def main() -> None:
+    """`PYTHONPATH=tests .venv/bin/python -m standins.ohsome --port 8702` — a stand-in to point the CLI at."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8702)
+    parser.add_argument("--extract", type=Path, action="append", help="Extracts to serve (default: sample + Kouvola).")
+    parser.add_argument("--max-features", type=int, default=None, help="Answer 413 above this many features.")
+    args = parser.parse_args()
+    server = OhsomeStandIn(args.extract or (SAMPLE_OSM, KOUVOLA_PBF), max_features=args.max_features)
+    server.serve_until_interrupted(args.port, ["labels.ohsome_url: {url}/v1"])
+
+
+if __name__ == "__main__":
+    main()

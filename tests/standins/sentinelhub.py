@@ -476,3 +476,29 @@ def _tar(files: dict[str, bytes]) -> bytes:
             info.mtime = int(time.time())
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def main() -> None:
+    """`PYTHONPATH=tests .venv/bin/python -m standins.sentinelhub --port 8701` — a stand-in to point the CLI at."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8701)
+    parser.add_argument("--client-id", default="lulc-test-client")
+    parser.add_argument("--client-secret", default="lulc-test-secret")
+    parser.add_argument("--latency", type=float, default=0.0, help="Extra seconds per request.")
+    args = parser.parse_args()
+    server = SentinelHubStandIn({args.client_id: args.client_secret}, latency_s=args.latency)
+    server.serve_until_interrupted(
+        args.port,
+        [
+            "export OAUTHLIB_INSECURE_TRANSPORT=1  # plain http on 127.0.0.1",
+            f"export SH_CLIENT_ID={args.client_id} SH_CLIENT_SECRET={args.client_secret}",
+            "imagery.sentinelhub.base_url: {url}",
+            "imagery.sentinelhub.token_url: {url}" + TOKEN_PATH,
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
