@@ -226,3 +226,28 @@ def test_upstream_faults_through_the_api(tmp_path: Path, monkeypatch: pytest.Mon
             assert "Sentinel Hub" in r.json()["error"]
         assert obs.UPSTREAM_ERRORS.labels(service="Sentinel Hub")._value.get() == before + 3
         assert client.get("/health").json()["ready"] is True
+
+
+def test_model_source_is_a_path_or_a_registry_ref(tmp_path: Path) -> None:
+    """`--model name@production` resolves through the configured registry (MLflow on SQLite) to a bundle dir."""
+    from serving_helpers import write_run_config
+
+    from lulc_core.config import load_run_config
+    from lulc_core.errors import NotFoundError
+    from lulc_core.registry import RegistrationInfo, build_registry
+    from serving import isolated_argv
+
+    with isolated_argv():
+        from serving.predictor import resolve_source
+
+    bundle = make_bundle(tmp_path / "bundle")
+    cfg = load_run_config(write_run_config(tmp_path / "run.yaml", tmp_path / "work"))
+    path, used = resolve_source(bundle, cfg)
+    assert path == bundle and used is cfg
+    registry = build_registry(cfg.registry, cfg.work_dir)
+    ref = registry.register(bundle, RegistrationInfo(description="serving test"))
+    registry.promote(ref, "production")
+    path, _ = resolve_source(f"{cfg.registry.model_name}@production", cfg)
+    assert (path / "lulc.json").is_file() and (path / "model" / "config.json").is_file()
+    with pytest.raises(NotFoundError, match="neither a bundle directory nor a registry ref"):
+        resolve_source(tmp_path / "missing", cfg)

@@ -1,0 +1,24 @@
+"""Benchmark (marker `bench`, run by `make bench` / `pytest -m bench`): peak memory of a large-area request.
+
+The issue's figure is 10,000 x 10,000 px (`python -m benchmarks.serving_memory --pixels 10000`, minutes on 2
+cores); this test runs 2,500 x 2,500 px and checks that the server's memory growth stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.bench
+
+
+def test_large_area_memory_is_bounded() -> None:
+    from benchmarks.serving_memory import run
+
+    pixels = int(os.environ.get("LULC_BENCH_PIXELS", "2500"))
+    result = run(pixels)
+    print(result)
+    assert (result["width"], result["height"]) == (pytest.approx(pixels, abs=3), pytest.approx(pixels, abs=3))
+    # the uint8 output is pixels^2 bytes; everything else is bounded by the block of windows, not the area
+    assert result["rss_growth_mb"] < 1500 + pixels * pixels / 1e6
