@@ -152,6 +152,19 @@ def test_lineage_provenance_and_tags() -> None:
     assert tags["lulc.lineage.time_frames"] == "2023-06-01/2023-06-30"
     assert fingerprint_test_set(["b", "a", "a"]) == fingerprint_test_set(["a", "b"]) != fingerprint_test_set(["a"])
 
+    from lulc_core.evaluation import EvaluationReport
+    from lulc_core.lineage import registration_info
+
+    report = EvaluationReport(
+        overall_accuracy=0.8, miou=0.5, per_class={}, confusion_matrix=[[1]], class_names=["a"], tile_ids=["b", "a"]
+    )
+    info = registration_info(cfg, report, run_url="http://runs/2")
+    assert info.test_set == fingerprint_test_set(["a", "b"])
+    assert info.metrics == {"miou": 0.5, "overall_accuracy": 0.8}
+    assert info.provenance is not None and info.provenance.run_url == "http://runs/2"
+    assert info.hyperparameters["training"]["learning_rate"] == cfg.training.learning_rate
+    assert info.run_name == cfg.name
+
 
 def test_prepare_registration_reads_bundle(registry_tiny_bundle: Path) -> None:
     reg = prepare_registration(registry_tiny_bundle, RegistrationInfo(metrics={"extra": 1.0}), "lulc-segformer")

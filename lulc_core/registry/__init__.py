@@ -29,15 +29,18 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from lulc_core.bundle import METADATA_FILE, BundleMetadata, ModelBundle, Provenance
-from lulc_core.config import RegistryConfig
+from lulc_core.config import GateConfig, RegistryConfig
 from lulc_core.errors import InputError, NotFoundError
 from lulc_core.lineage import fingerprint_test_set, lineage_tags
+
+if TYPE_CHECKING:
+    from lulc_core.registry.gate import GateDecision
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +391,12 @@ class ModelRegistry(ABC):
             return hit
         log.info("%s@%d: downloading %s", info.name, info.version, info.source)
         return self.cache.fill(info.name, info.version, key, lambda staging: self._download(info, staging))
+
+    def apply_gate(self, ref: str | ModelRef, cfg: GateConfig, *, promote: bool = True) -> GateDecision:
+        """The quality gate on `ref` (see `gate.apply_gate`): decision recorded on the version, promotion if passed."""
+        from lulc_core.registry.gate import apply_gate
+
+        return apply_gate(self, ref, cfg, promote=promote)
 
     def export_onnx(self, ref: str | ModelRef) -> Path:
         """Export the version's model to ONNX, store it in the version's bundle, return the local file."""
