@@ -1,0 +1,49 @@
+"""Step 0 — configure: apply the pipeline's typed parameters to the run configuration and validate it once."""
+
+from kfp import dsl
+
+from components._image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def configure(
+    run_config: str,
+    aoi_bbox: list,
+    aoi_file: str,
+    time_frames: list,
+    label_set: str,
+    imagery_store: str,
+    model_variant: str,
+    epochs: int,
+    registry: str,
+) -> str:
+    """Merge the overrides (empty values keep the config) and return the validated RunConfig as JSON.
+
+    Args:
+        run_config: RunConfig JSON (the compiled pipeline's default is the configuration it was compiled with).
+        aoi_bbox: [west, south, east, north] in EPSG:4326, or [] to keep the configured AOI.
+        aoi_file: AOI GeoJSON/GeoPackage path or URL inside the image, or "" to keep.
+        time_frames: ['YYYY-MM-DD/YYYY-MM-DD', ...] or [] to keep.
+        label_set: Label set YAML path, or "".
+        imagery_store: 'local' or 'sentinelhub', or "".
+        model_variant: SegFormer variant b0..b5, or "".
+        epochs: Maximum epochs, or 0 to keep.
+        registry: 'mlflow' or 'neptune', or "".
+    """
+    import logging
+
+    from components._runtime import apply_overrides
+
+    cfg = apply_overrides(
+        run_config,
+        aoi_bbox=aoi_bbox,
+        aoi_file=aoi_file,
+        time_frames=time_frames,
+        label_set=label_set,
+        imagery_store=imagery_store,
+        model_variant=model_variant,
+        epochs=epochs,
+        registry=registry,
+    )
+    logging.getLogger("lulc.components").info("run %s, config %s", cfg.name, cfg.fingerprint())
+    return cfg.model_dump_json()

@@ -1,0 +1,28 @@
+"""Step 2 — imagery: one multi-band GeoTIFF per tile of one shard, from the configured imagery store."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from components._image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def imagery(config: str, tiles: Input[Dataset], shard: int, rasters: Output[Dataset]) -> None:
+    """Fetch the imagery of the tiles in `shard` into `rasters/<tile id>.tif` (resumes completed tiles).
+
+    Args:
+        config: RunConfig JSON.
+        tiles: The area grid directory.
+        shard: Index of the shard (round robin over the tiles).
+        rasters: Directory of float32 GeoTIFFs, bands as configured.
+    """
+    from pathlib import Path
+
+    from components._runtime import cache_dir, load_config, read_shard
+    from lulc_core.imagery import build_imagery_store, fetch_tiles
+
+    cfg = load_config(config)
+    subset = read_shard(tiles.path, shard, cfg.pipeline.shards)
+    store = build_imagery_store(cfg.imagery, cache_dir=cache_dir(cfg, "imagery"))
+    paths = fetch_tiles(store, subset, cfg.imagery.bands, Path(rasters.path), concurrency=cfg.imagery.concurrency)
+    rasters.metadata.update({"shard": shard, "tiles": len(paths), "bands": list(cfg.imagery.bands)})
