@@ -15,8 +15,11 @@ the request body size and adds request ids, access logs and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
@@ -133,7 +136,8 @@ def build_router(model: ServiceHolder) -> APIRouter:
         job = AreaJob.from_request(request, uncertainty=uncertainty)
         return await service().predict_area(job)
 
-    def file(content: bytes, media: str, name: str, cached: bool) -> Response:
+    async def file(write: Callable[[Path], object], media: str, name: str, cached: bool) -> Response:
+        content = await asyncio.to_thread(encode_file, write, Path(name).suffix)  # COG/PNG encoding off the loop
         headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Cache": "hit" if cached else "miss"}
         return Response(content=content, media_type=media, headers=headers)
 
@@ -141,13 +145,13 @@ def build_router(model: ServiceHolder) -> APIRouter:
     async def segment(request: AreaRequest) -> Response:
         """Segment an area: a Cloud-Optimised GeoTIFF of classes with the label set's colour map."""
         prediction, cached = await run(request)
-        return file(encode_file(lambda p: write_prediction(prediction, p), ".tif"), TIFF, "segmentation.tif", cached)
+        return await file(lambda p: write_prediction(prediction, p), TIFF, "segmentation.tif", cached)
 
     @router.post("/segment/preview", response_class=Response, responses={200: {"content": {PNG: {}}}})
     async def segment_preview(request: AreaRequest) -> Response:
         """Segment an area: a PNG preview with a legend (class names, colours, shares)."""
         prediction, cached = await run(request)
-        return file(encode_file(lambda p: write_preview_png(prediction, p), ".png"), PNG, "segmentation.png", cached)
+        return await file(lambda p: write_preview_png(prediction, p), PNG, "segmentation.png", cached)
 
     @router.get("/segment/describe")
     async def describe() -> dict[str, Any]:
@@ -158,15 +162,13 @@ def build_router(model: ServiceHolder) -> APIRouter:
     async def uncertainty(request: AreaRequest) -> Response:
         """Test-time-augmentation uncertainty: a 2-band GeoTIFF (variance, normalised Shannon entropy)."""
         prediction, cached = await run(request, uncertainty=True)
-        content = encode_file(lambda p: write_uncertainty(prediction, p), ".tif")
-        return file(content, TIFF, "uncertainty.tif", cached)
+        return await file(lambda p: write_uncertainty(prediction, p), TIFF, "uncertainty.tif", cached)
 
     @router.post("/uncertainty/preview", response_class=Response, responses={200: {"content": {PNG: {}}}})
     async def uncertainty_preview(request: AreaRequest) -> Response:
         """Test-time-augmentation uncertainty: a PNG of variance and entropy with colour bars."""
         prediction, cached = await run(request, uncertainty=True)
-        content = encode_file(lambda p: write_uncertainty_preview_png(prediction, p), ".png")
-        return file(content, PNG, "uncertainty.png", cached)
+        return await file(lambda p: write_uncertainty_preview_png(prediction, p), PNG, "uncertainty.png", cached)
 
     @router.get("/health", responses={503: {"description": "Model not loaded yet."}})
     async def health() -> Response:
