@@ -41,7 +41,8 @@ def train(
     with tempfile.TemporaryDirectory(prefix="lulc-train-") as work:
         result = run_training(cfg, Path(imagery.path), Path(labels.path), ds, tile_split, Path(work), progress=False)
         copy_dir(result.bundle_dir, bundle.path)
-    metrics.log_metric("best_val_loss", float(result.best_val_loss))
+    if result.best_val_loss is not None:
+        metrics.log_metric("best_val_loss", float(result.best_val_loss))
     metrics.log_metric("epochs_run", int(result.epochs_run))
     bundle.metadata.update(
         {"architecture": "segformer", "variant": cfg.model.variant, "config_hash": cfg.fingerprint()}

@@ -94,7 +94,8 @@ def _kfp_errors(host: str) -> Iterator[None]:
         raise _explain(exc, host) from exc
 
 
-def call_kfp(host: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def call_kfp(host: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Call a kfp.Client / kfp_server_api function; its failures become clear lulc errors."""
     with _kfp_errors(host):
         return fn(*args, **kwargs)
 
