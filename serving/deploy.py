@@ -132,6 +132,7 @@ def build_inference_service(spec: DeploySpec) -> dict[str, Any]:
         "volumeMounts": mounts,
     }
     predictor: dict[str, Any] = {
+        "labels": {"app.kubernetes.io/name": "lulc", "app.kubernetes.io/component": "predictor"},
         "serviceAccountName": spec.service_account,
         "minReplicas": spec.min_replicas,
         "maxReplicas": spec.max_replicas,

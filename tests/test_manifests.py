@@ -110,7 +110,9 @@ def test_security_and_labels(overlay: str) -> None:
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"} <= set(predictor)
     policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
-    assert policy["spec"]["podSelector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": "lulc"}
+    assert policy["spec"]["podSelector"]["matchExpressions"] == [
+        {"key": "serving.kserve.io/inferenceservice", "operator": "Exists"}
+    ]
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
 
 
