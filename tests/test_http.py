@@ -135,11 +135,11 @@ def test_last_attempt_raises_upstream_error(echo: EchoStandIn, fault: Fault, sta
 
 
 def test_timeouts_are_retried_then_reported_as_504(echo: EchoStandIn):
-    echo.faults.add(ROUTE, Fault.slow(1.0))
-    assert get_with(policy(2), echo, timeout=0.25)["thing"] == "ok"
-    echo.faults.add(ROUTE, Fault.slow(1.0), times=None)
+    echo.faults.add(ROUTE, Fault.slow(2.0))
+    assert get_with(policy(2), echo, timeout=0.5)["thing"] == "ok"
+    echo.faults.add(ROUTE, Fault.slow(2.0), times=None)
     with pytest.raises(UpstreamError) as err:
-        get_with(policy(1), echo, timeout=0.25)
+        get_with(policy(1), echo, timeout=0.5)
     assert err.value.status_code == 504 and "timed out" in str(err.value)
 
 

@@ -213,14 +213,14 @@ def test_plan_windows_respects_the_process_api_limits():
         Fault.http(500),
         Fault.http(502),
         Fault.http(503),
-        Fault.slow(2.0),
+        Fault.slow(4.0),
         Fault.truncate(),
         Fault.corrupt(),
     ],
     ids=["429", "500", "502", "503", "timeout", "truncated-transfer", "truncated-tar"],
 )
 def test_transient_faults_end_in_success(sh: SentinelHubStandIn, fault: Fault):
-    store = SentinelHubStore(settings(sh, timeout_s=0.5), 10.0, None)
+    store = SentinelHubStore(settings(sh, timeout_s=1.5), 10.0, None)
     sh.faults.add(PROCESS, fault)
     raster = store.fetch(patch_tile(size=24), ["B04", "VV"])
     assert raster.valid_mask.all() and np.isfinite(raster.data).all()
