@@ -265,7 +265,8 @@ def test_wrong_credentials_are_a_clear_error(sh: SentinelHubStandIn):
     store = SentinelHubStore(settings(sh), 10.0, None, credentials=(CLIENT, "wrong-secret"))
     with pytest.raises(RequestRejectedError) as err:
         store.fetch(patch_tile(size=16), ["B04"])
-    assert "Invalid client" in str(err.value) and "credentials" in str(err.value)
+    assert err.value.upstream_status == 401 and "unauthorized_client: Invalid client" in str(err.value)
+    assert "check the credentials" in str(err.value)
     assert sh.count(TOKEN) == 1 and sh.count(PROCESS) == 0
 
 

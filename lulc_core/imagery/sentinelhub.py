@@ -268,6 +268,13 @@ def estimate_processing_units(width: int, height: int, input_bands: int, float32
 # --- the download client --------------------------------------------------------------------------------------
 
 
+_CREDENTIAL_ERRORS = frozenset({"invalid_client", "unauthorized_client", "access_denied", "invalid_grant"})
+
+
+class TokenRejectedError(HttpStatusError):
+    """The OAuth2 token endpoint refused the client credentials (no point in asking again)."""
+
+
 class _Client(sh.SentinelHubDownloadClient):  # type: ignore[misc]
     """sentinelhub-py's download client with the OAuth session supplied (and locked) by `_DownloadClient`."""
 
@@ -323,8 +330,9 @@ class _DownloadClient:
                     f"{self.config.sh_token_url} is not https; OAuth2 (oauthlib) refuses plain http",
                     "use an https token URL, or for a local stand-in export OAUTHLIB_INSECURE_TRANSPORT=1",
                 ) from exc
-            raise HttpStatusError(
-                exc.status_code or 401, f"token endpoint: {exc.error}: {exc.description or 'no description'}"
+            raise TokenRejectedError(
+                401 if exc.error in _CREDENTIAL_ERRORS else exc.status_code or 400,
+                f"token endpoint: {exc.error}: {exc.description or 'no description'}",
             ) from exc
         check_response(response, retry_after_unit_s=0.001)
         return DownloadResponse.from_response(response, request)
@@ -585,7 +593,7 @@ class SentinelHubStore:
             try:
                 response = self._client.execute(request)
             except HttpStatusError as exc:
-                if exc.status != 401:
+                if exc.status != 401 or isinstance(exc, TokenRejectedError):
                     raise
                 log.info("Sentinel Hub answered 401 for %s; fetching a new token once", what)
                 self._client.reset_session()
