@@ -366,28 +366,30 @@ def train(
     )
     early = EarlyStopping(monitor=monitor, mode="min", patience=tc.early_stopping_patience)
     history = HistoryCallback()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()  # the Trainer sets it globally
     n_batches = max(1, math.ceil(len(dm.datasets["train"]) / tc.batch_size))
-    trainer = L.Trainer(
-        default_root_dir=out_dir,
-        logger=CSVLogger(save_dir=out_dir, name="logs"),
-        callbacks=[checkpoint, early, history],
-        max_epochs=tc.epochs,
-        max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
-        accelerator=accelerator,
-        devices=tc.devices,
-        precision=precision,  # type: ignore[arg-type]
-        deterministic=deterministic,  # type: ignore[arg-type]
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
-        log_every_n_steps=min(50, n_batches),
-        num_sanity_val_steps=0,
-    )
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
     started = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*too few.*log.*")
+            warnings.filterwarnings("ignore", message=".*length of `DataLoader`.*zero.*")
+            trainer = L.Trainer(
+                default_root_dir=out_dir,
+                logger=CSVLogger(save_dir=out_dir, name="logs"),
+                callbacks=[checkpoint, early, history],
+                max_epochs=tc.epochs,
+                max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
+                accelerator=accelerator,
+                devices=tc.devices,
+                precision=precision,  # type: ignore[arg-type]
+                deterministic=deterministic,  # type: ignore[arg-type]
+                enable_progress_bar=progress,
+                enable_model_summary=progress,
+                log_every_n_steps=min(50, n_batches),
+                num_sanity_val_steps=0,
+                limit_val_batches=None if has_val else 0,
+            )
             trainer.fit(task, datamodule=dm)
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)

@@ -204,3 +204,14 @@ def make_registry_bundle(path: Path, miou: float = 0.42, accuracy: float = 0.81,
 def registry_tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model bundle directory (random weights; test mIoU 0.42, accuracy 0.81) shared read-only by tests."""
     return make_registry_bundle(tmp_path_factory.mktemp("registry_bundle") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Run torch on one intra-op thread for the module (the shared 2-core box thrashes with more)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

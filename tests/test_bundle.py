@@ -23,6 +23,8 @@ from lulc_core.bundle import (
 from lulc_core.errors import ConfigError, NotFoundError
 from lulc_core.model import build_segformer
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 BANDS = ["B02", "B03", "B04", "B08"]
 
 

@@ -24,6 +24,8 @@ from lulc_core.errors import InputError
 from lulc_core.geo import Tile
 from lulc_core.raster import Raster, read_geotiff, write_geotiff
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def grid_tiles(cols: int, rows: int, frames: int = 1, crs: str = "EPSG:32632", size: float = 640.0) -> list[Tile]:
     tiles = []

@@ -17,6 +17,8 @@ from lulc_core.model import (
     segformer_config,
 )
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 PATCH_KEY = "stages.0.patch_embeddings.proj.weight"
 
 
