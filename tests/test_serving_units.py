@@ -251,3 +251,17 @@ def test_model_source_is_a_path_or_a_registry_ref(tmp_path: Path) -> None:
     assert (path / "lulc.json").is_file() and (path / "model" / "config.json").is_file()
     with pytest.raises(NotFoundError, match="neither a bundle directory nor a registry ref"):
         resolve_source(tmp_path / "missing", cfg)
+
+
+def test_lulc_serve_fails_fast_with_clear_errors(tmp_path: Path) -> None:
+    from serving_helpers import write_run_config
+    from typer.testing import CliRunner
+
+    from lulc.cli import app
+    from lulc_core.errors import ConfigError, NotFoundError
+
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path), "--config", str(tmp_path / "none.yaml")])
+    assert isinstance(result.exception, ConfigError) and result.exception.field == "config"
+    config = write_run_config(tmp_path / "run.yaml", tmp_path / "work")
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "nope"), "--config", str(config)])
+    assert isinstance(result.exception, NotFoundError) and "registry ref" in str(result.exception)
