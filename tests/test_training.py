@@ -225,3 +225,43 @@ def test_small_real_run_on_the_sample(tmp_path: Path) -> None:
     meta = json.loads((result.bundle_dir / "lulc.json").read_text())
     assert meta["metrics"]["miou"] == report.miou and 0 <= report.miou <= 1
     assert meta["bands"] == cfg.imagery.bands and len(meta["normalisation"]["mean"]) == 15
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def test_model_cli_split_train_evaluate_export(tmp_path: Path, synthetic_training_tiles) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from lulc.cli import app
+    from lulc_core.grid import write_tiles
+
+    s = synthetic_training_tiles
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(run_config(s, epochs=1).model_dump(mode="json")))
+    tiles = write_tiles(s.tiles, tmp_path / "tiles.geojson")
+    stats = s.stats.save(tmp_path / "stats.json")
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, ["-q", "model", *args])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result.output
+
+    assert "test tiles" in run("split", "-c", str(config), "-t", str(tiles), "-o", str(tmp_path / "split.json"))
+    split = TileSplit.load(tmp_path / "split.json")
+    assert split == split_tiles(s.tiles, 0.2, 0.2, seed=7)
+    common = ["-i", str(s.imagery_dir), "-l", str(s.labels_dir)]
+    out = run("train", "-c", str(config), *common, "-s", str(stats), "--split", str(tmp_path / "split.json"),
+              "-o", str(tmp_path / "training"), "--epochs", "1", "--no-progress")  # fmt: skip
+    assert "epochs run      1" in out
+    bundle = tmp_path / "training" / "bundle"
+    out = run("evaluate", str(bundle), *common, "--split", str(tmp_path / "split.json"), "-o", str(tmp_path / "ev"))
+    assert "mIoU" in out and (tmp_path / "ev" / "metrics.json").is_file()
+    assert "verified against torch" in run("export-onnx", str(bundle))
+    assert (bundle / "model.onnx").is_file()
+
+    missing = runner.invoke(app, ["model", "train", "-c", str(config), *common, "-s", str(stats), "-o", str(tmp_path)])
+    assert missing.exit_code != 0 and isinstance(missing.exception, InputError)
+    assert "--split" in str(missing.exception)
