@@ -7,6 +7,8 @@ cores); this test runs 2,500 x 2,500 px and checks that the server's memory grow
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,11 +16,12 @@ pytestmark = pytest.mark.bench
 
 
 def test_large_area_memory_is_bounded() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.serving_memory import run
 
     pixels = int(os.environ.get("LULC_BENCH_PIXELS", "2500"))
     result = run(pixels)
     print(result)
-    assert (result["width"], result["height"]) == (pytest.approx(pixels, abs=3), pytest.approx(pixels, abs=3))
+    assert (result["width"], result["height"]) == (pytest.approx(pixels, rel=0.02),) * 2
     # the uint8 output is pixels^2 bytes; everything else is bounded by the block of windows, not the area
     assert result["rss_growth_mb"] < 1500 + pixels * pixels / 1e6
