@@ -58,6 +58,8 @@ def _explain(exc: BaseException, host: str) -> LulcError:
                 f"export {TOKEN_ENV}=<bearer token allowed to use Kubeflow Pipelines> "
                 "(e.g. `kubectl -n kubeflow create token <service account>`)",
             )
+        if status == 400:
+            return InputError("pipeline", f"the KFP API at {host} rejected the request: {detail}")
         if status == 404:
             return NotFoundError(f"KFP API at {host}: {detail} (HTTP 404) — is this the Kubeflow Pipelines API URL?")
         return UpstreamError("kfp", f"{host} answered HTTP {status}: {detail}", status_code=502)

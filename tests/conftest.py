@@ -215,3 +215,10 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--update-golden`: rewrite golden files (tests/golden/) from the current output instead of comparing."""
+    parser.addoption(
+        "--update-golden", action="store_true", default=False, help="rewrite tests/golden/* from the current output"
+    )

@@ -126,6 +126,7 @@ def submit_cmd(
     service_account: str | None = typer.Option(None, "--service-account", help="e.g. lulc-pipeline (deploy RBAC)."),
     upload: bool = typer.Option(False, "--upload", help="Also upload the pipeline and run that version."),
     timeout: float = typer.Option(6 * 3600, "--timeout", help="Longest wait in seconds (with --wait)."),
+    poll: float = typer.Option(10.0, "--poll-interval", help="Seconds between status reads (with --wait)."),
 ) -> None:
     """Submit a run to Kubeflow Pipelines (token from env KFP_TOKEN).
 
@@ -147,6 +148,7 @@ def submit_cmd(
             upload=upload,
             wait=wait,
             timeout_s=timeout,
+            poll_s=poll,
         )
     typer.echo(f"run {result.run_id} in experiment {result.experiment_id}: {result.url}")
     if result.state:
