@@ -327,6 +327,8 @@ def train(
     """
     from lulc_core.lineage import build_provenance
 
+    if not split.train:
+        raise InputError("split.train", "the split has no training tiles", "split more tiles (`lulc model split`)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     label_set = LabelSet.from_yaml(cfg.labels.label_set)

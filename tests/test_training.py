@@ -192,6 +192,8 @@ def test_statistics_must_match_the_run(tmp_path: Path, synthetic_training_tiles)
     other = s.stats.model_copy(update={"class_names": ["unknown", "a", "b"]})
     with pytest.raises(InputError, match="label set"):
         train(run_config(s), s.imagery_dir, s.labels_dir, other, split, tmp_path, progress=False)
+    with pytest.raises(InputError, match="no training tiles"):
+        train(run_config(s), s.imagery_dir, s.labels_dir, s.stats, TileSplit(train=[]), tmp_path, progress=False)
     assert not (tmp_path / "bundle").exists()
 
 
