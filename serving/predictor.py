@@ -9,6 +9,7 @@ requests raise `InvalidInput`), `predict` runs `lulc_core.inference` through the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -138,4 +139,6 @@ class LulcModel(Model):
     ) -> Any:
         """The V1 dict or the V2 InferResponse of the batch."""
         batch: Batch = result
-        return encode_v2(batch, self.name) if batch.protocol == "v2" else encode_v1(batch)
+        if batch.protocol == "v2":
+            return encode_v2(batch, self.name)
+        return await asyncio.to_thread(encode_v1, batch)  # may write a COG: off the event loop

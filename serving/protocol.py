@@ -77,11 +77,12 @@ def _check_pixels(job: AreaJob, service: LulcService, geotiff: bool) -> None:
     tile = service.predictor.request_tile(job.bbox, job.start, job.end)
     service.predictor.check_size(tile, job.options)
     pixels = tile.width * tile.height
-    if not geotiff and pixels > MAX_ARRAY_PIXELS:
+    arrays = not geotiff or job.options.probabilities or job.options.uncertainty
+    if arrays and pixels > MAX_ARRAY_PIXELS:
         raise TooLargeError(
             "format",
             f"{pixels:,} px are too many for a JSON array (limit {MAX_ARRAY_PIXELS:,})",
-            'ask for "format": "geotiff" (V1) or use POST /segment/',
+            'ask for the classes only with "format": "geotiff" (V1), or use POST /segment/ and /uncertainty/',
         )
 
 

@@ -186,13 +186,16 @@ class LulcService:
         return self.bundle.metadata.label_set
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        async with self._slots:
-            try:
-                return await asyncio.wait_for(asyncio.to_thread(fn), self.timeout_s)
-            except TimeoutError:
-                raise UpstreamError(
-                    "lulc", f"prediction did not finish within {self.timeout_s:g} s", status_code=504
-                ) from None
+        """`fn()` in a worker thread; its slot is held until the thread ends, even past the deadline (504)."""
+        await self._slots.acquire()
+        task = asyncio.ensure_future(asyncio.to_thread(fn))
+        task.add_done_callback(lambda _: self._slots.release())
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.timeout_s)
+        except TimeoutError:
+            raise UpstreamError(
+                "lulc", f"prediction did not finish within {self.timeout_s:g} s", status_code=504
+            ) from None
 
     async def predict_area(self, job: AreaJob) -> tuple[Prediction, bool]:
         """The prediction of `job` and whether it came from the cache."""

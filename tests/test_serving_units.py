@@ -265,3 +265,30 @@ def test_lulc_serve_fails_fast_with_clear_errors(tmp_path: Path) -> None:
     config = write_run_config(tmp_path / "run.yaml", tmp_path / "work")
     result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "nope"), "--config", str(config)])
     assert isinstance(result.exception, NotFoundError) and "registry ref" in str(result.exception)
+
+
+def test_deadline_is_504_and_the_slot_is_held_until_the_work_ends(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from lulc_core.bundle import ModelBundle
+    from lulc_core.config import ServingConfig
+    from lulc_core.imagery.local import LocalGeoTiffStore
+    from lulc_core.inference import Predictor
+    from serving.service import LulcService
+
+    bundle = ModelBundle.load(make_bundle(tmp_path / "bundle"))
+    settings = ServingConfig(window=64, overlap=16)
+    predictor = Predictor(bundle, LocalGeoTiffStore(tmp_path), None, settings)
+    service = LulcService(predictor, bundle, settings, max_concurrency=1, timeout_s=0.2)
+
+    async def scenario() -> tuple[float, str]:
+        with pytest.raises(UpstreamError) as info:
+            await service._run(lambda: time.sleep(0.6))
+        assert info.value.status_code == 504
+        started = time.monotonic()
+        result = await service._run(lambda: "next")  # waits for the slow worker's slot
+        return time.monotonic() - started, result
+
+    waited, result = asyncio.run(scenario())
+    assert result == "next" and waited >= 0.3
