@@ -33,6 +33,7 @@ from lulc_core.errors import ConfigError, InputError
 from lulc_core.labels import LabelSet
 from lulc_core.model import MIT_VARIANTS, build_segformer, logits_at_input_size
 from lulc_core.raster import atomic_path
+from lulc_core.stats import DatasetStats
 
 if TYPE_CHECKING:
     from lulc_core.config import RunConfig, TrainingConfig
@@ -309,7 +310,7 @@ def train(
     cfg: RunConfig,
     imagery_dir: Path,
     labels_dir: Path,
-    stats: NormalisationStats,
+    stats: DatasetStats,
     split: TileSplit,
     out_dir: Path,
     progress: bool = True,
@@ -343,7 +344,7 @@ def train(
     monitor = "val_loss" if has_val else "train_loss"
     if not has_val:
         log.warning("no validation chips: early stopping and checkpoints watch the training loss")
-    weights = list(getattr(stats, "class_weights", None) or []) if tc.class_weights else None
+    weights = list(stats.class_weights) if tc.class_weights else None
     task = SegmentationTask(
         num_channels=len(stats.band_names),
         num_classes=label_set.num_classes,
