@@ -4,7 +4,8 @@ Inputs are the per-tile artifacts of the data steps: ``<imagery_dir>/<tile_id>.t
 descriptions and nodata) and ``<labels_dir>/<tile_id>.tif`` (uint8 classes, 0 = unknown) on the same grid.
 
 * :func:`split_tiles` assigns whole *spatial blocks* of tiles to train/val/test (TorchGeo's habit): all time
-  frames of a location and all tiles of a block share a split, so neighbours do not leak across splits.
+  frames of a location and all tiles of a block share a split, and separate UTM zones never share a block, so
+  neighbouring tiles meet across splits only along block borders.
 * :class:`ChipDataset` cuts each tile into ``chip_size`` chips (the last row/column aligned to the tile edge),
   normalises bands with the dataset statistics, sets nodata pixels to input 0 and label 0 (ignored), and skips
   chips with too few labelled pixels.
