@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,71 @@ def test_cache_dir_prefers_the_mounted_pvc(base_json: str, monkeypatch: pytest.M
     assert cache_dir(cfg, "imagery") == cfg.work_dir / "cache" / "imagery"
     monkeypatch.setenv("LULC_CACHE_DIR", "/var/cache/lulc")
     assert cache_dir(cfg, "osm") == Path("/var/cache/lulc/osm")
+
+
+def _registration(tmp_path: Path, storage_uri: str | None = "s3://models/lulc/1/bundle") -> Any:
+    from kfp.dsl import Artifact
+
+    path = tmp_path / "registration"
+    record = {"ref": "lulc-sample@1", "name": "lulc-sample", "version": 1, "storage_uri": storage_uri, "passed": True}
+    path.write_text(json.dumps(record))
+    return Artifact(uri=str(path))
+
+
+def test_deploy_component_skips_kubernetes_for_local_targets(base_json: str, tmp_path: Path) -> None:
+    from kfp.dsl import Markdown
+
+    from components.deploy import deploy
+
+    report = Markdown(uri=str(tmp_path / "report"))
+    url = deploy.python_func(
+        config=base_json, registration=_registration(tmp_path), target="local", namespace="lulc",
+        image="ghcr.io/lulc/lulc:0.1.0", gpus=0, report=report,
+    )  # fmt: skip
+    assert url == "" and "lulc serve --model lulc-sample@production" in Path(report.path).read_text()
+    with pytest.raises(InputError, match="deploy_target"):
+        deploy.python_func(
+            config=base_json, registration=_registration(tmp_path), target="k8s", namespace="lulc",
+            image="ghcr.io/lulc/lulc:0.1.0", gpus=0, report=report,
+        )  # fmt: skip
+    with pytest.raises(InputError, match="storage URI"):
+        deploy.python_func(
+            config=base_json, registration=_registration(tmp_path, None), target="kserve", namespace="lulc",
+            image="ghcr.io/lulc/lulc:0.1.0", gpus=0, report=report,
+        )  # fmt: skip
+
+
+def test_deploy_component_applies_the_inference_service(
+    base_json: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Target 'kserve' goes through serving.deploy with the real kubernetes client (API stand-in on 127.0.0.1)."""
+    import yaml
+    from kfp.dsl import Markdown
+    from standins.kubernetes_api import KubeApiStandIn
+
+    from components.deploy import deploy
+
+    with KubeApiStandIn(ready_after_polls=1) as api:
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "standin", "cluster": {"server": api.url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "u"}}],
+            "current-context": "standin",
+        }
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        # the kubernetes client reads KUBECONFIG once, at import: point its default at the file as a new process would
+        monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+        report = Markdown(uri=str(tmp_path / "report"))
+        url = deploy.python_func(
+            config=base_json, registration=_registration(tmp_path), target="kserve", namespace="lulc-test",
+            image="ghcr.io/lulc/lulc:0.1.0", gpus=1, report=report,
+        )  # fmt: skip
+        isvc = api.objects[("lulc-test", "inferenceservices", "lulc-sample")]
+    assert url == "http://lulc-sample.lulc-test.example.com"
+    predictor = json.dumps(isvc["spec"]["predictor"])
+    assert "s3://models/lulc/1/bundle" in predictor and "ghcr.io/lulc/lulc:0.1.0" in predictor
+    assert "nvidia.com/gpu" in predictor
+    assert "created `lulc-test/lulc-sample`" in Path(report.path).read_text()
