@@ -10,6 +10,11 @@
 #   LULC_CONFIG          run configuration to train with (default conf/run.yaml)
 #   LULC_EXPERIMENT      KFP experiment (default lulc-retrain)
 #   LULC_IMAGE           project image of every step (pinned; in CI <registry>/<repo>:<git sha>)
+#   LULC_DEPLOY_TARGET   what the pipeline does with a promoted model: kserve (default, rolls it out) or none
+#   LULC_SERVICE_ACCOUNT Kubernetes service account of the run (default lulc-pipeline: the deploy step's RBAC)
+#   LULC_KFP_NAMESPACE   Kubeflow profile namespace (multi-user clusters; default: none)
+#   LULC_TIMEOUT_S       longest wait for the run (default 19800 s, inside the job's 6 h limit)
+#   LULC_POLL_INTERVAL   seconds between run status reads (default 30)
 #   MLFLOW_TRACKING_URI  model registry the pipeline registers into (unless the config names it); MLflow
 #                        credentials as usual (MLFLOW_TRACKING_USERNAME/PASSWORD), or NEPTUNE_PROJECT/API_TOKEN
 #   GITHUB_STEP_SUMMARY  job summary file (set by GitHub Actions); the gate's numbers are appended to it
@@ -48,9 +53,15 @@ trap 'rm -rf "$work"' EXIT
 since="$(date -u +%Y-%m-%dT%H:%M:%S+00:00)"
 
 echo "retrain: submitting $config to $KFP_HOST (experiment $experiment, image ${LULC_IMAGE:-from the config})" >&2
+args=(--host "$KFP_HOST" --config "$config" --experiment "$experiment" --wait
+  --param "deploy_target=${LULC_DEPLOY_TARGET:-kserve}"
+  --service-account "${LULC_SERVICE_ACCOUNT:-lulc-pipeline}"
+  --timeout "${LULC_TIMEOUT_S:-19800}" --poll-interval "${LULC_POLL_INTERVAL:-30}")
+[[ -n "${LULC_IMAGE:-}" ]] && args+=(--image "$LULC_IMAGE")
+[[ -n "${LULC_KFP_NAMESPACE:-}" ]] && args+=(--namespace "$LULC_KFP_NAMESPACE")
+
 set +e
-lulc pipeline submit --host "$KFP_HOST" --config "$config" --experiment "$experiment" --wait 2>&1 |
-  tee "$work/submit.log"
+lulc pipeline submit "${args[@]}" 2>&1 | tee "$work/submit.log"
 status=${PIPESTATUS[0]}
 set -e
 run="$(grep -oE 'https?://[^[:space:]]*/#/runs/details/[A-Za-z0-9-]+' "$work/submit.log" | tail -n 1 || true)"

@@ -245,3 +245,123 @@ def test_gate_report_bad_input(stdin: str, since: str, message: str) -> None:
     result = _gate_report(stdin, "--since", since)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retraining: scripts/retrain.sh — the very command retrain.yml runs — against the KFP API stand-in, with the real
+# kfp.Client inside `lulc pipeline submit` and the real MLflow registry (SQLite) the pipeline registers into.
+
+RETRAIN = REPO / "scripts" / "retrain.sh"
+CANARY_TOKEN = "kfp-canary-token-5d1e8a"  # pragma: allowlist secret
+IMAGE_SHA = "ghcr.io/lulc/lulc:89ab01cd89ab01cd89ab01cd89ab01cd89ab01cd"
+
+
+def _retrain_config(tmp_path: Path) -> Path:
+    """conf/run.yaml with its work dir in tmp_path (paths made absolute, so the file can live anywhere)."""
+    from lulc_core.config import load_run_config
+
+    cfg = load_run_config(REPO / "conf" / "run.yaml").model_copy(update={"work_dir": tmp_path / "work"})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def _register_like_the_pipeline(config: Path, bundle: Path, min_miou: float) -> None:
+    """What the pipeline's register step does in the cluster: register the bundle, then apply the gate."""
+    from lulc_core.config import GateConfig, load_run_config
+    from lulc_core.registry import RegistrationInfo, build_registry
+    from lulc_core.registry.gate import apply_gate
+
+    cfg = load_run_config(config)
+    registry = build_registry(cfg.registry, cfg.work_dir)
+    ref = registry.register(bundle, RegistrationInfo(description="retrain test"))
+    apply_gate(registry, ref, GateConfig(min_miou=min_miou))
+
+
+def _run_retrain(env_extra: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    summary = tmp_path / "summary.md"
+    env = {
+        "PATH": f"{BIN}{os.pathsep}/usr/bin:/bin",
+        "HOME": str(tmp_path),  # kfp.Client reads ~/.config/kfp/context.json
+        "LULC_IMAGE": IMAGE_SHA,
+        "LULC_POLL_INTERVAL": "0.05",
+        "LULC_TIMEOUT_S": "60",
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        **env_extra,
+    }
+    result = subprocess.run(["bash", str(RETRAIN)], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    return result, summary.read_text() if summary.exists() else ""
+
+
+@pytest.mark.slow
+def test_retrain_fails_when_the_gate_rejects(
+    tmp_path: Path, registry_tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Submit, wait, read the gate: the run succeeds but the model (test mIoU 0.42) misses min_miou 0.9.
+
+    (The promoted path differs only in gate_report's verdict, tested above; one full run keeps this test short.)
+    """
+    kfp_api = pytest.importorskip("standins.kfp_api", reason="the KFP API stand-in has not landed yet")
+    config = _retrain_config(tmp_path)
+    # The "pipeline" (the hook below, in this process) registers into the store the script reads.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    class PipelineCluster(kfp_api.KfpApiStandIn):  # type: ignore[name-defined,misc]
+        """The stand-in whose run, while RUNNING, registers the model as the pipeline's register step does."""
+
+        registered = False
+
+        def _get_run(self, run_id: str) -> tuple[int, dict[str, Any]]:
+            code, run = super()._get_run(run_id)
+            if run.get("state") == "RUNNING" and not self.registered:
+                self.registered = True
+                _register_like_the_pipeline(config, registry_tiny_bundle, min_miou=0.9)
+            return code, run
+
+    with PipelineCluster(token=CANARY_TOKEN, running_polls=2) as api:
+        result, summary = _run_retrain(
+            {"KFP_HOST": api.url, "KFP_TOKEN": CANARY_TOKEN, "LULC_CONFIG": str(config)}, tmp_path
+        )
+        assert api.registered, result.stderr
+        (run,) = api.runs.values()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "quality gate **rejected**" in summary and "not promoted" in summary
+    assert "| candidate test mIoU | 0.42 |" in summary and "| threshold: min mIoU | 0.9 |" in summary
+    assert "- mIoU 0.4200 is below the threshold 0.9000" in summary
+    assert f"/#/runs/details/{run['run_id']}" in summary
+    # What was submitted: this commit's image, the rollout target, the deploy RBAC, in the named experiment.
+    assert run["runtime_config"]["parameters"] == {"deploy_target": "kserve"}
+    assert run["service_account"] == "lulc-pipeline"
+    assert IMAGE_SHA in json.dumps(run["pipeline_spec"])
+    # The token authenticated every request and appears nowhere in what the job prints or records.
+    assert CANARY_TOKEN not in result.stdout + result.stderr + summary
+
+
+@pytest.mark.slow
+def test_retrain_fails_when_the_run_fails(tmp_path: Path) -> None:
+    kfp_api = pytest.importorskip("standins.kfp_api", reason="the KFP API stand-in has not landed yet")
+    config = _retrain_config(tmp_path)
+    with kfp_api.KfpApiStandIn(token=CANARY_TOKEN, running_polls=1, final_state="FAILED") as api:
+        result, summary = _run_retrain(
+            {"KFP_HOST": api.url, "KFP_TOKEN": CANARY_TOKEN, "LULC_CONFIG": str(config)}, tmp_path
+        )
+        assert len(api.runs) == 1
+    assert result.returncode not in (0, 3), result.stdout + result.stderr
+    assert "finished FAILED" in result.stderr + result.stdout
+    assert "## Retraining: the pipeline run failed" in summary and "FAILED" in summary
+    assert CANARY_TOKEN not in result.stdout + result.stderr + summary
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "KFP_HOST is not set"),
+        ({"KFP_HOST": "http://127.0.0.1:9", "LULC_CONFIG": "conf/nope.yaml"}, "does not exist"),
+        ({"KFP_HOST": "http://127.0.0.1:9", "MLFLOW_TRACKING_URI": ""}, "set MLFLOW_TRACKING_URI"),
+    ],
+)
+def test_retrain_refuses_before_submitting(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    result, _ = _run_retrain(env, tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
