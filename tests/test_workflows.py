@@ -137,7 +137,9 @@ def test_retrain_runs_the_tested_script() -> None:
     assert any(r.strip().endswith("scripts/retrain.sh") for r in runs)
     assert "LULC_IMAGE=" in "\n".join(runs) and "${GITHUB_SHA}" in "\n".join(runs)
     script = (REPO / "scripts" / "retrain.sh").read_text()
-    assert re.search(r"lulc pipeline submit\b[^\n]*--wait", script.replace("\\\n", " "))
+    args = re.search(r"^args=\((.*?)\)$", script, re.M | re.S)
+    assert args and "--wait" in args.group(1) and '--host "$KFP_HOST"' in args.group(1)
+    assert re.search(r'^lulc pipeline submit "\$\{args\[@\]\}"', script, re.M)
 
 
 @pytest.mark.parametrize("name", ["ci.yml", "images.yml", "retrain.yml"])
