@@ -79,8 +79,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp_path
+        tmp_path.chmod(0o666 & ~umask)  # mkstemp creates 0600; published files get the usual permissions
         tmp_path.replace(target)
     finally:
         tmp_path.unlink(missing_ok=True)

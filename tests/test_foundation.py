@@ -121,6 +121,12 @@ def test_cog_with_colormap(tmp_path: Path, v3_label_set: LabelSet) -> None:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
 
 
+def test_atomic_path_publishes_readable_files(tmp_path: Path) -> None:
+    with atomic_path(tmp_path / "meta.json") as tmp:
+        tmp.write_text("{}")
+    assert (tmp_path / "meta.json").stat().st_mode & 0o044 == 0o044, "group/other must be able to read outputs"
+
+
 def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:
