@@ -71,6 +71,15 @@ class Raster:
         return Raster(self.data[idx], self.transform, self.crs, list(names), self.valid, dict(self.tags))
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask is process-wide and not thread-safe to probe
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -79,11 +88,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
     try:
         yield tmp_path
-        tmp_path.chmod(0o666 & ~umask)  # mkstemp creates 0600; published files get the usual permissions
+        tmp_path.chmod(0o666 & ~_UMASK)  # mkstemp creates 0600; published files get the usual permissions
         tmp_path.replace(target)
     finally:
         tmp_path.unlink(missing_ok=True)
