@@ -136,6 +136,7 @@ def test_retrain_runs_the_tested_script() -> None:
     runs = [s["run"] for s in job["steps"] if "run" in s]
     assert any(r.strip().endswith("scripts/retrain.sh") for r in runs)
     assert "LULC_IMAGE=" in "\n".join(runs) and "${GITHUB_SHA}" in "\n".join(runs)
+    assert os.access(REPO / "scripts" / "retrain.sh", os.X_OK), "the workflow runs scripts/retrain.sh directly"
     script = (REPO / "scripts" / "retrain.sh").read_text()
     args = re.search(r"^args=\((.*?)\)$", script, re.M | re.S)
     assert args and "--wait" in args.group(1) and '--host "$KFP_HOST"' in args.group(1)
