@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,7 +49,7 @@ class BBox(BaseModel):
         return self
 
     @classmethod
-    def from_sequence(cls, values: list[float] | tuple[float, ...], field: str = "bbox") -> BBox:
+    def from_sequence(cls, values: Sequence[float | str], field: str = "bbox") -> BBox:
         """Build from `[west, south, east, north]`, naming `field` in errors."""
         if len(values) != 4:
             raise InputError(field, f"expected 4 numbers (west, south, east, north), got {len(values)}")

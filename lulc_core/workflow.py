@@ -131,12 +131,13 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         seconds=seconds,
     )
     with _step("prediction", seconds):
-        bbox, frame = test_area(tiles, split.test)
+        bbox, test_tile = test_area(tiles, split.test)
+        start, end = test_tile.start, test_tile.end
         if predict_bbox is not None:
-            bbox, frame = predict_bbox, cfg.area.time_frames[0]
+            bbox, start, end = predict_bbox, cfg.area.time_frames[0].start, cfg.area.time_frames[0].end
         bundle = ModelBundle.load(registry.resolve(ref))
         predictor = Predictor(bundle, store, source, cfg.serving)
-        prediction = predictor.predict(bbox, frame.start, frame.end, PredictOptions())
+        prediction = predictor.predict(bbox, start, end, PredictOptions())
         outputs.prediction = write_prediction(prediction, out / "prediction.tif")
         outputs.preview = write_preview_png(prediction, out / "prediction.png")
         outputs.predict_bbox = bbox
