@@ -5,8 +5,6 @@ from kfp.dsl import Artifact, Input, Markdown, Output
 
 from components._image import IMAGE
 
-TARGETS = ("none", "local", "kserve")
-
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def deploy(
