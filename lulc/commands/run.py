@@ -65,13 +65,17 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Run configuration YAML."),
-        out: Path | None = typer.Option(None, "--out", "-o", help="Output directory."),
+        out: Path | None = typer.Option(
+            None, "--out", "-o", help="Where the prediction goes (default <work_dir>/demo)."
+        ),
     ) -> None:
-        """The main job on the bundled sample area with the embedded defaults (what `make demo` runs).
+        """What `make demo` runs: the training pipeline with kfp.local on the bundled sample area (MLflow on
+        SQLite), then the KServe predictor on 127.0.0.1 serving the production model, asked for a GeoTIFF and a
+        PNG preview of a test tile.
 
         Example: lulc demo
         """
-        from lulc_core.workflow import run_main_job
+        from lulc.demo import run_demo, summary
 
         cfg = load_run_config(config)
-        typer.echo(_summary(run_main_job(cfg, out)))
+        typer.echo(summary(run_demo(cfg, config.resolve(), out)))

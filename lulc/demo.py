@@ -1,0 +1,170 @@
+"""The demo (`make demo`): the training pipeline with kfp.local on the embedded default, then the KServe
+predictor started on 127.0.0.1 from the registered production model, asked for a GeoTIFF and a PNG preview of
+an area the model has not seen in training.
+
+The same pieces a cluster uses: `pipelines.local.run_local` runs the pipeline function, the registry resolves
+`<model>@production`, and `python -m serving` is the container's entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from pydantic import BaseModel, Field
+
+from lulc_core.config import RunConfig
+from lulc_core.dataset import TileSplit
+from lulc_core.errors import LulcError, UpstreamError
+from lulc_core.geo import BBox
+from lulc_core.grid import read_tiles
+from lulc_core.workflow import test_area
+
+log = logging.getLogger(__name__)
+
+
+class DemoResult(BaseModel):
+    """Where the demo's outputs are, and the test-split numbers."""
+
+    run_dir: Path = Field(description="The pipeline run's root: one folder per task.")
+    tiles: Path
+    imagery: Path
+    labels: Path
+    stats: Path
+    split: Path
+    bundle: Path
+    evaluation: Path
+    report: Path
+    model_ref: str
+    storage_uri: str | None
+    promoted: bool
+    gate_reasons: list[str]
+    metrics: dict[str, float]
+    predict_bbox: BBox
+    prediction: Path
+    preview: Path
+    pipeline_seconds: float
+    serving_seconds: float
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def local_predictor(model: Path, config: Path, timeout_s: float = 180.0) -> Iterator[str]:
+    """Run `python -m serving` (the predictor container's entry point) on 127.0.0.1; yield its URL."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "serving", "--model", str(model), "--config", str(config), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise LulcError(
+                    f"the predictor exited with {proc.returncode}: {(proc.stderr.read() if proc.stderr else '')[-2000:]}"
+                )
+            try:
+                if requests.get(f"{url}/v1/models/lulc", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise UpstreamError("predictor", f"not ready after {timeout_s:.0f} s", status_code=504)
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _post(url: str, body: Mapping[str, object], target: Path) -> Path:
+    response = requests.post(url, json=body, timeout=600)
+    if response.status_code != 200:
+        raise UpstreamError("predictor", f"{url} answered {response.status_code}: {response.text[:500]}")
+    target.write_bytes(response.content)
+    return target
+
+
+def run_demo(cfg: RunConfig, config_path: Path, out_dir: Path | None = None) -> DemoResult:
+    """Pipeline (kfp.local) -> registry (production alias) -> KServe predictor -> GeoTIFF + PNG of a test tile."""
+    from lulc_core.registry import build_registry
+    from pipelines.local import run_local
+
+    run = run_local(cfg)
+    run_dir = run.bundle_dir.parents[1]
+    tiles_file = run_dir / "area-grid" / "tiles" / "tiles.geojson"
+    split_file = run_dir / "statistics" / "split"
+    bbox, tile = test_area(read_tiles(tiles_file), TileSplit.load(split_file).test)
+    registration = run.registration
+    ref = f"{registration['name']}@production" if registration.get("passed") else str(registration["ref"])
+    bundle = build_registry(cfg.registry, cfg.work_dir).resolve(ref)
+
+    out = (out_dir or cfg.work_dir / "demo").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    body = {"area_coords": list(bbox.as_tuple()), "start_date": str(tile.start), "end_date": str(tile.end)}
+    with local_predictor(bundle, config_path) as url:
+        prediction = _post(f"{url}/segment/", body, out / "prediction.tif")
+        preview = _post(f"{url}/segment/preview", body, out / "prediction.png")
+    return DemoResult(
+        run_dir=run_dir,
+        tiles=tiles_file,
+        imagery=run_dir / "gather" / "merged",
+        labels=run_dir / "gather-2" / "merged",
+        stats=run_dir / "statistics" / "stats",
+        split=split_file,
+        bundle=run.bundle_dir,
+        evaluation=run_dir / "evaluate" / "evaluation",
+        report=run_dir / "evaluate" / "report",
+        model_ref=str(registration["ref"]),
+        storage_uri=registration.get("storage_uri"),
+        promoted=bool(registration.get("passed")),
+        gate_reasons=list(registration.get("reasons", [])),
+        metrics=run.metrics,
+        predict_bbox=bbox,
+        prediction=prediction,
+        preview=preview,
+        pipeline_seconds=run.seconds,
+        serving_seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def summary(result: DemoResult) -> str:
+    """The demo's closing report: every output's path and the test-split metrics."""
+    m = result.metrics
+    lines = [
+        "",
+        "lulc demo finished: Kubeflow pipeline (kfp.local) -> MLflow registry -> KServe predictor",
+        f"  pipeline run    {result.run_dir}  ({result.pipeline_seconds:.0f} s)",
+        f"  tiles           {result.tiles}",
+        f"  imagery         {result.imagery}",
+        f"  labels          {result.labels}",
+        f"  statistics      {result.stats}  (split {result.split})",
+        f"  model bundle    {result.bundle}",
+        f"  evaluation      {result.evaluation}  (metrics.json, confusion_matrix.png; report {result.report})",
+        f"  registered as   {result.model_ref}  ({'promoted to production' if result.promoted else 'not promoted'})",
+        f"  storage URI     {result.storage_uri}",
+        f"  prediction      {result.prediction}  (bbox {', '.join(f'{v:.4f}' for v in result.predict_bbox.as_tuple())})",
+        f"  preview         {result.preview}  (served by the KServe predictor in {result.serving_seconds:.0f} s)",
+        "",
+        "test-split metrics",
+        f"  overall accuracy  {m.get('overall_accuracy', float('nan')):.3f}",
+        f"  mIoU              {m.get('miou', float('nan')):.3f}",
+    ]
+    lines += [f"  IoU {k.removeprefix('iou_'):<15} {v:.3f}" for k, v in sorted(m.items()) if k.startswith("iou_")]
+    lines += ["", "gate: " + "; ".join(result.gate_reasons)]
+    return "\n".join(lines)
