@@ -24,11 +24,11 @@ PREDICT_HELP = """Predict land use / land cover for a bounding box: a GeoTIFF (C
 
 Examples:
 
-  lulc predict --model .lulc/bundles/sample --bbox 9.95,57.05,9.97,57.06 --start 2017-10-01 --end 2017-10-31 -o out.tif --preview out.png
+  lulc predict --model lulc-sample@production --bbox 9.835,57.222,9.850,57.230 --start 2017-10-25 --end 2017-11-04 -o out.tif --preview out.png
 
-  lulc predict --model lulc-sample@production --config conf/run.yaml --bbox 9.95,57.05,9.97,57.06 -o out.tif --fusion-mode favour_osm --threshold 0.5
+  lulc predict --model lulc-sample@production --config conf/run.yaml --bbox 9.835,57.222,9.850,57.230 -o out.tif --fusion-mode favour_osm --threshold 0.5
 
-  lulc predict --url http://127.0.0.1:8080 --bbox 9.95,57.05,9.97,57.06 -o out.tif
+  lulc predict --url http://127.0.0.1:8080 --bbox 9.835,57.222,9.850,57.230 -o out.tif
 """
 
 
@@ -36,7 +36,7 @@ SERVE_HELP = """Start the predictor locally: KServe's ModelServer with V1/V2 end
 
 Examples:
 
-  lulc serve --model .lulc/bundles/sample --config conf/run.yaml
+  lulc serve --model lulc-sample@production --config conf/run.yaml
 
   lulc serve --model lulc-sample@production --host 127.0.0.1 --port 8080
 
@@ -158,7 +158,7 @@ def parse_bbox(text: str) -> BBox:
         values = [float(p) for p in parts]
     except ValueError:
         raise InputError(
-            "--bbox", f"{text!r} is not four numbers", "write W,S,E,N e.g. 9.95,57.05,9.97,57.06"
+            "--bbox", f"{text!r} is not four numbers", "write W,S,E,N e.g. 9.835,57.222,9.850,57.230"
         ) from None
     return BBox.from_sequence(values, "--bbox")
 
