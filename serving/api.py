@@ -30,13 +30,14 @@ from starlette.exceptions import HTTPException
 
 from lulc_core.errors import InputError, LulcError, NotCoveredError, NotFoundError, UpstreamError
 from lulc_core.inference import (
-    FusionMode,
     write_prediction,
     write_preview_png,
     write_uncertainty,
     write_uncertainty_preview_png,
 )
+from serving import isolated_argv
 from serving.observability import RequestContextMiddleware
+from serving.service import FIXES as FIELD_FIXES
 from serving.service import AreaJob, AreaRequest, LulcService, encode_file
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-FIXES = {
-    "area_coords": "give [west, south, east, north] in EPSG:4326 degrees",
-    "start_date": "write the date as YYYY-MM-DD",
-    "end_date": "write the date as YYYY-MM-DD",
-    "threshold": "give a number between 0 and 1",
-    "fusion_mode": "choose one of " + ", ".join(m.value for m in FusionMode),
-}
+FIXES = FIELD_FIXES
+JSON_FIX = "send a UTF-8 JSON object (finite numbers, no NaN/Infinity, a few levels deep) as documented at /docs"
 
 
 class ServiceHolder(Protocol):
@@ -104,7 +100,9 @@ async def validation_error_handler(_: Request, exc: Exception) -> Response:
     msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
     field = ".".join(loc)
     message = msg if msg.startswith(f"{field}:") else f"{field}: {msg}"
-    fix = FIXES.get(loc[0], "send a JSON object as documented at /docs")
+    fix = FIXES.get(loc[0], FIXES["body"])
+    if first.get("type") == "extra_forbidden":
+        fix = f"remove `{loc[-1]}` (check its spelling); the fields are {', '.join(AreaRequest.model_fields)}"
     if first.get("type") == "json_invalid":
         message, field = "the body is not valid JSON", "body"
     return _error(422, message, field, fix)
@@ -115,7 +113,25 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 413:
         return _error(413, str(exc.detail), "body", "send a smaller body: an area, or a smaller image tensor")
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):  # FastAPI: undecodable or too deep
+        return _error(400, "the body is not a readable JSON document", "body", JSON_FIX)
     return _error(exc.status_code, str(exc.detail), **dict(exc.headers or {}))
+
+
+async def invalid_input_handler(_: Request, exc: Exception) -> Response:
+    """KServe's InvalidInput (V1/V2 bad requests) -> 400 naming the field and the fix, without a traceback log."""
+    message = str(exc)
+    field, fix = getattr(exc, "field", None), getattr(exc, "fix", None)
+    if field is None:  # raised by KServe itself while decoding the request
+        if "inference-header-content-length" in message:
+            message = "the body is not JSON (Content-Type) and not a binary tensor request either"
+            field, fix = "Content-Type", "send the request as JSON with Content-Type: application/json"
+        elif "request format" in message or "JSON" in message:
+            field, fix = "body", JSON_FIX
+        else:
+            field, fix = "body", FIXES["body"]
+    log.info("bad request: %s", message)
+    return _error(400, message, field, fix)
 
 
 async def recursion_error_handler(_: Request, exc: Exception) -> Response:
@@ -198,6 +214,10 @@ def install_api(app: FastAPI, model: ServiceHolder, max_body_bytes: int = DEFAUL
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(RecursionError, recursion_error_handler)
+    with isolated_argv():
+        from kserve.errors import InvalidInput
+
+    app.add_exception_handler(InvalidInput, invalid_input_handler)
     if not any(getattr(r, "path", None) == "/docs" for r in app.routes):
 
         @app.get("/docs", include_in_schema=False)

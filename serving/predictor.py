@@ -22,10 +22,19 @@ from lulc_core.bundle import ModelBundle
 from lulc_core.config import RunConfig, load_run_config
 from lulc_core.errors import ConfigError, InputError, NotFoundError, TooLargeError
 from serving.protocol import AreaJob, Batch, encode_v1, encode_v2, parse_v1, parse_v2
-from serving.service import LulcService
+from serving.service import LulcService, with_fix
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path("conf/run.yaml")
+
+
+class BadRequest(InvalidInput):
+    """KServe's InvalidInput (HTTP 400) that keeps the bad field and its fix (serving.api answers with both)."""
+
+    def __init__(self, error: InputError) -> None:
+        super().__init__(str(error))
+        self.field = error.field
+        self.fix = error.fix
 
 
 def resolve_source(source: str | Path, config: RunConfig | None) -> tuple[Path, RunConfig]:
@@ -119,7 +128,7 @@ class LulcModel(Model):
         except TooLargeError:
             raise  # 413, mapped by serving.api's error handlers
         except InputError as exc:
-            raise InvalidInput(str(exc)) from exc
+            raise BadRequest(with_fix(exc)) from exc
         batch.request_id = batch.request_id or (headers or {}).get("x-request-id")
         return batch
 

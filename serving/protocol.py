@@ -33,7 +33,16 @@ from rasterio.errors import CRSError
 from lulc_core.errors import InputError, TooLargeError
 from lulc_core.inference import Prediction, PredictOptions, write_prediction
 from lulc_core.raster import Raster
-from serving.service import AreaJob, AreaRequest, LulcService, encode_file, georeference, parse_outputs
+from serving.service import (
+    FIXES,
+    AreaJob,
+    AreaRequest,
+    LulcService,
+    encode_file,
+    georeference,
+    parse_outputs,
+    prefixed,
+)
 
 MAX_INSTANCES = 8
 MAX_ARRAY_PIXELS = 2_000_000  # larger results must be asked for as GeoTIFF (format: geotiff) or POST /segment/
@@ -96,7 +105,11 @@ def _image_raster(data: np.ndarray, service: LulcService, field_name: str, crs: 
         raise InputError(
             field_name, f"{data.shape[0]} bands given, the model needs {len(bands)}", f"send bands {bands} in order"
         )
-    if min(data.shape[1:]) < 1 or data.shape[1] * data.shape[2] > MAX_ARRAY_PIXELS:
+    if min(data.shape[1:]) < 1:
+        raise InputError(
+            field_name, f"image of {data.shape[1]} x {data.shape[2]} px has no pixels", "send 1..2,000,000 px"
+        )
+    if data.shape[1] * data.shape[2] > MAX_ARRAY_PIXELS:
         raise TooLargeError(field_name, f"image of {data.shape[1]} x {data.shape[2]} px", "send 1..2,000,000 px")
     data = data.astype(np.float32, copy=False)
     if not np.isfinite(data).all():
@@ -131,7 +144,7 @@ def _options(values: dict[str, Any], outputs: set[str], prefix: str) -> PredictO
 def parse_v1(payload: Any, service: LulcService) -> Batch:
     """A V1 body `{"instances": [...]}` as a Batch."""
     if not isinstance(payload, dict) or "instances" not in payload:
-        raise InputError("instances", "the V1 body must be an object with a list `instances`", "see GET /docs")
+        raise InputError("instances", "the V1 body must be a JSON object with a list `instances`", FIXES["instances"])
     instances = payload["instances"]
     if not isinstance(instances, list) or not 1 <= len(instances) <= MAX_INSTANCES:
         raise InputError("instances", f"expected a list of 1..{MAX_INSTANCES} objects", "send one area per instance")
@@ -157,9 +170,12 @@ def parse_v1(payload: Any, service: LulcService) -> Batch:
             job: AreaJob | ImageJob = ImageJob(raster, _options(values, outputs, prefix))
         else:
             request = AreaRequest.parse(values, prefix.rstrip("."))
-            job = AreaJob.from_request(
-                request, probabilities="probabilities" in outputs, uncertainty="uncertainty" in outputs
-            )
+            try:
+                job = AreaJob.from_request(
+                    request, probabilities="probabilities" in outputs, uncertainty="uncertainty" in outputs
+                )
+            except InputError as exc:
+                raise prefixed(exc, prefix.rstrip(".")) from exc
             _check_pixels(job, service, fmt == "geotiff")
         items.append(Item(job, outputs, geotiff=fmt == "geotiff"))
     return Batch("v1", items)
@@ -195,8 +211,14 @@ def parse_v2(request: Any, service: LulcService) -> Batch:
     if shape not in ([4], [1, 4]):
         raise InputError("inputs.area_coords.shape", f"{shape} is not [4] or [1, 4]", "send [west, south, east, north]")
     values = {"area_coords": [float(v) for v in array.reshape(-1)], **params}
-    area = AreaRequest.parse(values, "parameters")
-    job = AreaJob.from_request(area, probabilities="probabilities" in outputs, uncertainty="uncertainty" in outputs)
+    try:
+        area = AreaRequest.parse(values)
+    except InputError as exc:  # the area is the input tensor; the rest are request parameters
+        raise prefixed(exc, "inputs" if exc.field.startswith("area_coords") else "parameters") from exc
+    try:
+        job = AreaJob.from_request(area, probabilities="probabilities" in outputs, uncertainty="uncertainty" in outputs)
+    except InputError as exc:
+        raise prefixed(exc, "parameters") from exc
     _check_pixels(job, service, geotiff=False)
     return Batch("v2", [Item(job, outputs)], request.id)
 

@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.model import BaseKServeModel
 from kserve.protocol.rest.server import RESTServer
 
-from serving.api import DEFAULT_MAX_BODY_BYTES, install_api
+from serving.api import DEFAULT_MAX_BODY_BYTES, install_api, invalid_input_handler
 from serving.predictor import LulcModel
 
 log = logging.getLogger(__name__)
+
+
+class LulcRESTServer(RESTServer):
+    """KServe's REST server; its InvalidInput handler is replaced by lulc's (field + fix, no traceback log)."""
+
+    def _add_exception_handlers(self, app: Any) -> None:
+        from kserve.errors import InvalidInput
+
+        super()._add_exception_handlers(app)  # KServe registers its handlers when the server starts
+        app.add_exception_handler(InvalidInput, invalid_input_handler)
 
 
 class LulcModelServer(ModelServer):
@@ -31,7 +42,7 @@ class LulcModelServer(ModelServer):
     def start(self, models: list[BaseKServeModel]) -> None:
         """Register the (loaded) models and serve until SIGTERM/SIGINT."""
         self._register_and_check_atleast_one_model_is_ready(models)
-        self._rest_server = RESTServer(
+        self._rest_server = LulcRESTServer(
             FASTAPI_APP_IMPORT_STRING,
             self.dataplane,
             self.model_repository_extension,

@@ -36,6 +36,57 @@ from serving import observability as obs
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 OUTPUTS = ("classes", "probabilities", "uncertainty")
+AREA_FIELDS = ("area_coords", "start_date", "end_date", "threshold", "fusion_mode")
+# The fix named in a bad-input answer whose error does not bring its own (keyed by the last named field).
+FIXES = {
+    "area_coords": "give [west, south, east, north] in EPSG:4326 degrees (west < east, south < north)",
+    "bbox": "give [west, south, east, north] in EPSG:4326 degrees (west < east, south < north)",
+    "start_date": "write the date as YYYY-MM-DD",
+    "end_date": "write the date as YYYY-MM-DD",
+    "threshold": "give a number between 0 and 1",
+    "fusion_mode": "choose one of " + ", ".join(m.value for m in FusionMode),
+    "outputs": f"give a subset of {list(OUTPUTS)}",
+    "format": "use 'array' or 'geotiff'",
+    "image": "send a [bands][height][width] array of finite numbers in the model's band order (GET /segment/describe)",
+    "crs": "give e.g. 'EPSG:32632'",
+    "transform": "give [a, b, c, d, e, f] (GDAL order)",
+    "instances": 'send {"instances": [{"area_coords": [W, S, E, N], ...}]} (1..8 objects, see GET /docs)',
+    "inputs": "send exactly one input: 'area_coords' (FP64 [4]) or 'image' (see GET /docs)",
+    "parameters": f"V2 parameters of an area are {list(AREA_FIELDS[1:])} and 'outputs'",
+    "body": "send a JSON object as documented at GET /docs",
+}
+
+
+def _field_names(field: str) -> list[str]:
+    """`instances[0].area_coords.0` -> ['instances', 'area_coords', '0']."""
+    return [part.split("[", 1)[0] for part in field.split(".")]
+
+
+def with_fix(exc: InputError) -> InputError:
+    """`exc`, or a copy naming a fix when it has none (unknown fields: remove them; else by the field's name)."""
+    if exc.fix:
+        return exc
+    names = _field_names(exc.field)
+    if "Extra inputs are not permitted" in exc.message or "is not a field" in exc.message:
+        fix = f"remove `{names[-1]}` (check its spelling); see GET /docs for the fields"
+    else:
+        fix = next((FIXES[n] for n in reversed(names) if n in FIXES), FIXES["body"])
+    return type(exc)(exc.field, exc.message, fix)
+
+
+def prefixed(exc: InputError, prefix: str) -> InputError:
+    """`exc` with its field placed under `prefix` (e.g. `instances[0]`), and a fix."""
+    if prefix and not exc.field.startswith(prefix):
+        exc = type(exc)(f"{prefix}.{exc.field}", exc.message, exc.fix)
+    return with_fix(exc)
+
+
+def _no_bool(value: Any) -> Any:
+    """JSON true/false are not numbers (pydantic would read them as 1.0/0.0)."""
+    items = value if isinstance(value, list) else [value]
+    if any(isinstance(v, bool) for v in items):
+        raise ValueError("true/false is not a number")
+    return value
 
 
 class AreaRequest(BaseModel):
@@ -54,6 +105,11 @@ class AreaRequest(BaseModel):
     )
     fusion_mode: FusionMode = Field(default=FusionMode.ONLY_MODEL, description="How model and OSM are combined.")
 
+    @field_validator("area_coords", "threshold", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any) -> Any:
+        return _no_bool(v)
+
     @field_validator("area_coords")
     @classmethod
     def _bbox(cls, v: list[float]) -> list[float]:
@@ -64,11 +120,13 @@ class AreaRequest(BaseModel):
     def parse(cls, values: Any, prefix: str = "") -> AreaRequest:
         """Validate a mapping; an error names the field (with `prefix`) and the fix."""
         if not isinstance(values, dict):
-            raise InputError(prefix or "body", f"expected a JSON object, got {type(values).__name__}")
+            raise with_fix(InputError(prefix or "body", f"expected a JSON object, got {type(values).__name__}"))
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            raise format_validation_error(exc, prefix) from exc
+            raise with_fix(format_validation_error(exc, prefix)) from exc
+        except InputError as exc:  # raised inside a validator (BBox): not wrapped by pydantic
+            raise prefixed(exc, prefix) from exc
 
     def bbox(self) -> BBox:
         return BBox.from_sequence(self.area_coords, "area_coords")

@@ -1,0 +1,103 @@
+"""Helpers of the hardening tests: start `python -m serving` on 127.0.0.1 with a chosen run config, and read it.
+
+The predictor is the same one tests/test_serving.py starts (a tiny random-init SegFormer-b0 bundle on the sample's
+bands, `serving_helpers.write_run_config`), but each hardening module starts its own process so that it can choose
+the data sources (stand-ins), deadlines and limits, and read that process's log and memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_helpers import BBOX, DATES, REPO, free_port, make_bundle, write_run_config
+
+GOOD_BODY = {"area_coords": BBOX, **DATES}
+PY = str(Path(sys.executable))
+
+
+@dataclass
+class Predictor:
+    """A running `python -m serving` process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def post(self, path: str, body: Any = None, timeout: float = 120, **kw: Any) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=timeout, **kw)
+
+    def get(self, path: str, timeout: float = 30, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=timeout, **kw)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def rss_bytes(self) -> int:
+        import psutil
+
+        return int(psutil.Process(self.process.pid).memory_info().rss)
+
+
+def run_config(
+    tmp: Path, *, imagery: Mapping[str, Any] | None = None, labels: Mapping[str, Any] | None = None, **serving: object
+) -> Path:
+    """The serving tests' run YAML with the imagery/labels sections updated (e.g. to point at stand-ins)."""
+    path = write_run_config(tmp / "run.yaml", tmp / "work", **serving)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["imagery"] |= dict(imagery or {})
+    cfg["labels"] |= dict(labels or {})
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@contextlib.contextmanager
+def start_predictor(
+    tmp: Path, config: Path, *args: str, env: Mapping[str, str] | None = None, startup_s: float = 120
+) -> Iterator[Predictor]:
+    """Start the predictor on a free port of 127.0.0.1 with `config` and extra CLI `args`; kill it at the end."""
+    bundle = tmp / "bundle"
+    if not (bundle / "lulc.json").is_file():
+        make_bundle(bundle)
+    port = free_port()
+    log = tmp / f"server-{port}.log"
+    cmd = [PY, "-m", "serving", "--model", str(bundle), "--config", str(config), "--port", str(port)]
+    cmd += ["--host", "127.0.0.1", *args]
+    environ = os.environ | {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"} | dict(env or {})
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=environ)
+    server = Predictor(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + startup_s
+    try:
+        while True:
+            with contextlib.suppress(requests.ConnectionError):
+                if server.get("/v2/health/ready", timeout=5).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the predictor did not start:\n{server.log_text()[-3000:]}")
+            time.sleep(0.3)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def server_errors(log_text: str) -> list[str]:
+    """Lines of a predictor log that show a server error: a 5xx answer of lulc's own making or a traceback."""
+    bad = []
+    for line in log_text.splitlines():
+        if "Traceback" in line or '"status": 500' in line or " 500 Internal" in line:
+            bad.append(line)
+    return bad
