@@ -400,7 +400,7 @@ class ModelRegistry(ABC):
 
     def export_onnx(self, ref: str | ModelRef) -> Path:
         """Export the version's model to ONNX, store it in the version's bundle, return the local file."""
-        from lulc_core.registry.onnx_export import export_onnx
+        from lulc_core.bundle import export_onnx
 
         info = self.get(ref)
         bundle_dir = self.resolve(info.ref)

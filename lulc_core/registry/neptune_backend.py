@@ -334,7 +334,7 @@ class NeptuneRegistry(ModelRegistry):
         """Create the model if missing and a new version holding the bundle and its metadata."""
         info = metadata or RegistrationInfo()
         if info.export_onnx:
-            from lulc_core.registry.onnx_export import export_onnx
+            from lulc_core.bundle import export_onnx
 
             export_onnx(Path(bundle_dir))
         reg = prepare_registration(Path(bundle_dir), info, self.model_key)
