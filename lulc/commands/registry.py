@@ -7,8 +7,11 @@ from the defaults: MLflow on `sqlite:///<work-dir>/mlflow.db` (or MLFLOW_TRACKIN
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,11 +57,46 @@ def _settings(
     return cfg, work_dir or wd
 
 
-def _open(
-    config: Path | None, work_dir: Path | None, backend: str | None, tracking_uri: str | None
-) -> tuple[ModelRegistry, RegistryConfig]:
-    cfg, wd = _settings(config, work_dir, backend, tracking_uri)
-    return build_registry(cfg, wd), cfg
+_REGISTRY_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+    for name, annotation in (
+        ("config", ConfigOpt),
+        ("work_dir", WorkDirOpt),
+        ("backend", BackendOpt),
+        ("tracking_uri", TrackingOpt),
+    )
+]
+
+
+def _registry_command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a command taking `registry` (and optionally `registry_cfg`) instead of the shared options.
+
+    The command gets --config/--work-dir/--backend/--tracking-uri, and is called with the registry they open.
+    """
+
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(func, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name not in ("registry", "registry_cfg")]
+        wants_cfg = "registry_cfg" in signature.parameters
+
+        @functools.wraps(func)
+        def command(
+            *args: object,
+            config: Path | None = None,
+            work_dir: Path | None = None,
+            backend: str | None = None,
+            tracking_uri: str | None = None,
+            **kwargs: object,
+        ) -> None:
+            cfg, wd = _settings(config, work_dir, backend, tracking_uri)
+            if wants_cfg:
+                kwargs["registry_cfg"] = cfg
+            func(*args, registry=build_registry(cfg, wd), **kwargs)
+
+        command.__signature__ = signature.replace(parameters=[*own, *_REGISTRY_OPTIONS])  # type: ignore[attr-defined]
+        return app.command(name)(command)
+
+    return decorate
 
 
 def _fmt(value: float | None) -> str:
@@ -74,17 +112,14 @@ def _row(v: ModelVersionInfo) -> str:
     )
 
 
-@app.command("list")
+@_registry_command("list")
 def list_cmd(
     name: Annotated[str | None, typer.Argument(help="Model name (default: every registered model).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    config: ConfigOpt = None,
-    work_dir: WorkDirOpt = None,
-    backend: BackendOpt = None,
-    tracking_uri: TrackingOpt = None,
+    *,
+    registry: ModelRegistry,
 ) -> None:
     """List the versions of a model (or of every model), newest first."""
-    registry, _ = _open(config, work_dir, backend, tracking_uri)
     names = [name] if name else registry.list_models()
     versions = [v for n in names for v in registry.list_versions(n)]
     if as_json:
@@ -98,96 +133,67 @@ def list_cmd(
         typer.echo(_row(v))
 
 
-@app.command("show")
-def show_cmd(
-    ref: RefArg,
-    config: ConfigOpt = None,
-    work_dir: WorkDirOpt = None,
-    backend: BackendOpt = None,
-    tracking_uri: TrackingOpt = None,
-) -> None:
+@_registry_command("show")
+def show_cmd(ref: RefArg, *, registry: ModelRegistry) -> None:
     """Show one version as JSON: stage, metrics, lineage and gate tags, source and KServe storage URI."""
-    registry, _ = _open(config, work_dir, backend, tracking_uri)
     typer.echo(registry.get(ref).model_dump_json(indent=2))
 
 
-@app.command("promote")
+@_registry_command("promote")
 def promote_cmd(
     ref: RefArg,
     stage: Annotated[str, typer.Option("--stage", "-s", help="none, staging, production or archived.")],
-    config: ConfigOpt = None,
-    work_dir: WorkDirOpt = None,
-    backend: BackendOpt = None,
-    tracking_uri: TrackingOpt = None,
+    *,
+    registry: ModelRegistry,
 ) -> None:
     """Move a version to a stage (the previous production version is archived)."""
-    registry, _ = _open(config, work_dir, backend, tracking_uri)
     info = registry.promote(ref, stage)
     typer.echo(f"{info.name}@{info.version} -> {info.stage}")
 
 
-@app.command("resolve")
-def resolve_cmd(
-    ref: RefArg,
-    config: ConfigOpt = None,
-    work_dir: WorkDirOpt = None,
-    backend: BackendOpt = None,
-    tracking_uri: TrackingOpt = None,
-) -> None:
+@_registry_command("resolve")
+def resolve_cmd(ref: RefArg, *, registry: ModelRegistry) -> None:
     """Download the version's bundle into the local cache (once) and print its directory."""
-    registry, _ = _open(config, work_dir, backend, tracking_uri)
     typer.echo(str(registry.resolve(ref)))
 
 
-@app.command("export-onnx")
-def export_onnx_cmd(
-    ref: RefArg,
-    config: ConfigOpt = None,
-    work_dir: WorkDirOpt = None,
-    backend: BackendOpt = None,
-    tracking_uri: TrackingOpt = None,
-) -> None:
+@_registry_command("export-onnx")
+def export_onnx_cmd(ref: RefArg, *, registry: ModelRegistry) -> None:
     """Export the version's model to ONNX, attach model.onnx to the version's bundle and print its path."""
-    registry, _ = _open(config, work_dir, backend, tracking_uri)
     typer.echo(str(registry.export_onnx(ref)))
 
 
-@app.command("register")
+@_registry_command("register")
 def register_cmd(
     bundle_dir: Annotated[Path, typer.Argument(help="Model bundle directory (lulc.json + model/).")],
     name: Annotated[str | None, typer.Option("--name", help="Registered model name (default: configured).")] = None,
     description: Annotated[str | None, typer.Option("--description", help="Version description.")] = None,
     test_set: Annotated[str | None, typer.Option("--test-set", help="Test-set fingerprint.")] = None,
     onnx: Annotated[bool, typer.Option("--onnx", help="Also export and store model.onnx.")] = False,
-    config: ConfigOpt = None,
-    work_dir: WorkDirOpt = None,
-    backend: BackendOpt = None,
-    tracking_uri: TrackingOpt = None,
+    *,
+    registry: ModelRegistry,
 ) -> None:
     """Register a bundle as a new version (stage none) and print its reference."""
-    registry, _ = _open(config, work_dir, backend, tracking_uri)
     info = RegistrationInfo(name=name, description=description, test_set=test_set, export_onnx=onnx)
     typer.echo(str(registry.register(bundle_dir, info)))
 
 
-@app.command("gate")
+@_registry_command("gate")
 def gate_cmd(
     ref: RefArg,
     min_miou: Annotated[float | None, typer.Option("--min-miou", help="Override gate.min_miou.")] = None,
     min_accuracy: Annotated[float | None, typer.Option("--min-accuracy", help="Override gate.min_accuracy.")] = None,
     tolerance: Annotated[float | None, typer.Option("--tolerance", help="Override gate.tolerance.")] = None,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote when passed.")] = True,
-    config: ConfigOpt = None,
-    work_dir: WorkDirOpt = None,
-    backend: BackendOpt = None,
-    tracking_uri: TrackingOpt = None,
+    *,
+    registry: ModelRegistry,
+    registry_cfg: RegistryConfig,
 ) -> None:
     """Apply the quality gate: record the decision on the version, promote when passed, exit 1 when rejected."""
     from lulc_core.registry.gate import apply_gate
 
-    registry, cfg = _open(config, work_dir, backend, tracking_uri)
     overrides = {"min_miou": min_miou, "min_accuracy": min_accuracy, "tolerance": tolerance}
-    gate_cfg = cfg.gate.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    gate_cfg = registry_cfg.gate.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     gate_cfg = type(gate_cfg).model_validate(gate_cfg.model_dump())
     candidate = registry.get(ref)
     decision = apply_gate(registry, candidate.ref, gate_cfg, promote=promote)
