@@ -90,6 +90,18 @@ def _source_overrides(source: str | None) -> dict[str, Any]:
     raise InputError("--source", f"{source!r} is not a label source", "use file:PATH, ohsome or corine")
 
 
+def _check_filters(classes: Any, path: Path) -> None:
+    """Parse every class's filter before any tile is labelled: a syntax error names the class and the position."""
+    from lulc_core.osm.filter import FilterSyntaxError, parse_filter
+
+    for c in classes.classes:
+        try:
+            parse_filter(c.osm_filter)
+        except FilterSyntaxError as exc:
+            exc.args = (f"label set {Path(path).name}, class {c.name!r}: {exc}", *exc.args[1:])
+            raise
+
+
 @app.command("labels")
 def labels(
     config: Path = CONFIG_OPTION,
@@ -124,6 +136,8 @@ def labels(
     cfg = _config(config, overrides)
     labels_cfg = cfg.labels
     classes = LabelSet.from_yaml(labels_cfg.label_set)
+    if labels_cfg.source != "corine":
+        _check_filters(classes, labels_cfg.label_set)
     tile_list = read_tiles(tiles)
     if labels_cfg.source == "corine":  # CORINE through Sentinel Hub BYOC (corine_codes of the label set)
         from lulc_core.corine import CorineLabelSource, corine_label_tiles
