@@ -28,6 +28,9 @@ PARAM_OPTION = typer.Option(
 )
 HOST_OPTION = typer.Option(..., "--host", envvar="KFP_HOST", help="KFP API URL, e.g. http://127.0.0.1:8888.")
 PACKAGE_OPTION = typer.Option(None, "--package", help="Compiled pipeline YAML (default: compile --config now).")
+EXPERIMENT_OPTION = typer.Option("lulc", "--experiment", help="Experiment name (created if missing).")
+COMPILE_IMAGE_OPTION = typer.Option(None, "--image", help="Project image when compiling now.")
+NAMESPACE_OPTION = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user).")
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -67,6 +70,17 @@ def _package(package: Path | None, config: Path, image: str | None) -> Iterator[
 
     with tempfile.TemporaryDirectory(prefix="lulc-pipeline-") as tmp:
         yield compile_pipeline(load_run_config(config), Path(tmp) / "lulc-training.yaml", image)
+
+
+@contextmanager
+def _checked_package(
+    package: Path | None, config: Path, image: str | None, param: list[str] | None
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The package (see `_package`) and the `--param` values, checked against the parameters it declares."""
+    params = parse_params(param)
+    with _package(package, config, image) as pkg:
+        check_params(pkg, params)
+        yield pkg, params
 
 
 @app.command("compile")
@@ -115,14 +129,14 @@ def run_cmd(
 @app.command("submit")
 def submit_cmd(
     host: str = HOST_OPTION,
-    experiment: str = typer.Option("lulc", "--experiment", help="Experiment name (created if missing)."),
+    experiment: str = EXPERIMENT_OPTION,
     wait: bool = typer.Option(False, "--wait", help="Wait for the run to finish; non-zero exit unless it succeeded."),
     package: Path | None = PACKAGE_OPTION,
     config: Path = CONFIG_OPTION,
-    image: str | None = typer.Option(None, "--image", help="Project image when compiling now."),
+    image: str | None = COMPILE_IMAGE_OPTION,
     param: list[str] | None = PARAM_OPTION,
     run_name: str | None = typer.Option(None, "--run-name", help="Run name."),
-    namespace: str | None = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user)."),
+    namespace: str | None = NAMESPACE_OPTION,
     service_account: str | None = typer.Option(None, "--service-account", help="e.g. lulc-pipeline (deploy RBAC)."),
     upload: bool = typer.Option(False, "--upload", help="Also upload the pipeline and run that version."),
     timeout: float = typer.Option(6 * 3600, "--timeout", help="Longest wait in seconds (with --wait)."),
@@ -134,9 +148,7 @@ def submit_cmd(
     """
     from pipelines.submit import submit
 
-    params = parse_params(param)
-    with _package(package, config, image) as pkg:
-        check_params(pkg, params)
+    with _checked_package(package, config, image, param) as (pkg, params):
         result = submit(
             pkg,
             host,
@@ -160,12 +172,12 @@ def schedule_cmd(
     cron: str = typer.Option(..., "--cron", help="Cron: 5 fields (m h dom mon dow) or KFP's 6 (seconds first)."),
     host: str = HOST_OPTION,
     name: str = typer.Option("lulc-retrain", "--name", help="Recurring run name."),
-    experiment: str = typer.Option("lulc", "--experiment", help="Experiment name (created if missing)."),
+    experiment: str = EXPERIMENT_OPTION,
     package: Path | None = PACKAGE_OPTION,
     config: Path = CONFIG_OPTION,
-    image: str | None = typer.Option(None, "--image", help="Project image when compiling now."),
+    image: str | None = COMPILE_IMAGE_OPTION,
     param: list[str] | None = PARAM_OPTION,
-    namespace: str | None = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user)."),
+    namespace: str | None = NAMESPACE_OPTION,
     service_account: str | None = typer.Option(None, "--service-account", help="e.g. lulc-pipeline."),
 ) -> None:
     """Create a recurring run (retraining) on a cron schedule; missed runs are not caught up.
@@ -174,9 +186,7 @@ def schedule_cmd(
     """
     from pipelines.schedule import schedule
 
-    params = parse_params(param)
-    with _package(package, config, image) as pkg:
-        check_params(pkg, params)
+    with _checked_package(package, config, image, param) as (pkg, params):
         result = schedule(
             pkg,
             host,
