@@ -26,19 +26,15 @@ from shapely.geometry import box
 
 from lulc_core.errors import InputError
 from lulc_core.geo import BBox
+from lulc_core.osm._frames import WGS84, empty_frame, polygonal
 from lulc_core.osm.filter import geometry_type_of, parse_filter
 
 log = logging.getLogger(__name__)
 
-WGS84 = "EPSG:4326"
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".parquet", ".shp", ".fgb")
 META_COLUMNS = frozenset(
     {"geometry", "osm_id", "osm_type", "@osmId", "@osmType", "@validFrom", "@validTo", "@snapshotTimestamp", "tags"}
 )
-
-
-def _empty(columns: list[str]) -> gpd.GeoDataFrame:
-    return gpd.GeoDataFrame({c: pd.Series(dtype=object) for c in columns}, geometry=[], crs=WGS84)
 
 
 class LocalOsmSource:
@@ -163,7 +159,7 @@ class LocalOsmSource:
         window = box(*bbox.as_tuple())
         index = np.sort(frame.sindex.query(window, predicate="intersects"))
         if len(index) == 0:
-            return _empty(columns)
+            return empty_frame(columns)
         cand = frame.iloc[index]
         t = pd.Timestamp(when, tz="UTC")
         valid = np.ones(len(cand), bool)
@@ -178,29 +174,17 @@ class LocalOsmSource:
             expr.mask(tags, cand["geometry_type"], cand["osm_type"]) & (cand["geometry_type"] == "polygon").to_numpy()
         )
         if not mask.any():
-            return _empty(columns)
+            return empty_frame(columns)
         picked = cand[mask]
         clipped = shapely.intersection(picked.geometry.to_numpy(), window)
-        polygonal = np.array([_polygonal(g) for g in clipped], dtype=object)
-        keep = np.array([g is not None for g in polygonal], dtype=bool)
+        polygons = np.array([polygonal(g) for g in clipped], dtype=object)
+        keep = np.array([g is not None for g in polygons], dtype=bool)
         if not keep.any():
-            return _empty(columns)
+            return empty_frame(columns)
         out = pd.DataFrame({"osm_id": picked["osm_id"].to_numpy(), "osm_type": picked["osm_type"].to_numpy()})
         for k in keys:
             out[k] = tags[k].to_numpy()[mask] if k in tags.columns else None
-        return gpd.GeoDataFrame(out[keep].reset_index(drop=True), geometry=list(polygonal[keep]), crs=WGS84)
-
-
-def _polygonal(geom: Any) -> Any:
-    """The polygonal part of a geometry (clipping can leave lines/points on the edge), or None."""
-    if geom is None or geom.is_empty:
-        return None
-    if geom.geom_type in ("Polygon", "MultiPolygon"):
-        return geom
-    polys = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon") and g.area > 0]
-    if not polys:
-        return None
-    return shapely.union_all(polys)
+        return gpd.GeoDataFrame(out[keep].reset_index(drop=True), geometry=list(polygons[keep]), crs=WGS84)
 
 
 def _as_dict(value: Any) -> dict[str, str]:

@@ -45,12 +45,12 @@ from lulc_core.http import (
     parse_retry_after,
     request_key,
 )
+from lulc_core.osm._frames import WGS84, empty_frame, polygonal
 from lulc_core.osm.filter import parse_filter
 
 log = logging.getLogger(__name__)
 
 SERVICE = "ohsome"
-WGS84 = "EPSG:4326"
 USER_AGENT = "lulc/0.1"
 
 
@@ -97,15 +97,6 @@ def _split(bbox: BBox) -> list[BBox]:
         BBox(west=bbox.west, south=my, east=mx, north=bbox.north),
         BBox(west=mx, south=my, east=bbox.east, north=bbox.north),
     ]
-
-
-def _polygonal(geom: Any) -> Any:
-    if geom is None or geom.is_empty:
-        return None
-    if geom.geom_type in ("Polygon", "MultiPolygon"):
-        return geom
-    parts = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon") and g.area > 0]
-    return shapely.union_all(parts) if parts else None
 
 
 class OhsomeSource:
@@ -283,7 +274,7 @@ class OhsomeSource:
         rows: list[dict[str, Any]] = []
         geoms: list[Any] = []
         for feature in features:
-            geom = _polygonal(shape(feature["geometry"])) if feature.get("geometry") else None
+            geom = polygonal(shape(feature["geometry"])) if feature.get("geometry") else None
             if geom is None:
                 continue
             props = feature.get("properties") or {}
@@ -296,7 +287,7 @@ class OhsomeSource:
             geoms.append(geom)
         columns = ["osm_id", "osm_type", *keys]
         if not rows:
-            return gpd.GeoDataFrame({c: pd.Series(dtype=object) for c in columns}, geometry=[], crs=WGS84)
+            return empty_frame(columns)
         frame = gpd.GeoDataFrame(pd.DataFrame(rows, columns=columns), geometry=geoms, crs=WGS84)
         if merge and frame["osm_id"].duplicated().any():  # polygons cut by a 413 split: one row per OSM element
             merged = frame.groupby("osm_id", sort=False, as_index=False).agg(
