@@ -25,8 +25,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Self
+from urllib.parse import parse_qs, urlparse, urlsplit
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,60 @@ class StandIn:
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+
+class JsonApiStandIn:
+    """Base of the stand-ins for JSON control-plane APIs (KFP, Kubernetes) whose tests inspect plain dicts.
+
+    The server listens on a free 127.0.0.1 port from construction and serves in a background thread while the
+    object is used as a context manager. Subclasses implement `handle`, which answers a status and a JSON body.
+    """
+
+    def __init__(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """The status and JSON body answering one request (`headers` with lower-case names)."""
+        raise NotImplementedError
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                url = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                code, payload = standin.handle(self.command, url.path, parse_qs(url.query), headers, body)
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _serve  # noqa: N815
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
 
 
 class _Handler(BaseHTTPRequestHandler):

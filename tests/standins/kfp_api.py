@@ -27,13 +27,13 @@ import uuid
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
+
+from standins import JsonApiStandIn
 
 PREFIX = "/apis/v2beta1/"
 GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 409: 6, 500: 13, 503: 14}
@@ -70,7 +70,7 @@ def parse_pipeline(spec: dict[str, Any]) -> tuple[pipeline_spec_pb2.PipelineSpec
     )
 
 
-class KfpApiStandIn:
+class KfpApiStandIn(JsonApiStandIn):
     """A threaded HTTP server keeping experiments, pipelines, runs and recurring runs in memory."""
 
     def __init__(self, token: str | None = None, running_polls: int = 1, final_state: str = "SUCCEEDED") -> None:
@@ -86,21 +86,7 @@ class KfpApiStandIn:
         self.polls: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> KfpApiStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
 
     def paths(self) -> list[str]:
         """'METHOD /path' of every request so far."""
@@ -249,27 +235,3 @@ class KfpApiStandIn:
         job = copy.deepcopy(body) | {"recurring_run_id": str(uuid.uuid4()), "created_at": _now(), "status": "ENABLED"}
         self.recurring_runs[job["recurring_run_id"]] = job
         return 200, job
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        standin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                url = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                code, payload = standin.handle(self.command, url.path, parse_qs(url.query), headers, body)
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_DELETE = _serve  # noqa: N815
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler

@@ -21,11 +21,11 @@ import json
 import threading
 import uuid
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import yaml
+
+from standins import JsonApiStandIn
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
-class KubeApiStandIn:
+class KubeApiStandIn(JsonApiStandIn):
     """A threaded HTTP server holding custom objects in memory."""
 
     def __init__(self, ready_after_polls: int = 2, never_ready: bool = False) -> None:
@@ -65,27 +65,14 @@ class KubeApiStandIn:
         self.polls: dict[tuple[str, str, str], int] = {}
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> KubeApiStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
 
     # --- the simulated API server -------------------------------------------------------------------------
 
     def handle(
-        self, method: str, path: str, query: dict[str, list[str]], ctype: str, body: bytes
+        self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, Any]]:
+        ctype = headers.get("content-type", "")
         with self._lock:
             self.requests.append({"method": method, "path": path, "query": query, "content_type": ctype, "body": body})
             if self.fail_next:
@@ -192,28 +179,3 @@ class KubeApiStandIn:
         meta["resourceVersion"] = str(len(self.requests))
         self.objects[key] = obj
         self.polls[key] = 0
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        standin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                url = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                code, payload = standin.handle(
-                    self.command, url.path, parse_qs(url.query), self.headers.get("Content-Type", ""), body
-                )
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = _serve  # noqa: N815
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
