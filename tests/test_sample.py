@@ -136,22 +136,11 @@ def test_data_cli_end_to_end_on_the_sample(sample: Path, repo_root: Path, tmp_pa
         assert result.exit_code == 0, result.output
         return result.output
 
-    assert "11 tiles" in lulc(
-        "data", "grid", "-c", str(cfg), "-o", str(tmp_path / "tiles.parquet"), "--preview", str(tmp_path / "tiles.png")
-    )
-    lulc("data", "imagery", "-c", str(cfg), "-t", str(tmp_path / "tiles.parquet"), "-o", str(tmp_path / "img"))
-    lulc(
-        "data",
-        "labels",
-        "-c",
-        str(cfg),
-        "-t",
-        str(tmp_path / "tiles.parquet"),
-        "-o",
-        str(tmp_path / "lab"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    )
+    tiles = str(tmp_path / "tiles.parquet")
+    assert "11 tiles" in lulc("data", "grid", "-c", str(cfg), "-o", tiles, "--preview", str(tmp_path / "tiles.png"))
+    lulc("data", "imagery", "-c", str(cfg), "-t", tiles, "-o", str(tmp_path / "img"))
+    labels = ("data", "labels", "-c", str(cfg), "-t", tiles, "-o")
+    lulc(*labels, str(tmp_path / "lab"), "--cache-dir", str(tmp_path / "cache"))
     out = lulc(
         "data",
         "stats",
@@ -169,37 +158,9 @@ def test_data_cli_end_to_end_on_the_sample(sample: Path, repo_root: Path, tmp_pa
     assert stats["tiles"] == 11 and len(stats["band_names"]) == 15
     assert stats["class_pixel_counts"][4] > 0 and stats["class_weights"][0] == 0
     # bad input through the CLI: unknown source spec and a missing label set file
-    bad = runner.invoke(
-        app,
-        [
-            "data",
-            "labels",
-            "-c",
-            str(cfg),
-            "-t",
-            str(tmp_path / "tiles.parquet"),
-            "-o",
-            str(tmp_path / "x"),
-            "--source",
-            "wfs",
-        ],
-    )
+    bad = runner.invoke(app, [*labels, str(tmp_path / "x"), "--source", "wfs"])
     assert bad.exit_code != 0 and "--source" in str(bad.exception)
-    missing = runner.invoke(
-        app,
-        [
-            "data",
-            "labels",
-            "-c",
-            str(cfg),
-            "-t",
-            str(tmp_path / "tiles.parquet"),
-            "-o",
-            str(tmp_path / "x"),
-            "--label-set",
-            str(tmp_path / "nope.yaml"),
-        ],
-    )
+    missing = runner.invoke(app, [*labels, str(tmp_path / "x"), "--label-set", str(tmp_path / "nope.yaml")])
     assert missing.exit_code != 0 and "label_set" in str(missing.exception)
     help_text = lulc("data", "imagery", "--help")
     assert "lulc data imagery --config" in help_text
