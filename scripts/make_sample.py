@@ -101,24 +101,15 @@ def build_imagery(src: Path, out: Path, patch: str, meta: dict[str, str]) -> dic
             "HARMONISED": f"offset {S2_OFFSET} removed" if offset else "no offset present",
         },
     )
-    with rasterio.open(src / "S1RTC" / f"{patch}.tif") as ds:
-        s1 = ds.read().astype(np.float32)
-    _write(
-        out / "imagery" / f"{patch}_s1.tif",
-        s1,
-        profile,
-        ["VV", "VH"],
-        {**common, "ACQUISITION_DATE": meta["s1"], "SENSOR": "Sentinel-1 RTC", "UNITS": "dB"},
-    )
-    with rasterio.open(src / "DEM" / f"{patch}.tif") as ds:
-        dem = ds.read().astype(np.int16)
-    _write(
-        out / "imagery" / f"{patch}_dem.tif",
-        dem,
-        profile,
-        ["DEM"],
-        {**common, "SENSOR": "Copernicus DEM GLO-30", "UNITS": "m"},
-    )
+    s1_tags = {"ACQUISITION_DATE": meta["s1"], "SENSOR": "Sentinel-1 RTC", "UNITS": "dB"}
+    dem_tags = {"SENSOR": "Copernicus DEM GLO-30", "UNITS": "m"}
+    for folder, suffix, dtype, names, tags in (
+        ("S1RTC", "s1", np.float32, ["VV", "VH"], s1_tags),
+        ("DEM", "dem", np.int16, ["DEM"], dem_tags),
+    ):
+        with rasterio.open(src / folder / f"{patch}.tif") as ds:
+            data = ds.read().astype(dtype)
+        _write(out / "imagery" / f"{patch}_{suffix}.tif", data, profile, names, {**common, **tags})
     return {"offset_removed": offset, "crs": str(profile["crs"])}
 
 
