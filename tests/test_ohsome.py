@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from standins import Fault
+from standins import RETRIED_FAULTS, Fault
 from standins.ohsome import KOUVOLA_PBF, SAMPLE_OSM, OhsomeStandIn
 from standins.sentinelhub import load_patches
 from typer.testing import CliRunner
@@ -189,20 +189,15 @@ def test_cache_hits_avoid_requests_and_corrupt_entries_are_refetched(ohsome: Ohs
 # --- faults -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [
-        Fault.http(429, retry_after="0"),
-        Fault.http(500),
-        Fault.http(502),
-        Fault.http(503),
-        Fault.slow(4.0),
-        Fault.truncate(),
-        Fault.corrupt(),
-        Fault.reset(),
-    ],
-    ids=["429", "500", "502", "503", "timeout", "truncated-transfer", "broken-json", "reset"],
-)
+TRANSIENT = {
+    "429": Fault.http(429, retry_after="0"),
+    **RETRIED_FAULTS,
+    "broken-json": Fault.corrupt(),
+    "reset": Fault.reset(),
+}
+
+
+@pytest.mark.parametrize("fault", TRANSIENT.values(), ids=TRANSIENT.keys())
 def test_transient_faults_end_in_success(ohsome: OhsomeStandIn, fault: Fault):
     ohsome.faults.add(GEOMETRY, fault)
     got = source(ohsome, timeout_s=1.5).features(sample_bbox(), date(2017, 10, 30), FARMS)

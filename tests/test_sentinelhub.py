@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from standins import Fault
+from standins import RETRIED_FAULTS, Fault
 from standins.sentinelhub import PROCESS_PATH, TOKEN_PATH, SentinelHubStandIn, load_patches
 from typer.testing import CliRunner
 
@@ -209,19 +209,11 @@ def test_plan_windows_respects_the_process_api_limits():
 # --- faults -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [
-        Fault.http(429, retry_after="20"),  # Sentinel Hub sends milliseconds
-        Fault.http(500),
-        Fault.http(502),
-        Fault.http(503),
-        Fault.slow(4.0),
-        Fault.truncate(),
-        Fault.corrupt(),
-    ],
-    ids=["429", "500", "502", "503", "timeout", "truncated-transfer", "truncated-tar"],
-)
+# Sentinel Hub's Retry-After is in milliseconds
+TRANSIENT = {"429": Fault.http(429, retry_after="20"), **RETRIED_FAULTS, "truncated-tar": Fault.corrupt()}
+
+
+@pytest.mark.parametrize("fault", TRANSIENT.values(), ids=TRANSIENT.keys())
 def test_transient_faults_end_in_success(sh: SentinelHubStandIn, fault: Fault):
     store = SentinelHubStore(settings(sh, timeout_s=1.5), 10.0, None)
     sh.faults.add(PROCESS, fault)

@@ -64,6 +64,17 @@ class Fault:
         return cls("empty")
 
 
+# Faults the one HTTP error policy (lulc_core.http) must ride out for every service, by test id; a service's tests
+# add its own (429 with its Retry-After unit, a corrupt body of its format). `slow` outlasts a 1.5 s client timeout.
+RETRIED_FAULTS = {
+    "500": Fault.http(500),
+    "502": Fault.http(502),
+    "503": Fault.http(503),
+    "timeout": Fault.slow(4.0),
+    "truncated-transfer": Fault.truncate(),
+}
+
+
 @dataclass
 class _Planned:
     fault: Fault
