@@ -12,37 +12,31 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import rasterio
 import requests
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from serving_helpers import BANDS, free_port, make_bundle, write_run_config  # noqa: E402
+from benchmarks.common import REPO, RssSampler, serving_process
 
 CENTRE_UTM = (500_000.0, 6_200_000.0)  # EPSG:32632, Jutland
 
 
-def _area(pixels: int) -> tuple[list[float], tuple[float, float, float, float]]:
+def area_bbox(pixels: int) -> tuple[list[float], tuple[float, float, float, float]]:
     """A lon/lat bbox whose 10 m UTM grid is at most `pixels` x `pixels`, and that grid's bounds."""
     from datetime import date
 
     from lulc_core.geo import BBox, tile_for_bbox
 
     half = pixels * 10 / 2 * 0.995
+    to_ll = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
     for _ in range(20):
         x0, y0 = CENTRE_UTM[0] - half, CENTRE_UTM[1] - half
-        to_ll = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
         w, s = to_ll.transform(x0 + 0.0, y0 + 0.0)
         e, n = to_ll.transform(x0 + 2 * half, y0 + 2 * half)
         tile = tile_for_bbox(BBox(west=w, south=s, east=e, north=n), 10.0, date(2023, 6, 1), date(2023, 6, 10))
@@ -52,8 +46,10 @@ def _area(pixels: int) -> tuple[list[float], tuple[float, float, float, float]]:
     raise RuntimeError("could not size the area")
 
 
-def _imagery(directory: Path, bounds: tuple[float, float, float, float]) -> None:
-    """One 15-band float32 GeoTIFF at 100 m covering `bounds` plus 3 km."""
+def synthetic_imagery(directory: Path, bounds: tuple[float, float, float, float]) -> Path:
+    """One 15-band float32 GeoTIFF (tiled, deflate) at 100 m covering `bounds` (EPSG:32632) plus 3 km."""
+    from serving_helpers import BANDS
+
     res, margin = 100.0, 3000.0
     x0, y1 = bounds[0] - margin, bounds[3] + margin
     width = math.ceil((bounds[2] - bounds[0] + 2 * margin) / res)
@@ -63,80 +59,52 @@ def _imagery(directory: Path, bounds: tuple[float, float, float, float]) -> None
         "driver": "GTiff", "width": width, "height": height, "count": len(BANDS), "dtype": "float32",
         "crs": "EPSG:32632", "transform": from_origin(x0, y1, res, res), "tiled": True, "compress": "deflate",
     }  # fmt: skip
-    with rasterio.open(directory / "synthetic.tif", "w", **profile) as dst:
+    path = directory / "synthetic.tif"
+    with rasterio.open(path, "w", **profile) as dst:
         for i, name in enumerate(BANDS, start=1):
             dst.write(1500 + 800 * np.sin(yy / (7 + i)) * np.cos(xx / (11 + i)), i)
             dst.set_band_description(i, name)
         dst.update_tags(ACQUISITION_DATE="2023-06-05")
+    return path
 
 
 def run(pixels: int, window: int = 512) -> dict[str, float]:
     """Start the server, request the area, return timings and memory figures (MB)."""
+    from serving_helpers import make_bundle, write_run_config
+
     with tempfile.TemporaryDirectory(prefix="lulc-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        bbox, bounds = _area(pixels)
+        bbox, bounds = area_bbox(pixels)
         (tmp / "imagery").mkdir()
-        _imagery(tmp / "imagery", bounds)
+        synthetic_imagery(tmp / "imagery", bounds)
         bundle = make_bundle(tmp / "bundle")
         config = write_run_config(
             tmp / "run.yaml", tmp / "work", window=window, overlap=32, batch_size=2, max_pixels=pixels * pixels
         )
         text = config.read_text().replace(str(REPO / "data" / "sample" / "imagery"), str(tmp / "imagery"))
         config.write_text(text)
-        port = free_port()
-        cmd = [sys.executable, "-m", "serving", "--model", str(bundle), "--config", str(config)]
-        cmd += ["--port", str(port), "--timeout-s", "3600"]
-        log = (tmp / "server.log").open("wb")
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            while True:
-                try:
-                    if requests.get(url + "/health", timeout=5).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if proc.poll() is not None:
-                    raise RuntimeError((tmp / "server.log").read_text()[-2000:])
-                time.sleep(0.5)
-            ps = psutil.Process(proc.pid)
-            idle = ps.memory_info().rss
-            peak = idle
-            stop = threading.Event()
-
-            def sample() -> None:
-                nonlocal peak
-                while not stop.is_set():
-                    peak = max(peak, ps.memory_info().rss)
-                    time.sleep(0.2)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
+        with serving_process(bundle, config, tmp / "server.log") as (url, pid), RssSampler(pid) as rss:
+            idle = rss.first
             started = time.monotonic()
             body = {"area_coords": bbox, "start_date": "2023-06-01", "end_date": "2023-06-10"}
             response = requests.post(url + "/segment/", json=body, timeout=7200)
             seconds = time.monotonic() - started
-            stop.set()
-            sampler.join()
             if response.status_code != 200:
                 raise RuntimeError(f"{response.status_code}: {response.text[:500]}")
             out = tmp / "out.tif"
             out.write_bytes(response.content)
             with rasterio.open(out) as src:
                 width, height = src.width, src.height
-        finally:
-            proc.terminate()
-            proc.wait(60)
-    mb = 1024 * 1024
+        peak = rss.peak
     return {
         "width": width,
         "height": height,
         "seconds": round(seconds, 1),
         "mpx_per_s": round(width * height / 1e6 / seconds, 3),
-        "rss_idle_mb": round(idle / mb),
-        "rss_peak_mb": round(peak / mb),
-        "rss_growth_mb": round((peak - idle) / mb),
-        "geotiff_mb": round(len(response.content) / mb, 1),
+        "rss_idle_mb": round(idle),
+        "rss_peak_mb": round(peak),
+        "rss_growth_mb": round(peak - idle),
+        "geotiff_mb": round(len(response.content) / 1024 / 1024, 1),
     }
 
 

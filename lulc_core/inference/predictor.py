@@ -27,10 +27,10 @@ from lulc_core.errors import ConfigError, InputError, TooLargeError, UpstreamErr
 from lulc_core.geo import BBox, Tile, TimeRange, tile_for_bbox
 from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES, check_fusion, fuse, harmonize_corine, one_hot
 from lulc_core.inference.options import FusionMode, Prediction, PredictOptions
+from lulc_core.inference.runtime import logits_function, resolve_runtime
 from lulc_core.inference.uncertainty import tta_predictor, variance_and_entropy
 from lulc_core.inference.windows import BatchPredictor, BlockSource, Region, check_window, sliding_window
 from lulc_core.labels import LabelSet
-from lulc_core.model import logits_at_input_size
 from lulc_core.raster import Raster
 
 if TYPE_CHECKING:
@@ -50,10 +50,9 @@ DEFAULT_BLOCK_PX = 1024
 class _ModelRunner:
     """The bundle's model as a function: normalised batch -> probabilities of classes 1..N."""
 
-    def __init__(self, bundle: ModelBundle) -> None:
+    def __init__(self, bundle: ModelBundle, runtime: str = "auto") -> None:
         meta = bundle.metadata
         self.model = bundle.model.eval()
-        self.device = next(self.model.parameters()).device
         config = getattr(self.model, "config", None)
         n_out = int(getattr(config, "num_labels", meta.label_set.num_classes))
         n_in = int(getattr(config, "num_channels", len(meta.bands)))
@@ -73,10 +72,13 @@ class _ModelRunner:
                 "(+ unknown)",
             )
         self.n_classes = n_classes - 1
+        self.logits = logits_function(bundle, runtime)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        logits = logits_at_input_size(self.model, x.to(self.device))[:, self.first :]  # type: ignore[arg-type]
-        return torch.softmax(logits.float(), dim=1)
+        # only the predicted classes are upsampled (bilinear, as `logits_at_input_size`) to the input size
+        low = self.logits(x)[:, self.first :].float()
+        logits = torch.nn.functional.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.softmax(logits, dim=1)
 
 
 class _Normaliser:
@@ -221,8 +223,9 @@ def _run_model(
     uncertainty: bool,
     tta_variants: int,
     progress: bool | None,
+    runtime: str = "auto",
 ) -> _Assembler:
-    runner = _ModelRunner(bundle)
+    runner = _ModelRunner(bundle, runtime)
     assembler = _Assembler(
         crop,
         runner.n_classes,
@@ -263,6 +266,7 @@ def predict_raster(
     tta_variants: int = 8,
     block_px: int = DEFAULT_BLOCK_PX,
     progress: bool | None = None,
+    runtime: str = "auto",
 ) -> Prediction:
     """Predict classes for an in-memory raster of any size, on the raster's own grid.
 
@@ -278,9 +282,11 @@ def predict_raster(
         tta_variants: number of flip/rot90 variants for `uncertainty` (2..8).
         block_px: approximate edge of the blocks of windows processed together.
         progress: show a progress bar (None: only on a terminal).
+        runtime: "auto" (the bundle's model.onnx in onnxruntime when present, else torch), "torch" or "onnx";
+            see `lulc_core.inference.runtime`.
 
     Raises:
-        InputError: bands missing, bad threshold or window.
+        InputError: bands missing, bad threshold or window, unknown runtime.
     """
     if not 0.0 <= threshold <= 1.0:
         raise InputError("threshold", f"{threshold} is outside 0..1", "give a probability such as 0.5")
@@ -311,6 +317,7 @@ def predict_raster(
         uncertainty=uncertainty,
         tta_variants=tta_variants,
         progress=progress,
+        runtime=runtime,
     )
     tags = {"THRESHOLD": threshold, "FUSION_MODE": FusionMode.ONLY_MODEL.value, "MODEL": bundle.path.name}
     return _to_prediction(assembler, meta.label_set, raster.transform, raster.crs, tags, None)
@@ -331,6 +338,7 @@ class Predictor:
         *,
         block_px: int = DEFAULT_BLOCK_PX,
         progress: bool | None = None,
+        runtime: str = "auto",
     ) -> None:
         self.bundle = bundle
         self.store = store
@@ -338,6 +346,7 @@ class Predictor:
         self.settings = settings or ServingConfig()
         self.block_px = block_px
         self.progress = progress
+        self.runtime = resolve_runtime(bundle, runtime)
         check_window(self.settings.window, self.settings.overlap)
         self._normalise = _Normaliser(bundle.metadata)
 
@@ -441,6 +450,7 @@ class Predictor:
             uncertainty=opts.uncertainty,
             tta_variants=opts.tta_variants,
             progress=self.progress,
+            runtime=self.runtime,
         )
         return _to_prediction(assembler, self.label_set, transform, crs, tags, title)
 
