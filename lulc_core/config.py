@@ -129,6 +129,7 @@ class LabelsConfig(StrictModel):
     ohsome_url: str = Field(default="https://api.ohsome.org/v1", description="ohsome API base URL.")
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(default=5, ge=0, description="Retries for 429/5xx/timeouts.")
+    concurrency: int = Field(default=8, ge=1, le=64, description="Tiles labelled in parallel.")
 
     @model_validator(mode="after")
     def _source(self) -> LabelsConfig:

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from tqdm import tqdm
 
-from lulc_core.errors import LulcError
+from lulc_core.errors import InputError, LulcError
 from lulc_core.geo import Tile
 from lulc_core.labels import LabelSet
 from lulc_core.osm import OsmSource
@@ -104,34 +105,37 @@ def label_tiles(
     tiles: Sequence[Tile],
     out_dir: Path,
     cache_dir: Path | None = None,
+    concurrency: int = 1,
 ) -> list[Path]:
     """Write `<out_dir>/<tile.id>.tif` (uint8 classes with the label set's colour map) for every tile.
 
     A tile whose file already holds labels with the same key is skipped; with `cache_dir`, labels are also kept
-    there (`<cache_dir>/<fingerprint>/<key>.tif`) and copied from it on a later run.
+    there (`<cache_dir>/<fingerprint>/<key>.tif`) and copied from it on a later run. With `concurrency` > 1, that
+    many tiles are labelled at once in threads (a remote source such as ohsome spends most of a tile waiting).
 
     Raises:
-        The source's error (FilterSyntaxError, UpstreamError, ...) with the tile id in its message.
+        InputError: `concurrency` below 1.
+        The source's error (FilterSyntaxError, UpstreamError, ...) with the tile id in its message; tiles not yet
+        started are cancelled, files already written stay (a re-run resumes).
     """
+    if concurrency < 1:
+        raise InputError("labels.concurrency", f"{concurrency} must be at least 1", "use e.g. 8")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) / label_set.fingerprint() if cache_dir else None
-    paths: list[Path] = []
-    hits = 0
-    for tile in tqdm(tiles, desc="labels", unit="tile", leave=False):
+    paths = [out / f"{tile.id}.tif" for tile in tiles]
+
+    def one(tile: Tile, path: Path) -> bool:
+        """Label one tile; True when an earlier result was reused."""
         when = tile.end
         key = label_key(source, label_set, tile, when)
-        path = out / f"{tile.id}.tif"
-        paths.append(path)
         if path.is_file() and _stored_key(path) == key:
-            hits += 1
-            continue
+            return True
         cached = cache / f"{key}.tif" if cache else None
         if cached is not None and cached.is_file() and _stored_key(cached) == key:
             with atomic_path(path) as tmp:
                 shutil.copyfile(cached, tmp)
-            hits += 1
-            continue
+            return True
         try:
             raster = rasterize_labels(source, label_set, tile, when)
         except LulcError as exc:
@@ -144,5 +148,26 @@ def label_tiles(
             cached.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(cached) as tmp:
                 shutil.copyfile(path, tmp)
+        return False
+
+    bar = tqdm(total=len(tiles), desc="labels", unit="tile", leave=False)
+    hits = 0
+    try:
+        if concurrency == 1:
+            for tile, path in zip(tiles, paths, strict=True):
+                hits += one(tile, path)
+                bar.update()
+        else:
+            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="labels") as pool:
+                futures = [pool.submit(one, tile, path) for tile, path in zip(tiles, paths, strict=True)]
+                try:
+                    for fut in as_completed(futures):
+                        hits += fut.result()
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
     log.info("labels: %d tiles (%d reused) in %s", len(paths), hits, out)
     return paths

@@ -94,7 +94,9 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         fetch_tiles(store, tiles, cfg.imagery.bands, out / "imagery", concurrency=cfg.imagery.concurrency)
     with _step("labels", seconds):
         source = build_osm_source(cfg.labels, cache_dir=cache / "osm")
-        label_tiles(source, label_set, tiles, out / "labels", cache_dir=cache / "labels")
+        label_tiles(
+            source, label_set, tiles, out / "labels", cache_dir=cache / "labels", concurrency=cfg.labels.concurrency
+        )
     with _step("statistics", seconds):
         split = split_tiles(tiles, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
         (out / "split.json").write_text(split.model_dump_json(indent=2))

@@ -147,7 +147,7 @@ def labels(
         typer.echo(f"{len(written)} CORINE label rasters ({classes.name}) -> {out}")
         return
     osm = build_osm_source(labels_cfg, cache_dir=cache_dir)
-    paths = label_tiles(osm, classes, tile_list, out, cache_dir=cache_dir)
+    paths = label_tiles(osm, classes, tile_list, out, cache_dir=cache_dir, concurrency=labels_cfg.concurrency)
     typer.echo(f"{len(paths)} label rasters ({classes.name}: {', '.join(classes.names)}) -> {out}")
 
 

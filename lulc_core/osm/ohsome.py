@@ -110,6 +110,7 @@ class OhsomeSource:
         backoff_s: first retry wait (doubles per retry).
         max_split_depth: how often a 413 "too large" bbox may be split in four.
         max_retry_after_s: cap on a Retry-After wait.
+        max_requests_per_second: requests started per second across all threads (politeness to the API).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class OhsomeSource:
         backoff_s: float = 1.0,
         max_split_depth: int = 3,
         max_retry_after_s: float = 120.0,
+        max_requests_per_second: float = 10.0,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise InputError("labels.ohsome_url", f"{url!r} is not an http(s) URL", "e.g. https://api.ohsome.org/v1")
@@ -131,7 +133,7 @@ class OhsomeSource:
         self.http = HttpPolicy(
             SERVICE,
             RetryPolicy(max_retries=max_retries, backoff_s=backoff_s, max_retry_after_s=max_retry_after_s),
-            RateLimiter(per_second=10.0),
+            RateLimiter(per_second=max_requests_per_second),
         )
         self.cache = ResponseCache(Path(cache_dir) / "ohsome") if cache_dir is not None else None
         self._local = threading.local()
