@@ -53,12 +53,19 @@ BBOX_FIX = "give W,S,E,N in degrees, e.g. --bbox 9.835,57.222,9.850,57.230"
 log = logging.getLogger("lulc")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that `finally` blocks (temporary files) run as for Ctrl-C."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread so that `finally` blocks run (temporary files are removed).
+
+    Not a KeyboardInterrupt, which typer would turn into a silent exit, nor an Exception, which code may catch.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
 
 
 def _allowed_keys(path: list[str]) -> list[str] | None:
@@ -126,7 +133,8 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def main() -> None:
     """Entry point: every failure becomes one line on stderr and a non-zero exit code (no traceback; -v logs it)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
     try:
         app()
     except InputError as exc:
@@ -140,10 +148,9 @@ def main() -> None:
         path = _target_of(exc.filename2 or exc.filename)
         what = f"{path}: {exc.strerror}" if path and exc.strerror else one_line(exc)
         _fail(f"{what} — check the path and its permissions", EXIT_ERROR)
-    except Terminated:
-        _fail("terminated (SIGTERM); finished files are kept — run the same command again to resume", EXIT_TERM)
-    except KeyboardInterrupt:
-        _fail("interrupted; finished files are kept — run the same command again to resume", EXIT_INT)
+    except Interrupted as exc:
+        name, code = ("SIGTERM", EXIT_TERM) if exc.signum == signal.SIGTERM else ("Ctrl-C", EXIT_INT)
+        _fail(f"interrupted ({name}); finished files are kept — run the same command again to resume", code)
     except Exception as exc:
         log.debug("unexpected error", exc_info=True)
         _fail(f"unexpected {type(exc).__name__}: {one_line(exc)} (run with -v to see where)", EXIT_ERROR)

@@ -243,13 +243,33 @@ class LulcService:
     def label_set(self) -> Any:
         return self.bundle.metadata.label_set
 
-    async def _run(self, fn: Callable[[], T]) -> T:
-        """`fn()` in a worker thread; its slot is held until the thread ends, even past the deadline (504)."""
-        await self._slots.acquire()
+    async def _run(self, fn: Callable[[], T], *, bounded_wait: bool = False) -> T:
+        """`fn()` in a worker thread; its slot is held until the thread ends, even past the deadline (504).
+
+        With `bounded_wait` the wait for a free slot counts against the same deadline: a request queued behind work
+        that outlives its own deadline (a hung data source) is answered in time — 503 with Retry-After — instead
+        of waiting for that work to end.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if bounded_wait:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.timeout_s)
+            except TimeoutError:
+                raise UpstreamError(
+                    "lulc",
+                    f"busy: no prediction slot became free within {self.timeout_s:g} s (earlier requests still run)",
+                    retry_after=min(self.timeout_s, 30.0),
+                    status_code=503,
+                ) from None
+        else:
+            await self._slots.acquire()
+            started = loop.time()
         task = asyncio.ensure_future(asyncio.to_thread(fn))
         task.add_done_callback(lambda _: self._slots.release())
+        remaining = max(self.timeout_s - (loop.time() - started), 0.0)
         try:
-            return await asyncio.wait_for(asyncio.shield(task), self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(task), remaining)
         except TimeoutError:
             raise UpstreamError(
                 "lulc", f"prediction did not finish within {self.timeout_s:g} s", status_code=504
@@ -263,7 +283,9 @@ class LulcService:
             obs.CACHE_HITS.inc()
             return cached, True
         try:
-            prediction = await self._run(lambda: self.predictor.predict(job.bbox, job.start, job.end, job.options))
+            prediction = await self._run(
+                lambda: self.predictor.predict(job.bbox, job.start, job.end, job.options), bounded_wait=True
+            )
         except (UpstreamError, NotCoveredError) as exc:
             obs.UPSTREAM_ERRORS.labels(service=getattr(exc, "service", "imagery")).inc()
             raise
@@ -287,7 +309,8 @@ class LulcService:
                 uncertainty=options.uncertainty,
                 tta_variants=options.tta_variants,
                 progress=False,
-            )
+            ),
+            bounded_wait=True,
         )
         obs.PIXELS.inc(raster.height * raster.width)
         return prediction

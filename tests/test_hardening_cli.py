@@ -89,7 +89,7 @@ class Env:
 def run_lulc(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """`lulc -q ARGS` through the real entry point: (exit code, stderr)."""
     root = logging.getLogger()
-    saved = root.handlers[:], root.level, signal.getsignal(signal.SIGTERM), sys.argv
+    saved = root.handlers[:], root.level, signal.getsignal(signal.SIGTERM), sys.argv, signal.getsignal(signal.SIGINT)
     sys.argv = ["lulc", "-q", *args]
     try:
         with pytest.raises(SystemExit) as info:
@@ -98,6 +98,7 @@ def run_lulc(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         root.handlers[:], sys.argv = saved[0], saved[3]
         root.setLevel(saved[1])
         signal.signal(signal.SIGTERM, saved[2])
+        signal.signal(signal.SIGINT, saved[4])
     err = capsys.readouterr().err
     code = info.value.code
     return (code if isinstance(code, int) else 1), err

@@ -289,6 +289,27 @@ class _Client(sh.SentinelHubDownloadClient):  # type: ignore[misc]
         return self._owner.session_headers()
 
 
+class _TimedSession(sh.SentinelHubSession):  # type: ignore[misc]
+    """sentinelhub-py's OAuth2 session whose token request has the store's timeout (sentinelhub-py sends none, so a
+    token endpoint that stops answering would hold the thread forever); failures go to the lulc policy as they are."""
+
+    def _fetch_token(self, request: sh.DownloadRequest) -> dict[str, Any]:
+        from oauthlib.oauth2 import BackendApplicationClient
+        from requests_oauthlib import OAuth2Session
+
+        with OAuth2Session(client=BackendApplicationClient(client_id=self.config.sh_client_id)) as oauth:
+            oauth.register_compliance_hook("access_token_response", self._compliance_hook)
+            token: dict[str, Any] = oauth.fetch_token(
+                token_url=request.url,
+                client_id=self.config.sh_client_id,
+                client_secret=self.config.sh_client_secret,
+                headers={**self.DEFAULT_HEADERS, **sh.constants.SHConstants.HEADERS},
+                include_client_id=True,
+                timeout=self.config.download_timeout_seconds,
+            )
+            return token
+
+
 class _DownloadClient:
     """One HTTP exchange at a time through sentinelhub-py's `SentinelHubDownloadClient` — no retries of its own.
 
@@ -304,7 +325,7 @@ class _DownloadClient:
 
     def _session_locked(self) -> sh.SentinelHubSession:
         if self._session is None:
-            self._session = sh.SentinelHubSession(config=self.config)
+            self._session = _TimedSession(config=self.config)
         return self._session
 
     def session(self) -> sh.SentinelHubSession:
