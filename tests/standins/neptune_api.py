@@ -22,6 +22,7 @@ import base64
 import gzip
 import io
 import json
+import posixpath
 import re
 import tarfile
 import threading
@@ -289,6 +290,12 @@ def _spec(host: str, title: str, paths: dict[str, Any], definitions: dict[str, A
 
 
 # --------------------------------------------------------------------------------------------- state
+def _file_set_path(path: str) -> str:
+    """A file-set member path as the server stores it: normalised, no leading './' (the client sends both
+    forms depending on whether it uploads a tar or single files)."""
+    return posixpath.normpath(path).lstrip("/")
+
+
 @dataclass
 class Attribute:
     type: str
@@ -743,12 +750,12 @@ class NeptuneStandIn:
                 for member in tar.getmembers():
                     if member.isfile():
                         extracted = tar.extractfile(member)
-                        files[member.name.removeprefix("./")] = extracted.read() if extracted else b""
+                        files[_file_set_path(member.name)] = extracted.read() if extracted else b""
             self._touch_fileset(c, one["attribute"])
             return {"errors": []}
         if path == "/api/leaderboard/v1/attributes/storage/fileset/upload":
             c = self._container(one["experimentIdentifier"])
-            c.files.setdefault(one["attribute"], {})[one["subPath"]] = body
+            c.files.setdefault(one["attribute"], {})[_file_set_path(one["subPath"])] = body
             self._touch_fileset(c, one["attribute"])
             return {"errors": []}
         if path == "/api/leaderboard/v1/attributes/storage/fileset/upload/start":
@@ -768,7 +775,7 @@ class NeptuneStandIn:
             if len(up["data"]) != up["length"]:
                 raise ApiError(400, f"upload incomplete: {len(up['data'])}/{up['length']} bytes")
             c = self._container(up["experimentIdentifier"])
-            c.files.setdefault(up["attribute"], {})[up["subPath"]] = bytes(up["data"])
+            c.files.setdefault(up["attribute"], {})[_file_set_path(up["subPath"])] = bytes(up["data"])
             self._touch_fileset(c, up["attribute"])
             return {"errors": []}
         if path == "/api/leaderboard/v1/attributes/downloadFileSetZipRequest":
