@@ -174,3 +174,42 @@ class TcpSwitch:
         except OSError:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def process_state_kept() -> Iterator[None]:
+    """Restore what `lulc.cli.main` changes in this process: logging handlers, signal handlers, sys.argv."""
+    import logging
+    import signal
+
+    names = ("", "lulc", "lulc_core", "serving")
+    loggers = {n: logging.getLogger(n) for n in names}
+    saved = {n: (lg.handlers[:], lg.level, lg.propagate) for n, lg in loggers.items()}
+    signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    argv = sys.argv
+    for n in names[1:]:  # loggers configured by other tests write to streams pytest has closed since
+        loggers[n].handlers, loggers[n].propagate = [], True
+    try:
+        yield
+    finally:
+        for n, (handlers, level, propagate) in saved.items():
+            loggers[n].handlers, loggers[n].propagate = handlers, propagate
+            loggers[n].setLevel(level)
+        for s, handler in signals.items():
+            signal.signal(s, handler)
+        sys.argv = argv
+
+
+def run_lulc(capsys: Any, *args: str) -> tuple[int, str]:
+    """`lulc ARGS` through the real entry point `lulc.cli.main` in this process: (exit code, stderr)."""
+    import pytest
+
+    from lulc.cli import main
+
+    capsys.readouterr()  # only what this command writes
+    with process_state_kept():
+        sys.argv = ["lulc", *args]
+        with pytest.raises(SystemExit) as info:
+            main()
+    code = info.value.code
+    return (code if isinstance(code, int) else 1), capsys.readouterr().err

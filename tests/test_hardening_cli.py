@@ -9,9 +9,7 @@ partial file in its output directory. A failure mid-way keeps the finished tiles
 
 from __future__ import annotations
 
-import logging
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,7 +21,9 @@ import pytest
 import rasterio
 import yaml
 
-from lulc.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hardening_helpers import run_lulc
+
 from lulc_core.config import deep_merge
 from lulc_core.grid import build_grid, read_tiles, write_tiles
 
@@ -84,24 +84,6 @@ class Env:
 
     def label_set(self, text: str) -> str:
         return self.file(f"labels-{len(list(self.root.glob('labels-*.yaml')))}.yaml", text)
-
-
-def run_lulc(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """`lulc -q ARGS` through the real entry point: (exit code, stderr)."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level, signal.getsignal(signal.SIGTERM), sys.argv, signal.getsignal(signal.SIGINT)
-    sys.argv = ["lulc", "-q", *args]
-    try:
-        with pytest.raises(SystemExit) as info:
-            main()
-    finally:
-        root.handlers[:], sys.argv = saved[0], saved[3]
-        root.setLevel(saved[1])
-        signal.signal(signal.SIGTERM, saved[2])
-        signal.signal(signal.SIGINT, saved[4])
-    err = capsys.readouterr().err
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), err
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -309,7 +291,7 @@ def test_bad_input_is_one_clear_line_and_a_nonzero_exit(
 ) -> None:
     make_args, status, fragments = CASES[name]
     env.out.mkdir()
-    code, stderr = run_lulc(capsys, *make_args(env))
+    code, stderr = run_lulc(capsys, "-q", *make_args(env))
     assert code == status, stderr
     assert "Traceback" not in stderr
     lines = error_lines(stderr)
@@ -333,7 +315,7 @@ def test_a_failing_tile_keeps_only_the_finished_ones_and_a_rerun_resumes(
     broken = env.root / "broken.geojson"
     write_tiles([tiles[0], tiles[1], far, tiles[3]], broken)
     config = env.config()
-    code, stderr = run_lulc(capsys, "data", "imagery", "-c", config, "-t", str(broken), "-o", str(env.out))
+    code, stderr = run_lulc(capsys, "-q", "data", "imagery", "-c", config, "-t", str(broken), "-o", str(env.out))
     assert code == 1 and "Traceback" not in stderr
     (line,) = error_lines(stderr)
     assert "outside" in line
@@ -345,7 +327,7 @@ def test_a_failing_tile_keeps_only_the_finished_ones_and_a_rerun_resumes(
         with rasterio.open(env.out / name) as src:
             assert src.descriptions == ("B02", "B03", "B04") and src.read().shape == (3, 64, 64)
     stamps = {name: (env.out / name).stat().st_mtime_ns for name in written}
-    code, stderr = run_lulc(capsys, "data", "imagery", "-c", config, "-t", str(env.tiles), "-o", str(env.out))
+    code, stderr = run_lulc(capsys, "-q", "data", "imagery", "-c", config, "-t", str(env.tiles), "-o", str(env.out))
     assert code == 0, stderr
     assert sorted(p.name for p in env.out.iterdir()) == sorted(f"{t.id}.tif" for t in tiles)
     assert {name: (env.out / name).stat().st_mtime_ns for name in written} == stamps  # not fetched again
@@ -354,7 +336,7 @@ def test_a_failing_tile_keeps_only_the_finished_ones_and_a_rerun_resumes(
 def test_a_bad_filter_fails_before_any_tile_is_written(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     """The third class's filter is broken: nothing is labelled, the error names that class."""
     label_set = V3.read_text().replace("osm_filter: landuse=farmland", "osm_filter: landuse=farmland and (")
-    code, stderr = run_lulc(capsys, *_labels(env, env.label_set(label_set)))
+    code, stderr = run_lulc(capsys, "-q", *_labels(env, env.label_set(label_set)))
     assert code == 2
     (line,) = error_lines(stderr)
     assert "class 'farmland'" in line and "position 22" in line
