@@ -265,8 +265,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8702)
     parser.add_argument("--extract", type=Path, action="append", help="Extracts to serve (default: sample + Kouvola).")
     parser.add_argument("--max-features", type=int, default=None, help="Answer 413 above this many features.")
+    parser.add_argument("--latency", type=float, default=0.0, help="Extra seconds per request.")
     args = parser.parse_args()
-    server = OhsomeStandIn(args.extract or (SAMPLE_OSM, KOUVOLA_PBF), max_features=args.max_features)
+    server = OhsomeStandIn(
+        args.extract or (SAMPLE_OSM, KOUVOLA_PBF), latency_s=args.latency, max_features=args.max_features
+    )
     server.serve_until_interrupted(args.port, ["labels.ohsome_url: {url}/v1"])
 
 
