@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from lulc.commands import data, model, pipeline, registry, run, serve
 from lulc_core.config import RunConfig
 from lulc_core.errors import InputError, LulcError, NotFoundError
+from lulc_core.redaction import install_redaction, redact
 
 app = typer.Typer(
     name="lulc",
@@ -44,6 +45,7 @@ def _main(
 ) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    install_redaction()  # client libraries log credentials at DEBUG (e.g. the OAuth token request body)
 
 
 # Exit codes of `lulc`: bad input 2, something named does not exist 3, other lulc errors and I/O errors 1,
@@ -127,7 +129,7 @@ def _target_of(path: object) -> object:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg="red")
+    typer.secho(f"error: {redact(message)}", err=True, fg="red")
     sys.exit(code)
 
 

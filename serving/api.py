@@ -35,6 +35,7 @@ from lulc_core.inference import (
     write_uncertainty,
     write_uncertainty_preview_png,
 )
+from lulc_core.redaction import redact
 from serving import isolated_argv
 from serving.observability import RequestContextMiddleware
 from serving.service import FIXES as FIELD_FIXES
@@ -66,7 +67,7 @@ class ServiceHolder(Protocol):
 
 
 def _error(status: int, message: str, field: str | None = None, fix: str | None = None, **headers: str) -> Response:
-    body = {"error": message, "field": field, "fix": fix}
+    body = {"error": redact(message), "field": field, "fix": fix}  # an upstream message may echo a credential
     return JSONResponse(status_code=status, content={k: v for k, v in body.items() if v is not None}, headers=headers)
 
 

@@ -20,6 +20,8 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 
+from lulc_core.redaction import RedactingFilter
+
 REQUESTS = Counter(
     "lulc_requests_total", "HTTP requests by endpoint, method and status.", ["endpoint", "method", "status"]
 )
@@ -59,7 +61,9 @@ class JsonFormatter(logging.Formatter):
         }
         if isinstance(record.args, dict) and record.args.get("event"):
             entry.update(record.args)
-        if record.exc_info:
+        if record.exc_text:  # already formatted (and redacted) by a filter
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
@@ -69,6 +73,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactingFilter())
     for name in ("serving", "lulc_core", "lulc"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]

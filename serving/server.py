@@ -16,6 +16,7 @@ from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.model import BaseKServeModel
 from kserve.protocol.rest.server import RESTServer
 
+from lulc_core.redaction import install_redaction
 from serving.api import DEFAULT_MAX_BODY_BYTES, install_api, invalid_input_handler
 from serving.predictor import LulcModel
 
@@ -55,6 +56,7 @@ class LulcModelServer(ModelServer):
         )
         self._rest_server.config.host = self.host
         self.servers.append(self._rest_server.start())
+        install_redaction()  # every handler KServe/uvicorn configured: no credential in any log line
         self.setup_event_loop()
         self.register_signal_handler()
         log.info("serving %s on http://%s:%d", [m.name for m in models], self.host, self.http_port)

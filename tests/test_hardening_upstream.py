@@ -12,6 +12,7 @@ request counts); the same through `lulc data imagery` killed by SIGKILL and by S
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -46,7 +47,17 @@ from lulc_core.labels import LabelSet
 from lulc_core.osm.ohsome import OhsomeSource
 
 REPO = Path(__file__).resolve().parents[1]
-CLIENT, SECRET = "lulc-test-client", "lulc-test-secret"  # pragma: allowlist secret
+CLIENT = "lulc-test-client"
+# Fake credentials in the predictor's environment (built at run time: nothing for the repository secret scan);
+# the last test searches the predictor's log and every answer of this module for them.
+CANARIES = {
+    n: f"canary-{n.lower().replace('_', '-')}-{i}b7e"
+    for i, n in enumerate(
+        ["SH_CLIENT_SECRET", "NEPTUNE_API_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY", "KFP_TOKEN"]
+    )
+}
+SECRET = CANARIES["SH_CLIENT_SECRET"]
+ANSWERS: list[str] = []  # every answer the predictor gave in this module
 PROCESS, TOKEN = f"POST {PROCESS_PATH}", f"POST {TOKEN_PATH}"
 GEOMETRY = "POST /v1/elements/geometry"
 DEADLINE_S = 4.0  # --timeout-s of the predictor
@@ -58,7 +69,7 @@ V3 = LabelSet.from_yaml(REPO / "conf" / "labels" / "v3.yaml")
 def sh_env() -> Iterator[dict[str, str]]:
     if shutil.which("node") is None:
         pytest.skip("the Sentinel Hub stand-in runs evalscripts with node (not installed)")
-    env = {"OAUTHLIB_INSECURE_TRANSPORT": "1", "SH_CLIENT_ID": CLIENT, "SH_CLIENT_SECRET": SECRET}
+    env = {"OAUTHLIB_INSECURE_TRANSPORT": "1", "SH_CLIENT_ID": CLIENT} | CANARIES
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env
@@ -106,7 +117,8 @@ def upstream(
         labels={"source": "ohsome", "ohsome_url": ohsome_switch.url + "/v1", "timeout_s": 1.0, "max_retries": 1},
     )
     try:
-        with start_predictor(tmp, config, "--timeout-s", str(DEADLINE_S), env=sh_env) as server:
+        args = ("--timeout-s", str(DEADLINE_S), "--log-level", "DEBUG")
+        with start_predictor(tmp, config, *args, env=sh_env) as server:
             yield Upstream(server, sh, ohsome, sh_switch, ohsome_switch)
     finally:
         sh_switch.down()
@@ -125,7 +137,9 @@ def fresh_body(**extra: Any) -> dict[str, Any]:
 def timed_post(server: Predictor, body: dict[str, Any]) -> tuple[requests.Response, float]:
     started = time.monotonic()
     r = server.post("/segment/", body, timeout=DEADLINE_S + 30)
-    return r, time.monotonic() - started
+    elapsed = time.monotonic() - started
+    ANSWERS.append(json.dumps(dict(r.headers)) + r.content.decode("latin-1"))
+    return r, elapsed
 
 
 # name -> (stand-in, route, fault, fusion mode, status, Retry-After, fragment of the message)
@@ -205,6 +219,28 @@ def test_services_down_then_back(upstream: Upstream) -> None:
     assert 'lulc_upstream_errors_total{service="Sentinel Hub"}' in metrics
     assert 'lulc_upstream_errors_total{service="ohsome"}' in metrics
     assert not server_errors(upstream.server.log_text())
+
+
+def test_no_secret_in_the_predictor_log_or_answers(upstream: Upstream) -> None:
+    """A token endpoint that echoes the client secret in its refusal: the 502 names the refusal, not the secret.
+    Then the whole log (DEBUG) and every answer of this module are searched for the fake credentials."""
+    echo = f"unauthorized_client: secret {SECRET} is not valid for {CLIENT}"
+    upstream.sh.revoke_tokens()
+    upstream.sh.faults.add(PROCESS, Fault.http(401), times=1)  # the token is refused: a new one is asked for
+    upstream.sh.faults.add(TOKEN, Fault.http(401, message=echo), times=None)
+    try:
+        r, _ = timed_post(upstream.server, fresh_body())
+    finally:
+        upstream.sh.faults.clear()
+    assert r.status_code == 502 and "check the credentials" in r.json()["error"], r.text
+    assert "is not valid for" in r.json()["error"]
+    r, _ = timed_post(upstream.server, fresh_body())
+    assert r.status_code == 200
+    log = upstream.server.log_text()
+    assert "Sentinel Hub" in log and "check the credentials" in log
+    assert len(ANSWERS) > len(FAULTS)
+    leaked = sorted(name for name, value in CANARIES.items() if value in log or any(value in a for a in ANSWERS))
+    assert not leaked, f"the predictor printed {leaked}"
 
 
 # --- training-data time ------------------------------------------------------------------------------------------
@@ -355,6 +391,7 @@ def test_lulc_data_imagery_killed_then_terminated_then_resumed(
     is a whole GeoTIFF at every point, and no finished tile is fetched twice."""
     tiles, out = patch_tiles(8), tmp_path / "out"
     sh.reset_stats()
+    seen = len(sh.payloads)
     sh.latency_s = 0.3
     try:
         proc = _cli_run(tmp_path, sh, tiles, sh_env)
@@ -379,7 +416,7 @@ def test_lulc_data_imagery_killed_then_terminated_then_resumed(
         sh.latency_s = 0.0
     assert _whole_tifs(out) == {t.id for t in tiles}
     fetched = {t.id: 0 for t in tiles}
-    for payload in sh.payloads:
+    for payload in sh.payloads[seen:]:
         left = round(payload["input"]["bounds"]["bbox"][0])
         fetched[next(t.id for t in tiles if round(t.bounds[0]) == left)] += 1
     assert all(fetched[t] == 1 for t in first), fetched  # finished before the kill: fetched once
