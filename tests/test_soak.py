@@ -122,7 +122,7 @@ def soak_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]
         yield server
 
 
-def test_soak(soak_server: Predictor) -> None:
+def test_soak(soak_server: Predictor, capsys: pytest.CaptureFixture[str]) -> None:
     server = soak_server
     counted_before = _served_by_server(server)
     rss: list[tuple[float, int]] = []
@@ -152,7 +152,8 @@ def test_soak(soak_server: Predictor) -> None:
         "RSS baseline/final/peak MB": [round(v / 2**20, 1) for v in (baseline, final, peak)],
         "RSS growth %": round(100 * (final - baseline) / baseline, 2),
     }
-    print("\nsoak:", "; ".join(f"{k} {v}" for k, v in report.items()))
+    with capsys.disabled():  # shown by `make soak` (pytest -q) too
+        print("\nsoak:", "; ".join(f"{k} {v}" for k, v in report.items()))
     assert not load.errors, load.errors[:10]
     assert answered == load.sent  # every request got an answer
     assert counted == answered  # ... and the server saw each one once
