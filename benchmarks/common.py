@@ -6,6 +6,7 @@ and report medians and ratios rather than single absolute times.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -303,3 +304,40 @@ def quiet_logs() -> None:
 def progress(message: str) -> None:
     """A progress line on stderr (stdout carries the results)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- command line --------------------------------------------------------------------------------------------------
+
+
+def section_from_json(text: str) -> Section:
+    """A Section printed by `bench_main(..., --json)`."""
+    data = json.loads(text)
+    rows = [Row(**r) for r in data.pop("rows")]
+    return Section(rows=rows, **data)
+
+
+def bench_main(
+    run: Callable[[bool], Section],
+    doc: str | None,
+    quick_help: str,
+    child: Callable[[argparse.Namespace], bool] | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """The command line every benchmark module shares: `--quick`, `--json` (one JSON line for `python -m
+    benchmarks`), else the Markdown rows and details on stdout. `child` handles internal sub-commands."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", action="store_true", help="Print the result as one JSON line.")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    quiet_logs()
+    if child is not None and child(args):
+        return
+    section = run(args.quick)
+    if args.json:
+        print(json.dumps(asdict(section)))
+        return
+    print(markdown_table(section.rows))
+    for d in section.details:
+        print("-", d)

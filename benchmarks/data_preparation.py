@@ -18,7 +18,6 @@ reported beside. Every file is checked afterwards: zero tiles may be lost.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -40,10 +39,9 @@ from benchmarks.common import (
     V3_LABELS,
     Row,
     Section,
+    bench_main,
     free_port,
-    markdown_table,
     progress,
-    quiet_logs,
     timed,
 )
 from lulc_core.config import ImageryConfig, LabelsConfig, SentinelHubConfig
@@ -251,14 +249,7 @@ def _rounded(values: dict[str, float]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="16 tiles (smoke run).")
-    args = parser.parse_args()
-    quiet_logs()
-    section = run(args.quick)
-    print(markdown_table(section.rows))
-    for d in section.details:
-        print("-", d)
+    bench_main(run, __doc__, "16 tiles (smoke run).")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ covering the raster. Same random-init weights (seed 0) and the sample imagery mi
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,16 @@ import numpy as np
 import numpy.ma as ma
 import torch
 
-from benchmarks.common import Row, Section, interleaved, make_b0_bundle, median, progress, quiet_logs, sample_mosaic
+from benchmarks.common import (
+    Row,
+    Section,
+    bench_main,
+    interleaved,
+    make_b0_bundle,
+    median,
+    progress,
+    sample_mosaic,
+)
 
 COMMAND = ".venv/bin/python -m benchmarks.inference_throughput"
 
@@ -143,16 +151,7 @@ def run(quick: bool = False) -> Section:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="512 px and one repeat (smoke run).")
-    args = parser.parse_args()
-    quiet_logs()
-    from benchmarks.common import markdown_table
-
-    section = run(args.quick)
-    print(markdown_table(section.rows))
-    for d in section.details:
-        print("-", d)
+    bench_main(run, __doc__, "512 px and one repeat (smoke run).")
 
 
 if __name__ == "__main__":

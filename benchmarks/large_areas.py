@@ -28,11 +28,10 @@ from typing import Any
 from benchmarks.common import (
     Row,
     Section,
-    markdown_table,
+    bench_main,
     median,
     peak_rss_mb,
     progress,
-    quiet_logs,
     run_child,
     timed,
 )
@@ -180,21 +179,21 @@ def run(quick: bool = False) -> Section:
     return section
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="500 / 1,000 / 2,000 px (smoke run).")
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    quiet_logs()
-    if args.child is not None:
-        assert args.work is not None
-        print(json.dumps(child(args.child, args.work)))
-        return
-    section = run(args.quick)
-    print(markdown_table(section.rows))
-    for d in section.details:
-        print("-", d)
+
+
+def _as_child(args: argparse.Namespace) -> bool:
+    """`--child N --work DIR`: measure one size in this (fresh) process and print its JSON line."""
+    if args.child is None:
+        return False
+    print(json.dumps(child(args.child, args.work)))
+    return True
+
+
+def main() -> None:
+    bench_main(run, __doc__, "500 / 1,000 / 2,000 px (smoke run).", child=_as_child, extra=_arguments)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""Benchmarks (marker `bench`: `pytest -m bench`, not part of `make test`): every benchmark runs in its quick mode.
+
+Each module runs as `python -m benchmarks.<name> --quick --json` in a fresh process, exactly as `python -m
+benchmarks` runs it. Speed ratios on a shared 2-core machine are noisy, so the smoke runs check what must hold at
+any load — outputs equal, nothing lost, no errors, figures present and positive — and only loose speed bounds;
+the targets themselves are judged by the full run (`make bench`, benchmarks/results.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.__main__ import MODULES, run_module  # noqa: E402
+from benchmarks.common import Row, Section, markdown_table, render_report  # noqa: E402
+
+pytestmark = pytest.mark.bench
+
+
+def _rows(section: Section, prefix: str) -> list[Row]:
+    rows = [r for r in section.rows if r.metric.startswith(prefix)]
+    assert rows, f"no row starting with {prefix!r} in {[r.metric for r in section.rows]}"
+    return rows
+
+
+@pytest.fixture(scope="module")
+def quick() -> dict[str, Section]:
+    return {}
+
+
+def _run(quick: dict[str, Section], name: str) -> Section:
+    if name not in quick:
+        quick[name] = run_module(name, quick=True)
+    section = quick[name]
+    assert not [r for r in section.rows if r.metric == "benchmark failed to run"], section.rows
+    return section
+
+
+def test_inference_throughput_quick(quick: dict[str, Section]) -> None:
+    section = _run(quick, "inference_throughput")
+    (speed,) = _rows(section, "px/s, b0 15 bands 512²")
+    assert isinstance(speed.baseline, float | int) and speed.baseline > 0
+    assert speed.ratio is not None and speed.ratio > 1.0  # onnxruntime with its arena vs without, at any load
+    (agreement,) = _rows(section, "class agreement")
+    assert agreement.met is True, agreement
+
+
+def test_large_areas_quick(quick: dict[str, Section]) -> None:
+    section = _run(quick, "large_areas")
+    (rss,) = _rows(section, "peak RSS MB")
+    assert rss.met is True, rss  # 500² -> 2,000²: memory bounded by the blocks, not the area
+    sizes = _rows(section, "")
+    assert any("1,995" in r.metric or "2,000" in r.metric for r in sizes)
+
+
+def test_data_preparation_quick(quick: dict[str, Section]) -> None:
+    section = _run(quick, "data_preparation")
+    (lost,) = _rows(section, "tiles lost")
+    assert lost.baseline == 0 and lost.ours == 0
+    for row in _rows(section, "tiles/s, 16 tiles"):
+        assert row.ratio is not None and row.ratio > 2.0, row  # 8 requests in flight vs 1, 150 ms each
+
+
+def test_input_pipeline_quick(quick: dict[str, Section]) -> None:
+    section = _run(quick, "input_pipeline")
+    for row in _rows(section, "chips/s at 256²"):
+        assert row.met is True, row
+
+
+def test_serving_load_quick(quick: dict[str, Section]) -> None:
+    section = _run(quick, "serving_load")
+    (errors,) = _rows(section, "errors (all levels)")
+    assert errors.ours == 0
+    levels = _rows(section, "concurrency ")
+    assert [r.metric.split(":")[0] for r in levels] == ["concurrency 1", "concurrency 4", "concurrency 16"]
+
+
+def test_report_is_one_markdown_table(quick: dict[str, Section]) -> None:
+    sections = [quick[name] for name in MODULES if name in quick] or [
+        Section("x", "cmd", [Row("b", "m", 1.0, 2.0, 2.0, ">= 2x", True)])
+    ]
+    report = render_report(sections, "# header")
+    table = markdown_table([r for s in sections for r in s.rows])
+    assert table in report
+    lines = table.strip().splitlines()
+    assert all(line.count("|") == lines[0].count("|") for line in lines), "a cell breaks the table"
