@@ -64,6 +64,8 @@ WORKDIR /app
 COPY conf/ conf/
 
 # Read-only root filesystem: everything written at run time goes under /tmp (an emptyDir in Kubernetes).
+# MALLOC_ARENA_MAX=2: glibc's per-thread arenas made the predictor's RSS creep under concurrent requests
+# (benchmarks/serving_load: +4 % per load level without it, flat with it).
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -72,7 +74,8 @@ ENV VIRTUAL_ENV=/opt/venv \
     XDG_CACHE_HOME=/tmp/.cache \
     MPLCONFIGDIR=/tmp/.cache/matplotlib \
     HF_HOME=/tmp/.cache/huggingface \
-    LULC_IMAGE_REVISION=${GIT_SHA}
+    LULC_IMAGE_REVISION=${GIT_SHA} \
+    MALLOC_ARENA_MAX=2
 
 USER 10001:10001
 EXPOSE 8080
