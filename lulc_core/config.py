@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lulc_core.errors import ConfigError
+from lulc_core.errors import ConfigError, InputError
 from lulc_core.geo import BBox, TimeRange
 
 S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
@@ -49,6 +49,19 @@ class AreaConfig(StrictModel):
     )
     sample_fraction: float = Field(default=1.0, gt=0, le=1, description="Keep this random share of tiles.")
     seed: int = Field(default=42, description="Seed of the tile sampling.")
+
+    @field_validator("time_frames", mode="before")
+    @classmethod
+    def _frames_in_order(cls, value: Any) -> Any:
+        """Name the frame (area.time_frames.N) when its dates are reversed."""
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            try:
+                TimeRange.model_validate(item)
+            except InputError as exc:
+                raise InputError(f"area.time_frames.{i}", exc.message, exc.fix) from None
+            except ValidationError:
+                pass  # malformed dates: reported with their location by the normal validation
+        return value
 
     @model_validator(mode="after")
     def _one_aoi(self) -> AreaConfig:

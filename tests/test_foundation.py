@@ -174,6 +174,24 @@ def test_run_config_resolves_relative_paths(tmp_path: Path) -> None:
             "4",
         ),
         ({"area": {"bbox": [8, 49, 9, 50], "time_frames": []}}, "area.time_frames", "at least 1"),
+        (
+            {
+                "area": {
+                    "bbox": [8, 49, 9, 50],
+                    "time_frames": [
+                        {"start": "2023-01-01", "end": "2023-01-31"},
+                        {"start": "2023-05-31", "end": "2023-05-01"},
+                    ],
+                }
+            },
+            "area.time_frames.1",
+            "swap the dates",
+        ),
+        (
+            {"area": {"bbox": [8, 49, 9, 50], "time_frames": [{"start": "2023-13-01", "end": "2023-05-01"}]}},
+            "area.time_frames.0.start",
+            "date",
+        ),
     ],
 )
 def test_run_config_errors_name_the_field(tmp_path: Path, override: dict, field: str, fragment: str) -> None:
