@@ -13,13 +13,12 @@ import logging
 import math
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,43 +253,14 @@ def make_b0_bundle(path: Path, onnx: bool = False) -> Path:
     return path
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
 def serving_process(
     bundle: Path, config: Path, log_path: Path, *, timeout_s: float = 3600, extra: Sequence[str] = ()
-) -> Iterator[tuple[str, int]]:
-    """`python -m serving` on 127.0.0.1 with `bundle` and `config`; yields (base URL, pid) once /health answers."""
-    import requests
+) -> contextlib.AbstractContextManager[tuple[str, int]]:
+    """`python -m serving` on 127.0.0.1 with `bundle` and `config` (quiet logs, long deadline); (base URL, pid)."""
+    from serving.process import local_server
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "serving", "--model", str(bundle), "--config", str(config)]
-    cmd += ["--port", str(port), "--timeout-s", str(timeout_s), "--log-level", "WARNING", *extra]
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    args = ["--timeout-s", str(timeout_s), "--log-level", "WARNING", *extra]
+    return local_server(bundle, config, log_path=log_path, extra=args, cwd=REPO)
 
 
 def quiet_logs() -> None:

@@ -40,12 +40,12 @@ from benchmarks.common import (
     Row,
     Section,
     bench_main,
-    free_port,
     progress,
     timed,
 )
 from lulc_core.config import ImageryConfig, LabelsConfig, SentinelHubConfig
 from lulc_core.geo import Tile
+from serving.process import free_port
 
 COMMAND = ".venv/bin/python -m benchmarks.data_preparation"
 LATENCY_S = 0.15

@@ -9,12 +9,8 @@ The same pieces a cluster uses: `pipelines.local.run_local` runs the pipeline fu
 from __future__ import annotations
 
 import logging
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import requests
@@ -22,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from lulc_core.config import RunConfig
 from lulc_core.dataset import TileSplit
-from lulc_core.errors import LulcError, UpstreamError
+from lulc_core.errors import UpstreamError
 from lulc_core.geo import BBox
 from lulc_core.grid import read_tiles
 from lulc_core.workflow import test_area
@@ -54,43 +50,6 @@ class DemoResult(BaseModel):
     serving_seconds: float
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def local_predictor(model: Path, config: Path, timeout_s: float = 180.0) -> Iterator[str]:
-    """Run `python -m serving` (the predictor container's entry point) on 127.0.0.1; yield its URL."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "serving", "--model", str(model), "--config", str(config), "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise LulcError(
-                    f"the predictor exited with {proc.returncode}: {(proc.stderr.read() if proc.stderr else '')[-2000:]}"
-                )
-            try:
-                if requests.get(f"{url}/v1/models/lulc", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise UpstreamError("predictor", f"not ready after {timeout_s:.0f} s", status_code=504)
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def _post(url: str, body: Mapping[str, object], target: Path) -> Path:
     response = requests.post(url, json=body, timeout=600)
     if response.status_code != 200:
@@ -103,6 +62,7 @@ def run_demo(cfg: RunConfig, config_path: Path, out_dir: Path | None = None) -> 
     """Pipeline (kfp.local) -> registry (production alias) -> KServe predictor -> GeoTIFF + PNG of a test tile."""
     from lulc_core.registry import build_registry
     from pipelines.local import run_local
+    from serving.process import local_server
 
     run = run_local(cfg)
     run_dir = run.bundle_dir.parents[1]
@@ -117,7 +77,7 @@ def run_demo(cfg: RunConfig, config_path: Path, out_dir: Path | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     body = {"area_coords": list(bbox.as_tuple()), "start_date": str(tile.start), "end_date": str(tile.end)}
-    with local_predictor(bundle, config_path) as url:
+    with local_server(bundle, config_path) as (url, _pid):
         prediction = _post(f"{url}/segment/", body, out / "prediction.tif")
         preview = _post(f"{url}/segment/preview", body, out / "prediction.png")
     return DemoResult(

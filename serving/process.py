@@ -1,0 +1,72 @@
+"""Run the predictor container's entry point (`python -m serving`) as a local subprocess on 127.0.0.1.
+
+Used by `lulc demo` and the benchmarks: one way to start the server, wait until the model is loaded, and stop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import requests
+
+from lulc_core.errors import LulcError, UpstreamError
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_server(
+    model: Path | str,
+    config: Path,
+    *,
+    log_path: Path | None = None,
+    extra: Sequence[str] = (),
+    model_name: str = "lulc",
+    ready_timeout_s: float = 300.0,
+    cwd: Path | None = None,
+) -> Iterator[tuple[str, int]]:
+    """Start `python -m serving` with `model` and `config`; yield (base URL, pid) once the model is loaded.
+
+    The server's output goes to `log_path` (a temporary file when None), never to an unread pipe that could fill
+    up and block it. SIGTERM on exit (graceful shutdown), SIGKILL if it does not stop within 60 s.
+    """
+    port = free_port()
+    cmd = [sys.executable, "-m", "serving", "--model", str(model), "--config", str(config)]
+    cmd += ["--model-name", model_name, "--port", str(port), *extra]
+    with contextlib.ExitStack() as stack:
+        if log_path is None:
+            log_path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lulc-serve-"))) / "server.log"
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + ready_timeout_s
+            while True:
+                with contextlib.suppress(requests.ConnectionError):
+                    if requests.get(f"{url}/v1/models/{model_name}", timeout=5).status_code == 200:
+                        break
+                if proc.poll() is not None:
+                    raise LulcError(f"the predictor exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise UpstreamError("predictor", f"not ready after {ready_timeout_s:.0f} s", status_code=504)
+                time.sleep(0.3)
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
