@@ -16,7 +16,7 @@ def train(
     bundle: Output[Model],
     metrics: Output[Metrics],
 ) -> None:
-    """Train with the run configuration (GPU when the task has one) and write the model bundle.
+    """Train in this pod (DDP over training.devices) or on nodes (training.launcher), resuming from checkpoints.
 
     Args:
         config: RunConfig JSON.
@@ -27,23 +27,34 @@ def train(
         bundle: The model bundle directory (weights + lulc.json).
         metrics: Training metrics (best validation loss, epochs run).
     """
+    import os
     import tempfile
     from pathlib import Path
 
-    from components._runtime import copy_dir, load_config
+    from components._image import resolve_image
+    from components._runtime import CACHE_ENV, copy_dir, load_config
     from lulc_core.dataset import TileSplit
     from lulc_core.stats import DatasetStats
     from lulc_core.training import train as run_training
+    from lulc_core.training import training_key
+    from pipelines.trainjob import train_on_cluster
 
     cfg = load_config(config)
-    tile_split = TileSplit.model_validate_json(Path(split.path).read_text())
-    ds = DatasetStats.load(Path(stats.path))
+    durable = Path(os.environ.get(CACHE_ENV) or cfg.work_dir).resolve()
+    paths = [Path(a.path) for a in (imagery, labels, stats, split)]
+    key = training_key(cfg, paths[2], paths[3])
+    if cfg.training.launcher != "none":
+        image = resolve_image(None, cfg.pipeline.image)
+        copy_dir(train_on_cluster(cfg, *paths, durable, key, image=image), bundle.path)
+        return
+    cfg.training.checkpoint_dir = cfg.training.checkpoint_dir or durable / "checkpoints" / key
     with tempfile.TemporaryDirectory(prefix="lulc-train-") as work:
-        result = run_training(cfg, Path(imagery.path), Path(labels.path), ds, tile_split, Path(work), progress=False)
+        data = (paths[0], paths[1], DatasetStats.load(paths[2]), TileSplit.load(paths[3]))
+        result = run_training(cfg, *data, Path(work), progress=False, resume=True)
+        if result.global_rank:  # a DDP process Lightning started by re-running this step: rank 0 reports
+            raise SystemExit(0)
         copy_dir(result.bundle_dir, bundle.path)
     if result.best_val_loss is not None:
         metrics.log_metric("best_val_loss", float(result.best_val_loss))
     metrics.log_metric("epochs_run", int(result.epochs_run))
-    bundle.metadata.update(
-        {"architecture": "segformer", "variant": cfg.model.variant, "config_hash": cfg.fingerprint()}
-    )
+    bundle.metadata.update(architecture="segformer", variant=cfg.model.variant, config_hash=cfg.fingerprint())

@@ -196,13 +196,52 @@ class TrainingConfig(StrictModel):
     class_weights: bool = Field(default=True, description="Weight the loss by inverse class frequency.")
     early_stopping_patience: int = Field(default=5, ge=1, description="Epochs without val-loss improvement.")
     accelerator: Literal["auto", "cpu", "gpu"] = Field(default="auto", description="Lightning accelerator.")
-    devices: int = Field(default=1, ge=1, description="Number of devices.")
+    devices: int = Field(
+        default=1,
+        ge=1,
+        description="Devices (GPUs, or CPU processes) per node; more than 1 trains data-parallel (DDP); "
+        "training.batch_size is per device.",
+    )
+    num_nodes: int = Field(
+        default=1, ge=1, description="Nodes; more than 1 needs training.launcher (a Kubeflow training job)."
+    )
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        default="auto", description="Lightning strategy: auto (DDP when more than one device), ddp, fsdp (GPU only)."
+    )
+    launcher: Literal["none", "trainjob", "pytorchjob"] = Field(
+        default="none",
+        description="How the pipeline's train step runs: none (in its own pod), trainjob (Kubeflow Trainer v2) or "
+        "pytorchjob (Training Operator v1), on num_nodes nodes sharing pipeline.cache_pvc.",
+    )
+    launcher_timeout_minutes: float = Field(
+        default=24 * 60.0, gt=0, description="How long the train step waits for a TrainJob/PyTorchJob."
+    )
+    checkpoint_dir: Path | None = Field(
+        default=None,
+        description="Durable checkpoint directory (last.ckpt every epoch and on SIGTERM; default: <out>/checkpoints, "
+        "in the pipeline the cache PVC when configured).",
+    )
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = Field(default="32-true", description="Precision.")
     deterministic: bool = Field(default=True, description="Deterministic algorithms and seeded everything.")
     seed: int = Field(default=42, description="Global seed.")
-    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
+    num_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="DataLoader worker processes (default: 0 on CPU; on GPU nodes a share of the cores per device, "
+        "with pinned memory and persistent workers).",
+    )
     augment: bool = Field(default=True, description="Random flips and 90-degree rotations.")
     max_time_minutes: float | None = Field(default=None, gt=0, description="Stop training after this time.")
+
+    @model_validator(mode="after")
+    def _distributed(self) -> TrainingConfig:
+        if self.strategy == "fsdp" and self.accelerator == "cpu":
+            raise ValueError("strategy 'fsdp' needs GPUs: use training.strategy 'ddp' on CPU")
+        if self.num_nodes > 1 and self.launcher == "none":
+            raise ValueError(
+                f"num_nodes {self.num_nodes} needs a launcher: set training.launcher to 'trainjob' or 'pytorchjob'"
+            )
+        return self
 
 
 class GateConfig(StrictModel):
@@ -250,7 +289,9 @@ class PipelineConfig(StrictModel):
     parallelism: int = Field(default=4, ge=1, description="Shards of tiles processed in parallel.")
     shards: int = Field(default=4, ge=1, description="Number of tile shards for imagery/labels.")
     accelerator_type: str | None = Field(default=None, description="e.g. 'nvidia.com/gpu' (None: CPU).")
-    accelerator_limit: int = Field(default=1, ge=0, description="GPUs for the training task.")
+    accelerator_limit: int = Field(
+        default=1, ge=0, description="GPUs per predictor replica (the train step requests training.devices)."
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels for training.")
     gpu_toleration: bool = Field(default=True, description="Tolerate the nvidia.com/gpu taint when on GPU.")
     cpu_request: str = Field(default="2", description="CPU request of heavy tasks.")
@@ -275,6 +316,15 @@ class RunConfig(StrictModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @model_validator(mode="after")
+    def _shared_storage(self) -> RunConfig:
+        if self.training.launcher != "none" and not self.pipeline.cache_pvc:
+            raise ValueError(
+                f"training.launcher {self.training.launcher!r} runs on several pods that share the run's artifacts: "
+                "set pipeline.cache_pvc to a ReadWriteMany PVC"
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Hash of the configuration (lineage: which config produced a model)."""
@@ -310,7 +360,7 @@ def _resolve_paths(raw: Any, base: Path, keys: frozenset[str]) -> Any:
     return raw
 
 
-PATH_KEYS = frozenset({"aoi", "local_dir", "cache_dir", "label_set", "osm_file", "work_dir"})
+PATH_KEYS = frozenset({"aoi", "local_dir", "cache_dir", "label_set", "osm_file", "work_dir", "checkpoint_dir"})
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

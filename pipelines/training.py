@@ -26,7 +26,7 @@ from components.labels import labels
 from components.register import register
 from components.statistics import statistics
 from components.train import train
-from lulc_core.config import PipelineConfig, RunConfig
+from lulc_core.config import PipelineConfig, RunConfig, TrainingConfig
 
 PIPELINE_NAME = "lulc-training"
 CACHE_MOUNT = "/var/cache/lulc"
@@ -80,10 +80,13 @@ def _cache(task: PipelineTask, s: PipelineConfig) -> PipelineTask:
     return task
 
 
-def _gpu(task: PipelineTask, s: PipelineConfig) -> PipelineTask:
-    """Accelerator, node selector and the GPU-taint toleration of the training step."""
+def _gpu(task: PipelineTask, s: PipelineConfig, t: TrainingConfig) -> PipelineTask:
+    """Accelerators (training.devices of them: Lightning runs DDP in the pod), node selector and the GPU-taint
+    toleration of the training step; with a launcher (TrainJob/PyTorchJob) the nodes get them, not the step."""
+    if t.launcher != "none":
+        return task
     if s.accelerator_type:
-        task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(s.accelerator_limit)
+        task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(t.devices)
         if s.gpu_toleration:
             kubernetes.add_toleration(task, key=GPU_TAINT, operator="Exists", effect="NoSchedule")
     for key, value in sorted(s.node_selector.items()):
@@ -148,7 +151,7 @@ def build_pipeline(cfg: RunConfig, image: str | None = None) -> GraphComponent:
         data: dict[str, Any] = {"imagery": all_imagery.outputs["merged"], "labels": all_labels.outputs["merged"]}
         st = step(statistics(config=config, tiles=grid.outputs["tiles"], **data), "statistics")
         tr = step(train(config=config, stats=st.outputs["stats"], split=st.outputs["split"], **data), "train")
-        _secrets(_gpu(_heavy(tr, s), s), "lulc-neptune", "lulc-mlflow")
+        _cache(_secrets(_gpu(_heavy(tr, s), s, cfg.training), "lulc-neptune", "lulc-mlflow"), s)  # checkpoints
         ev = step(evaluate(config=config, bundle=tr.outputs["bundle"], split=st.outputs["split"], **data), "evaluate")
         _heavy(ev, s)
         reg = step(
