@@ -14,8 +14,12 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -321,6 +325,21 @@ class SigtermCheckpoint(Callback):
 # --------------------------------------------------------------------------------------------------- train
 
 
+@contextmanager
+def _graceful_sigterm() -> Iterator[None]:
+    """Let Lightning own SIGTERM while fitting: it finishes the batch, then :class:`SigtermCheckpoint` saves the
+    state (a caller's handler that raises at once, such as the CLI's, would interrupt mid-step)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _launched_externally() -> bool:
     """Whether torchrun (a TrainJob/PyTorchJob node) started this process with its rank in the environment."""
     return "TORCHELASTIC_RUN_ID" in os.environ or ("WORLD_SIZE" in os.environ and "RANK" in os.environ)
@@ -494,7 +513,8 @@ def train(
                 num_sanity_val_steps=0,
                 limit_val_batches=None if has_val else 0,
             )
-            trainer.fit(task, datamodule=dm, ckpt_path=resume_from)
+            with _graceful_sigterm():
+                trainer.fit(task, datamodule=dm, ckpt_path=resume_from)
     except SIGTERMException:
         raise SystemExit(143) from None  # 128 + SIGTERM: the step failed (and is retried), its state is saved
     finally:
