@@ -41,15 +41,15 @@ def train(
 
     cfg = load_config(config)
     durable = Path(os.environ.get(CACHE_ENV) or cfg.work_dir).resolve()
-    paths = [Path(a.path) for a in (imagery, labels, stats, split)]
-    key = training_key(cfg, paths[2], paths[3])
+    imagery_p, labels_p, stats_p, split_p = (Path(a.path) for a in (imagery, labels, stats, split))
+    key = training_key(cfg, stats_p, split_p)
     if cfg.training.launcher != "none":
         image = resolve_image(None, cfg.pipeline.image)
-        copy_dir(train_on_cluster(cfg, *paths, durable, key, image=image), bundle.path)
+        copy_dir(train_on_cluster(cfg, imagery_p, labels_p, stats_p, split_p, durable, key, image=image), bundle.path)
         return
     cfg.training.checkpoint_dir = cfg.training.checkpoint_dir or durable / "checkpoints" / key
     with tempfile.TemporaryDirectory(prefix="lulc-train-") as work:
-        data = (paths[0], paths[1], DatasetStats.load(paths[2]), TileSplit.load(paths[3]))
+        data = (imagery_p, labels_p, DatasetStats.load(stats_p), TileSplit.load(split_p))
         result = run_training(cfg, *data, Path(work), progress=False, resume=True)
         if result.global_rank:  # a DDP process Lightning started by re-running this step: rank 0 reports
             raise SystemExit(0)

@@ -460,7 +460,7 @@ class ChipDataset(Dataset[dict[str, torch.Tensor]]):
         return {"image": img_t, "mask": mask_t}
 
 
-class ShardedSampler(DistributedSampler[tuple[int, int]]):
+class ShardedSampler(DistributedSampler[int]):
     """Lightning's DistributedSampler, also on one process, yielding `(index, augmentation seed)` pairs.
 
     The order is a permutation seeded by `seed + epoch` (Lightning calls `set_epoch`), each rank takes every

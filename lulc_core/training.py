@@ -479,7 +479,7 @@ def train(
         log.info("resuming from %s", resume_from)
     elif resume:
         log.info("--resume: no checkpoint in %s yet, starting from the first epoch", ckpt_dir)
-    elif rank_zero_only.rank == 0:  # every DDP rank runs this function; only one clears the directory
+    elif getattr(rank_zero_only, "rank", 0) == 0:  # every DDP rank runs this function; only one clears the directory
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     # Full state (optimizer, scheduler, callbacks) in best.ckpt and last.ckpt, so a run resumes where it stopped.
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)

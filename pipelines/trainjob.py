@@ -221,7 +221,7 @@ class JobRunner:
                 "training.launcher to the one the cluster has ('trainjob' or 'pytorchjob')"
             )
         if status == 0 or status >= 500:
-            return UpstreamError("kubernetes", f"{verb} {where} failed: {getattr(exc, 'reason', exc)}", 503)
+            return UpstreamError("kubernetes", f"{verb} {where} failed: {getattr(exc, 'reason', exc)}", status_code=503)
         return TrainJobError(f"cannot {verb} {where} (HTTP {status}): {getattr(exc, 'body', exc)}")
 
     def submit(self) -> bool:

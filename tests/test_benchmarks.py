@@ -82,6 +82,16 @@ def test_serving_load_quick(quick: dict[str, Section]) -> None:
     assert [r.metric.split(":")[0] for r in levels] == ["concurrency 1", "concurrency 4", "concurrency 16"]
 
 
+def test_training_scaling_ddp_quick(quick: dict[str, Section]) -> None:
+    section = _run(quick, "training_scaling")
+    (one,) = _rows(section, "samples/s, b0 15 bands 128², 1 process")
+    (two,) = _rows(section, "samples/s, 2 DDP processes")
+    assert isinstance(one.ours, float) and one.ours > 0 and isinstance(two.ours, float) and two.ours > 0
+    (efficiency,) = _rows(section, "scaling efficiency")
+    assert isinstance(efficiency.ours, float) and 0 < efficiency.ours <= 150
+    assert any("GFLOP" in d for d in section.details)
+
+
 def test_report_is_one_markdown_table(quick: dict[str, Section]) -> None:
     sections = [quick[name] for name in MODULES if name in quick] or [
         Section("x", "cmd", [Row("b", "m", 1.0, 2.0, 2.0, ">= 2x", True)])

@@ -311,7 +311,7 @@ def test_ddp_pipeline_train_task_requests_the_devices_and_mounts_the_cache(tmp_p
 # ------------------------------------------------------------------------------------------------------ resume
 
 
-def _wait_for_epochs(ckpt: Path, epochs: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> int:
+def _wait_for_epochs(ckpt: Path, epochs: int, proc: subprocess.Popen[bytes], timeout_s: float = 300) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         if ckpt.is_file():
@@ -328,7 +328,7 @@ def _wait_for_epochs(ckpt: Path, epochs: int, proc: subprocess.Popen[bytes], tim
 def _weights(bundle: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(next(bundle.glob("*.safetensors")))
+    return load_file(next(bundle.rglob("*.safetensors")))
 
 
 def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(
@@ -361,3 +361,62 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # the history came back with the checkpoint
     last = torch.load(killed_out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["optimizer_states"] and last["lr_schedulers"]  # optimizer and scheduler state are in it
+
+
+# ------------------------------------------------------------------------------------------- DDP equivalence
+
+
+def test_ddp_gradient_equals_the_single_process_gradient(
+    synthetic_training_tiles: Any, prepared: dict[str, Path], tmp_path: Path
+) -> None:
+    """One step of lulc's task and data module under Lightning, model in evaluation mode (deterministic): the
+    all-reduced gradient of 2 gloo processes with batch 4 each is the gradient of one process with batch 8."""
+    s = synthetic_training_tiles
+    cfg = _config(s, tmp_path)
+    common = [str(cfg), str(s.imagery_dir), str(s.labels_dir), str(prepared["stats"]), str(prepared["split"])]
+    probe = str(REPO / "tests" / "ddp_probe.py")
+    runs = {
+        n: subprocess.Popen([PYTHON, probe, *common, str(n), str(8 // n), str(tmp_path / f"grad{n}.pt")], env=_env())
+        for n in (1, 2)
+    }
+    assert all(p.wait(timeout=240) == 0 for p in runs.values())
+    one, two = (torch.load(tmp_path / f"grad{n}.pt") for n in (1, 2))
+    assert one.keys() == two.keys()
+    scale = max(float(g.abs().max()) for g in one.values())
+    for name, grad in one.items():
+        torch.testing.assert_close(two[name], grad, rtol=1e-4, atol=1e-6 * scale, msg=name)
+
+
+def test_ddp_two_gloo_processes_reach_the_single_process_test_miou(
+    synthetic_training_tiles: Any, prepared: dict[str, Path], tmp_path: Path
+) -> None:
+    """`lulc model train --devices 2 --strategy ddp` (2 gloo processes, batch 4 each) against one process (batch
+    8), same seed: the test-split mIoU of the two bundles (`lulc model evaluate`) differ by at most 0.02.
+
+    On the synthetic tiles, whose classes training separates reliably. On the bundled sample (14 training chips)
+    the test mIoU of short runs is bimodal across seeds (0.41 or 0.56 for one process too), and DDP's per-rank
+    BatchNorm statistics and dropout streams pick a mode like another seed does; docs/distributed-training.md.
+    """
+    s = synthetic_training_tiles
+    cfg = _config(s, tmp_path, epochs=6, seed=11)
+    cli = [PYTHON, "-m", "lulc.cli"]
+    runs = {
+        n: subprocess.Popen(
+            [*cli, *_train_args(cfg, s, prepared, tmp_path / f"p{n}"), "--devices", str(n), "--batch-size", str(8 // n)]
+            + (["--strategy", "ddp"] if n > 1 else []),
+            env=_env(),
+        )
+        for n in (1, 2)
+    }
+    assert all(p.wait(timeout=400) == 0 for p in runs.values())
+    miou = {}
+    for n in (1, 2):
+        out = tmp_path / f"eval{n}"
+        args = ["model", "evaluate", str(tmp_path / f"p{n}" / "bundle"), "-i", str(s.imagery_dir), "-l"]
+        args += [str(s.labels_dir), "--split", str(prepared["split"]), "-o", str(out)]
+        assert CliRunner().invoke(app, args).exit_code == 0
+        miou[n] = json.loads((out / "metrics.json").read_text())["miou"]
+        result = json.loads((tmp_path / f"p{n}" / "train_result.json").read_text())
+        assert result["world_size"] == n and result["epochs_run"] == 6
+    assert miou[1] > 0.5, miou  # a trained model, not two equally untrained ones
+    assert abs(miou[1] - miou[2]) <= 0.02, miou

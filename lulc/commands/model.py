@@ -120,7 +120,7 @@ def train_cmd(
     result = train(cfg, imagery, labels, DatasetStats.load(stats), tile_split, out, progress=progress, resume=resume)
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank != 0:  # the other DDP processes report nothing
+    if getattr(rank_zero_only, "rank", 0) != 0:  # the other DDP processes report nothing
         return
     if result.resumed_from is not None:
         typer.echo(f"resumed from    {result.resumed_from}")
