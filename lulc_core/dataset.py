@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -469,7 +469,13 @@ class ShardedSampler(DistributedSampler[int]):
     was resumed from a checkpoint or not, and whatever the number of processes or DataLoader workers.
     """
 
+    epoch_of: Callable[[], int] | None = None
+    """Where the epoch comes from when set (the trainer's epoch: Lightning's `set_epoch` count differs after a
+    resume, and its data fetcher starts iterating before `on_train_epoch_start`)."""
+
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        if self.epoch_of is not None:
+            self.epoch = self.epoch_of()
         base = (self.seed * 1_000_003 + self.epoch) * 1_000_033
         for index in super().__iter__():
             yield int(index), (base + int(index)) % (2**63)
@@ -601,6 +607,8 @@ class LulcDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         dataset = self._dataset(stage)
         sampler = ShardedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+        if trainer is not None:
+            sampler.epoch_of = lambda: trainer.current_epoch
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -300,14 +300,16 @@ class HistoryCallback(Callback):
 
 
 class EpochSeedCallback(Callback):
-    """Reseeds torch at every epoch from (seed, epoch, rank), so dropout and drop-path draw the same numbers in an
-    epoch whether the run was resumed from a checkpoint or not."""
+    """Reseeds torch before every training batch from (seed, epoch, batch, rank), so dropout and drop-path draw the
+    same numbers whether the run was resumed from a checkpoint or not, whatever else consumed random numbers in
+    between (the data order and augmentation: :class:`ShardedSampler`)."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch) * 1_009 + trainer.global_rank)
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        epoch = self.seed * 1_000_003 + trainer.current_epoch
+        torch.manual_seed(((epoch * 100_003 + idx) * 1_009 + trainer.global_rank) % (2**63))
 
 
 class SigtermCheckpoint(Callback):
@@ -481,8 +483,9 @@ def train(
         log.info("--resume: no checkpoint in %s yet, starting from the first epoch", ckpt_dir)
     elif getattr(rank_zero_only, "rank", 0) == 0:  # every DDP rank runs this function; only one clears the directory
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    # Full state (optimizer, scheduler, callbacks) in best.ckpt and last.ckpt, so a run resumes where it stopped.
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)
+    # Full state (optimizer, scheduler, callbacks) in best.ckpt and in last.ckpt (every epoch), to resume from.
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1)
+    every_epoch = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     early = EarlyStopping(monitor=monitor, mode="min", patience=tc.early_stopping_patience)
     history = HistoryCallback()
     world = tc.devices * tc.num_nodes
@@ -497,7 +500,14 @@ def train(
             trainer = L.Trainer(
                 default_root_dir=out_dir,
                 logger=CSVLogger(save_dir=out_dir, name="logs"),
-                callbacks=[checkpoint, early, history, EpochSeedCallback(tc.seed), SigtermCheckpoint(last_ckpt)],
+                callbacks=[
+                    checkpoint,
+                    every_epoch,
+                    early,
+                    history,
+                    EpochSeedCallback(tc.seed),
+                    SigtermCheckpoint(last_ckpt),
+                ],
                 max_epochs=tc.epochs,
                 max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
                 accelerator=accelerator,

@@ -420,3 +420,48 @@ def test_ddp_two_gloo_processes_reach_the_single_process_test_miou(
         assert result["world_size"] == n and result["epochs_run"] == 6
     assert miou[1] > 0.5, miou  # a trained model, not two equally untrained ones
     assert abs(miou[1] - miou[2]) <= 0.02, miou
+
+
+_STEP = """
+import sys
+from pathlib import Path
+from kfp.dsl import Dataset, Metrics, Model
+from components.train import train
+config, imagery, labels, stats, split, out = sys.argv[1:7]
+train.python_func(
+    config=Path(config).read_text(), imagery=Dataset(uri=imagery), labels=Dataset(uri=labels),
+    stats=Dataset(uri=stats), split=Dataset(uri=split), bundle=Model(uri=out + "/bundle"),
+    metrics=Metrics(uri=out + "/metrics"),
+)
+"""
+
+
+def test_resume_pipeline_train_step_after_sigkill_from_the_cache_pvc(
+    synthetic_training_tiles: Any, prepared: dict[str, Path], tmp_path: Path
+) -> None:
+    """The pipeline's train step keeps its checkpoints on the cache PVC (LULC_CACHE_DIR); killed and started
+    again (a preempted pod, a retry) it resumes from the last epoch instead of starting over."""
+    s = synthetic_training_tiles
+    cfg = RunConfig.model_validate(yaml.safe_load(_config(s, tmp_path, epochs=4).read_text()))
+    (tmp_path / "run.json").write_text(cfg.model_dump_json())
+    pvc = tmp_path / "pvc"
+    args = [str(tmp_path / "run.json"), str(s.imagery_dir), str(s.labels_dir), str(prepared["stats"])]
+    args += [str(prepared["split"]), str(tmp_path / "outputs")]
+    env = _env() | {"LULC_CACHE_DIR": str(pvc)}
+    first = subprocess.Popen([PYTHON, "-c", _STEP, *args], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(pvc.glob("checkpoints/*/last.ckpt")) and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        (ckpt,) = pvc.glob("checkpoints/*/last.ckpt")
+        done = _wait_for_epochs(ckpt, 2, first)
+        first.kill()
+        first.wait(timeout=30)
+    finally:
+        first.kill()
+    assert done < 4 and not (tmp_path / "outputs" / "bundle").exists()
+    again = subprocess.run([PYTHON, "-c", _STEP, *args], env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from {ckpt}" in again.stderr
+    assert (tmp_path / "outputs" / "bundle" / "lulc.json").is_file()
+    assert int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1 == 4
