@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -423,11 +424,13 @@ def test_ddp_two_gloo_processes_reach_the_single_process_test_miou(
 
 
 _STEP = """
+import logging
 import sys
 from pathlib import Path
 from kfp.dsl import Dataset, Metrics, Model
 from components.train import train
 config, imagery, labels, stats, split, out = sys.argv[1:7]
+logging.basicConfig(level=logging.INFO)
 train.python_func(
     config=Path(config).read_text(), imagery=Dataset(uri=imagery), labels=Dataset(uri=labels),
     stats=Dataset(uri=stats), split=Dataset(uri=split), bundle=Model(uri=out + "/bundle"),
@@ -465,3 +468,29 @@ def test_resume_pipeline_train_step_after_sigkill_from_the_cache_pvc(
     assert f"resuming from {ckpt}" in again.stderr
     assert (tmp_path / "outputs" / "bundle" / "lulc.json").is_file()
     assert int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1 == 4
+
+
+def test_resume_after_sigterm_saves_the_state_and_exits_143(
+    synthetic_training_tiles: Any, prepared: dict[str, Path], tmp_path: Path
+) -> None:
+    """SIGTERM (a preempted pod) lets the batch finish, writes last.ckpt and exits 143; --resume completes the run."""
+    s = synthetic_training_tiles
+    cfg = _config(s, tmp_path, epochs=40)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "lulc.cli", *_train_args(cfg, s, prepared, out)], env=_env(), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for_epochs(out / "checkpoints" / "last.ckpt", 1, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "SIGTERM: training state saved" in stderr
+    state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["optimizer_states"] and int(state["epoch"]) < 39
+    cfg.write_text(cfg.read_text().replace("epochs: 40", f"epochs: {int(state['epoch']) + 2}"))
+    again = CliRunner().invoke(app, [*_train_args(cfg, s, prepared, out), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "resumed from" in again.output and (out / "bundle" / "lulc.json").is_file()
