@@ -38,7 +38,7 @@ def _config(root: Path) -> Path:
         "imagery": {"store": "local", "local_dir": str(root / "imagery")},
         "labels": {"label_set": str(V3_LABELS), "osm_file": str(root / "osm.geojson")},
         "data": {"chip_size": CHIP_PX},
-        "training": {"accelerator": "cpu", "batch_size": BATCH, "early_stopping_patience": 100},
+        "training": {"accelerator": "auto", "batch_size": BATCH, "early_stopping_patience": 100},
     }
     path = root / "run.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -122,7 +122,9 @@ def run(quick: bool = False) -> Section:
             None,
             note,
         ),
-        Row("6 training scaling", "scaling efficiency, 2 processes", None, round(100 * efficiency, 1), None, "%"),
+        Row(
+            "6 training scaling", "scaling efficiency % (samples/s of 2 / (2 x of 1))", None, round(100 * efficiency, 1)
+        ),
         Row("6 training scaling", "seconds per epoch, 1 / 2 processes", one["epoch_s"], two["epoch_s"]),
     ]
     flops = step_flops()
