@@ -31,9 +31,8 @@ def configure(
         ("deploy", str),
     ],
 ):
-    """Apply the overrides (empty values keep the config), validate once, and return the whole RunConfig JSON
-    (`full`, recorded with the model) and each step's slice of it (`lulc_core.steps`; a slice changes only when a
-    setting its step depends on changes, so KFP's cache stays valid).
+    """Apply the overrides (empty values keep the config), validate once, return the whole RunConfig JSON (`full`)
+    and each step's slice of it (`lulc_core.steps`: it changes only with what its step reads; KFP's cache holds).
 
     Args:
         run_config: RunConfig JSON (the compiled pipeline's default is the configuration it was compiled with).
@@ -48,6 +47,14 @@ def configure(
     """
     from components._runtime import configure_run
 
-    overrides = {"aoi_bbox": aoi_bbox, "aoi_file": aoi_file, "time_frames": time_frames, "label_set": label_set}
-    overrides |= {"imagery_store": imagery_store, "model_variant": model_variant, "epochs": epochs}
-    return configure_run(run_config, registry=registry, **overrides)
+    return configure_run(
+        run_config,
+        aoi_bbox=aoi_bbox,
+        aoi_file=aoi_file,
+        time_frames=time_frames,
+        label_set=label_set,
+        imagery_store=imagery_store,
+        model_variant=model_variant,
+        epochs=epochs,
+        registry=registry,
+    )

@@ -8,6 +8,7 @@ are at least ~1/3 s apart (the default rate would allow 0.2 s).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def _config(repo_root: Path, tmp_path: Path, ohsome: OhsomeStandIn, label_set: P
 def _assert_rate_and_concurrency(ohsome: OhsomeStandIn, label_set: Path) -> None:
     starts = sorted(r.at for r in ohsome.requests if r.path == "/v1/elements/geometry")
     assert len(starts) == TILES * len(yaml.safe_load(label_set.read_text()))
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert ohsome.max_in_flight == CONCURRENCY, ohsome.max_in_flight
     assert min(gaps) >= 1 / RATE - 0.06 > 1 / OHSOME_REQUESTS_PER_SECOND, gaps
 

@@ -67,7 +67,10 @@ def test_the_server_predicts_with_serving_tta_and_edge_buffer(url: str) -> None:
         url + "/v1/models/lulc:predict", json={"instances": [BODY | {"tta": False, "format": "geotiff"}]}, timeout=120
     )
     assert v1.status_code == 200, v1.text
-    with rasterio.io.MemoryFile(base64.b64decode(v1.json()["predictions"][0]["classes_geotiff"])) as mem, mem.open() as src:
+    with (
+        rasterio.io.MemoryFile(base64.b64decode(v1.json()["predictions"][0]["classes_geotiff"])) as mem,
+        mem.open() as src,
+    ):
         assert src.tags()["TTA_VARIANTS"] == "0"
     bad = requests.post(url + "/segment/", json=BODY | {"edge_buffer_m": -1}, timeout=30)
     assert bad.status_code == 422 and "edge_buffer_m" in bad.text

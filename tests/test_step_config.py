@@ -85,7 +85,9 @@ def test_training_settings_leave_the_data_steps_cache_keys_equal(
     }
 
 
-def test_a_changed_resolution_changes_the_imagery_slice(base: RunConfig, base_ir: dict[str, Any], tmp_path: Path) -> None:
+def test_a_changed_resolution_changes_the_imagery_slice(
+    base: RunConfig, base_ir: dict[str, Any], tmp_path: Path
+) -> None:
     other_ir = _compile(tmp_path, _changed(base, imagery={"resolution": 20.0}))
     a, b = _configure(base_ir), _configure(other_ir)
     for step in ("imagery", "area_grid", "train"):
