@@ -156,3 +156,44 @@ def test_register_records_the_whole_configuration(base: RunConfig, tmp_path: Pat
     assert meta.provenance.config_hash == base.fingerprint()
     assert meta.provenance.area is not None and meta.provenance.area.startswith(base.area.name)
     assert meta.provenance.created_at == before.provenance.created_at and meta.metrics == before.metrics
+
+
+def _reads(source: str, root: str = "cfg") -> set[str]:
+    """Dotted configuration paths read as `cfg.a.b...` in `source` (fields only, methods and properties skipped)."""
+    import ast
+    import textwrap
+
+    paths: set[str] = set()
+    for node in ast.walk(ast.parse(textwrap.dedent(source))):
+        chain: list[str] = []
+        while isinstance(node, ast.Attribute):
+            chain.insert(0, node.attr)
+            node = node.value
+        if isinstance(node, ast.Name) and node.id == root and chain and chain[0] in RunConfig.model_fields:
+            paths.add(".".join(chain))
+    return paths
+
+
+def _covered(path: str, declared: tuple[str, ...]) -> bool:
+    return declared == FULL or any(path == d or path.startswith(d + ".") or d.startswith(path + ".") for d in declared)
+
+
+@pytest.mark.parametrize("step", [s for s in DEPENDENCIES if DEPENDENCIES[s] != FULL])
+def test_what_a_step_reads_is_declared(step: str) -> None:
+    """Every `cfg.<section>.<field>` a component (and, for training, the training code it calls) reads is in its slice.
+
+    A read outside the slice would silently get a default in the pipeline; this catches it when a step changes.
+    """
+    import importlib
+    import inspect
+
+    from lulc_core import dataset, training
+
+    sources = [(Path(importlib.import_module(f"components.{step}").__file__ or "").read_text(), "cfg")]
+    if step == "train":
+        sources += [(inspect.getsource(f), "cfg") for f in (training.train, training.check_stats)]
+        sources += [(inspect.getsource(dataset.LulcDataModule.from_config), "cfg")]
+    reads = set().union(*(_reads(text, root) for text, root in sources))
+    assert reads or not DEPENDENCIES[step], f"found no configuration reads in {step}"
+    undeclared = sorted(p for p in reads if not _covered(p, DEPENDENCIES[step]))
+    assert not undeclared, f"{step} reads {undeclared}: add them to lulc_core.steps.DEPENDENCIES[{step!r}]"
