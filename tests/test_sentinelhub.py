@@ -327,6 +327,9 @@ def test_endpoint_presets_and_credentials(tmp_path: Path):
     custom = resolve_endpoint(SentinelHubConfig(endpoint="cdse", base_url="http://127.0.0.1:1/"))
     assert custom.base_url == "http://127.0.0.1:1" and custom.token_url == cdse.token_url
     assert resolve_endpoint(SentinelHubConfig()) == ENDPOINTS["sentinelhub"]
+    # through JSON (a pipeline step's configuration, a bundle's run_config) every default is explicit
+    again = SentinelHubConfig.model_validate_json(SentinelHubConfig(endpoint="cdse").model_dump_json())
+    assert resolve_endpoint(again) == cdse
     assert credentials_from_env({"SH_CLIENT_ID": "a", "SH_CLIENT_SECRET": "b"}) == ("a", "b")
     (tmp_path / "client_id").write_text("from-secret\n")
     (tmp_path / "client_secret").write_text("s3cret\n")
