@@ -33,6 +33,7 @@ def configure(
     import logging
 
     from components._runtime import apply_overrides
+    from lulc_core.corine import check_corine_config
 
     cfg = apply_overrides(
         run_config,
@@ -45,5 +46,6 @@ def configure(
         epochs=epochs,
         registry=registry,
     )
+    check_corine_config(cfg, credentials=False)  # credentials are the labels step's secret, not this step's
     logging.getLogger("lulc.components").info("run %s, config %s", cfg.name, cfg.fingerprint())
     return cfg.model_dump_json()
