@@ -63,8 +63,10 @@ def test_area(tiles: list[Tile], test_ids: list[str]) -> tuple[BBox, Tile]:
 
 def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox | None = None) -> JobOutputs:
     """Run every step of the platform on `cfg` and return where the outputs are."""
-    from lulc_core.bundle import ModelBundle
     from lulc_core.corine import build_corine_source, check_corine_config
+
+    check_corine_config(cfg)  # before the heavy imports: a misconfigured run is refused at once
+    from lulc_core.bundle import ModelBundle
     from lulc_core.dataset import split_tiles
     from lulc_core.evaluation import evaluate
     from lulc_core.grid import build_grid, plot_tiles, write_tiles
@@ -78,7 +80,6 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
     from lulc_core.stats import compute_stats
     from lulc_core.training import train
 
-    check_corine_config(cfg)
     out = (out_dir or cfg.work_dir / "runs" / cfg.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cache = (cfg.imagery.cache_dir or cfg.work_dir / "cache").resolve()

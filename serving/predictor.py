@@ -100,10 +100,11 @@ class LulcModel(Model):
         from lulc_core.inference.fusion import build_fusion_sources
 
         bundle_dir, cfg = resolve_source(self.source, self.config)
-        bundle = ModelBundle.load(bundle_dir, device=_device(self.device))
         cache_dir = cfg.work_dir / "cache"
+        label_set = ModelBundle.read_metadata(bundle_dir).label_set
+        labels, corine = build_fusion_sources(cfg, label_set, cache_dir)  # a config mistake before the weights load
+        bundle = ModelBundle.load(bundle_dir, device=_device(self.device))
         store = build_imagery_store(cfg.imagery, cache_dir=cfg.imagery.cache_dir or cache_dir)
-        labels, corine = build_fusion_sources(cfg, bundle.metadata.label_set, cache_dir)
         predictor = Predictor(bundle, store, labels, cfg.serving, corine=corine)
         self.service = LulcService(
             predictor, bundle, cfg.serving, max_concurrency=self.max_concurrency, timeout_s=self.timeout_s
