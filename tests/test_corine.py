@@ -248,6 +248,9 @@ def test_lulc_predict_only_corine_and_harmonized(
     assert tags["LABEL_SET"] == "corine_clc" and tags["CLASS_25"] == "313 Mixed forest"
     assert tags["FUSION_MODE"] == "only_corine"
     assert (tmp_path / "raw.png").read_bytes()[:4] == b"\x89PNG"
+    no_probabilities = predict(config, bundle_dir, tmp_path / "p.tif", "only_corine", "--probabilities")
+    assert isinstance(no_probabilities.exception, InputError)
+    assert no_probabilities.exception.field == "options.probabilities"
 
     harmonized = predict(config, bundle_dir, tmp_path / "harmonized.tif", "harmonized_corine", "--probabilities")
     assert harmonized.exit_code == 0, harmonized.output

@@ -113,7 +113,7 @@ def labels(
     label_set: Path | None = typer.Option(None, "--label-set", help="Override labels.label_set (YAML)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Label cache reused across runs."),
 ) -> None:
-    """Rasterise the label set's OSM polygons onto every tile (larger polygons first, 0 = unknown).
+    """Label every tile with the label set's classes: OSM polygons (larger first) or CORINE (0 = unknown).
 
     Examples:
 
