@@ -369,16 +369,28 @@ REFUSALS = {
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))
-def test_lulc_run_refuses_misconfigured_corine_before_any_step(tmp_path: Path, case: str) -> None:
+def test_lulc_run_refuses_misconfigured_corine_before_any_step(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lulc.cli import app
+
     sh_kw, labels, field = REFUSALS[case]
     labels = {k: str(no_codes_label_set(tmp_path)) if v == "NOCODES" else v for k, v in labels.items()}
-    fake = SimpleServer()
-    config = run_yaml(tmp_path, fake, labels=CORINE_LABELS | labels, **sh_kw)
+    config = run_yaml(tmp_path, SimpleServer(), labels=CORINE_LABELS | labels, **sh_kw)
     creds = {} if case == "no-credentials" else {"SH_CLIENT_ID": CLIENT, "SH_CLIENT_SECRET": SECRET}
-    result = lulc_cli("run", "-c", str(config), env=clean_env(**creds))
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and field in lines[0] and " — " in lines[0], result.stderr
+    if case == "no-collection":  # the real command once: its whole output is one line on stderr, exit code 2
+        result = lulc_cli("run", "-c", str(config), env=clean_env(**creds))
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and field in lines[0] and " — " in lines[0], result.stderr
+    else:
+        for key in ("SH_CLIENT_ID", "SH_CLIENT_SECRET", "SH_CREDENTIALS_DIR"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in creds.items():
+            monkeypatch.setenv(key, value)
+        outcome = CliRunner().invoke(app, ["run", "-c", str(config)])
+        assert isinstance(outcome.exception, ConfigError), outcome.output
+        assert field in str(outcome.exception) and "\n" not in str(outcome.exception) and outcome.exception.fix
     assert not (tmp_path / "work" / "runs").exists(), "refused before any step ran"
 
 
