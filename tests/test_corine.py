@@ -43,8 +43,8 @@ MODE = ("--fusion-mode", "only_corine")
 
 
 @pytest.fixture(scope="module")
-def sh(shared_data: Path) -> Iterator[SentinelHubStandIn]:
-    """The stand-in (its CORINE comes from ../shared's ESRI maps) and credentials in the environment."""
+def sh() -> Iterator[SentinelHubStandIn]:
+    """The stand-in (its CORINE comes from the bundled ESRI maps, data/sample/lulc) and credentials in the env."""
     if shutil.which("node") is None:
         pytest.skip("the Sentinel Hub stand-in runs evalscripts with node (not installed)")
     with pytest.MonkeyPatch.context() as mp, SentinelHubStandIn({CLIENT: SECRET}) as server:
