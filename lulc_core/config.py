@@ -139,7 +139,12 @@ class LabelsConfig(StrictModel):
     """Where labels come from and which label set defines the classes."""
 
     label_set: Path = Field(description="Label set YAML (name, osm_filter, color, description per class).")
-    source: Literal["file", "ohsome", "corine"] = Field(default="file", description="OSM source backend.")
+    source: Literal["file", "ohsome", "corine"] = Field(
+        default="file",
+        description="Label source: 'file' (local OSM extract), 'ohsome' (ohsome API) or 'corine' (CORINE Land Cover "
+        "from the Sentinel Hub BYOC collection imagery.sentinelhub.byoc_corine_collection, mapped onto the label "
+        "set by its corine_codes).",
+    )
     osm_file: Path | None = Field(default=None, description="Local OSM extract (.geojson, .gpkg or .osm.pbf).")
     ohsome_url: str = Field(default="https://api.ohsome.org/v1", description="ohsome API base URL.")
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
@@ -283,6 +288,17 @@ class RunConfig(StrictModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @model_validator(mode="after")
+    def _corine_collection(self) -> RunConfig:
+        if self.labels.source == "corine" and not self.imagery.sentinelhub.byoc_corine_collection:
+            raise ConfigError(
+                "imagery.sentinelhub.byoc_corine_collection",
+                "labels.source corine reads CORINE Land Cover from a Sentinel Hub BYOC collection, and none is set",
+                "set it to the collection id (Sentinel Hub's public CORINE: cbdba844-f86d-41dc-95ad-b3f7f12535e9), "
+                "or use labels.source file or ohsome",
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Hash of the configuration (lineage: which config produced a model)."""

@@ -338,21 +338,38 @@ class LulcService:
         return time.monotonic() - started
 
     def describe(self) -> dict[str, Any]:
-        """The label set and the model's inputs (GET /segment/describe)."""
+        """The label set, the model's inputs and the CORINE legend when CORINE is served (GET /segment/describe)."""
         meta = self.bundle.metadata
+        corine = None
+        if self.predictor.corine is not None:
+            from lulc_core.corine import CLC_CLASSES
+
+            corine = {
+                "source": repr(self.predictor.corine),
+                "classes": [{"value": c.index, "code": c.code, "name": c.name, "color": c.color} for c in CLC_CLASSES],
+                "attribution": "CORINE Land Cover, (c) European Union, Copernicus Land Monitoring Service, EEA",
+            }
         return {
             "label_set": meta.label_set.name,
             "classes": [
                 {"value": 0, "name": "unknown", "color": "#000000", "description": "No data or below the threshold."}
             ]
             + [
-                {"value": i, "name": c.name, "color": c.color, "description": c.description, "osm_filter": c.osm_filter}
+                {
+                    "value": i,
+                    "name": c.name,
+                    "color": c.color,
+                    "description": c.description,
+                    "osm_filter": c.osm_filter,
+                    "corine_codes": c.corine_codes,
+                }
                 for i, c in enumerate(meta.label_set.classes, start=1)
             ],
             "bands": meta.bands,
             "resolution_m": meta.resolution,
             "fusion_modes": [m.value for m in FusionMode],
             "max_pixels": self.settings.max_pixels,
+            "corine": corine,
         }
 
 

@@ -223,7 +223,7 @@ def _predict_in_process(
         write_preview_png,
         write_uncertainty_preview_png,
     )
-    from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES
+    from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES, build_fusion_sources
 
     area = parse_bbox(bbox)
     start_d, end_d = date_range(start, end)
@@ -247,12 +247,11 @@ def _predict_in_process(
     bundle = ModelBundle.load(bundle_dir)
     cache = (cfg.imagery.cache_dir or cfg.work_dir / "cache").resolve()
     store = build_imagery_store(cfg.imagery, cache_dir=cache / "imagery")
-    source = None
+    source, corine = None, None
     if options.fusion_mode in OSM_MODES or options.fusion_mode in CORINE_MODES:
-        from lulc_core.osm import build_osm_source
-
-        source = build_osm_source(cfg.labels, cache_dir=cache / "osm")
-    predictor = Predictor(bundle, store, source, cfg.serving)
+        labels = options.fusion_mode in OSM_MODES
+        source, corine = build_fusion_sources(cfg, bundle.metadata.label_set, cache / "osm", labels=labels)
+    predictor = Predictor(bundle, store, source, cfg.serving, corine=corine)
     prediction = predictor.predict(area, start_d, end_d, options)
     written = [write_prediction(prediction, output)]
     paths = prediction_paths(output)
