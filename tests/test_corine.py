@@ -182,8 +182,8 @@ def test_pipeline_labels_step_writes_corine_labels(
             epochs=0,
             registry="",
         )
-        grid = area_grid(config=conf.output)
-        return labels(config=conf.output, tiles=grid.outputs["tiles"], shard=1).outputs["rasters"]
+        grid = area_grid(config=conf.outputs["area_grid"])
+        return labels(config=conf.outputs["labels"], tiles=grid.outputs["tiles"], shard=1).outputs["rasters"]
 
     corine_labels.__annotations__ = {"run_config": str, "return": dsl.Dataset}  # real types (module has PEP 563)
     pipeline = dsl.pipeline(name="corine-labels")(corine_labels)
