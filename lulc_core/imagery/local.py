@@ -250,27 +250,41 @@ class LocalGeoTiffStore:
         dst_crs: CRS,
     ) -> np.ndarray:
         """`bands` of file `f` warped onto the tile grid (NaN outside the file or where it has no data)."""
-        fresh = np.full((len(bands), *shape), np.nan, dtype=np.float32)
         with rasterio.open(f.path) as src:
-            window = _source_window(src, tile)
-            if window is None:
-                return fresh
             indexes = [f.band_names.index(b) + 1 for b in bands]
-            data = src.read(indexes, window=window, out_dtype="float32")
-            masks = src.read_masks(indexes, window=window)
-            data[masks == 0] = np.nan
-            reproject(
-                source=data,
-                destination=fresh,
-                src_transform=src.window_transform(window),
-                src_crs=src.crs,
-                src_nodata=np.nan,
-                dst_transform=dst_transform,
-                dst_crs=dst_crs,
-                dst_nodata=np.nan,
-                resampling=self.resampling,
-            )
+            return warp_onto_tile(src, indexes, tile, shape, dst_transform, dst_crs, self.resampling)
+
+
+def warp_onto_tile(
+    src: rasterio.io.DatasetReader,
+    indexes: list[int],
+    tile: Tile,
+    shape: tuple[int, int],
+    dst_transform: rasterio.Affine,
+    dst_crs: CRS,
+    resampling: Resampling = Resampling.nearest,
+) -> np.ndarray:
+    """Bands `indexes` of an open dataset (local file or a COG over HTTP) read in the window covering the tile and
+    warped onto its grid: float32 (len(indexes), *shape), NaN outside the dataset or where it has no data."""
+    fresh = np.full((len(indexes), *shape), np.nan, dtype=np.float32)
+    window = _source_window(src, tile)
+    if window is None:
         return fresh
+    data = src.read(indexes, window=window, out_dtype="float32")
+    masks = src.read_masks(indexes, window=window)
+    data[masks == 0] = np.nan
+    reproject(
+        source=data,
+        destination=fresh,
+        src_transform=src.window_transform(window),
+        src_crs=src.crs,
+        src_nodata=np.nan,
+        dst_transform=dst_transform,
+        dst_crs=dst_crs,
+        dst_nodata=np.nan,
+        resampling=resampling,
+    )
+    return fresh
 
 
 def _source_window(src: rasterio.io.DatasetReader, tile: Tile, pad: int = 2) -> Window | None:

@@ -42,7 +42,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from sentinelhub.download.models import DownloadResponse
 
-from lulc_core.config import SentinelHubConfig
+from lulc_core.config import ImageryConfig, SentinelHubConfig
 from lulc_core.errors import ConfigError, InputError, NotCoveredError, TooLargeError
 from lulc_core.geo import Tile
 from lulc_core.http import (
@@ -635,3 +635,8 @@ class SentinelHubStore:
             info={"tile": tile.id, "crs": tile.crs, "start": tile.start, "end": tile.end, "outputs": list(outputs)},
         )
         return arrays, sum(pu_spent)
+
+
+def build_store(cfg: ImageryConfig, cache_dir: Path | None = None) -> SentinelHubStore:
+    """The Sentinel Hub store of an imagery configuration (`imagery.store: sentinelhub`)."""
+    return SentinelHubStore(cfg.sentinelhub, cfg.resolution, cache_dir)

@@ -316,6 +316,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch()
 
+    def do_HEAD(self) -> None:  # noqa: N802 — COG readers (GDAL /vsicurl/) ask for the size first
+        self._dispatch()
+
     def _dispatch(self) -> None:
         s = self.standin
         parts = urlsplit(self.path)
@@ -376,7 +379,8 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 _DEFAULT_MESSAGES = {
