@@ -127,7 +127,9 @@ class StacConfig(StrictModel):
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout (search and COG reads), seconds.")
     max_retries: int = Field(default=4, ge=0, description="Retries for 429/5xx/timeouts/truncated reads.")
     backoff_s: float = Field(default=1.0, ge=0, description="First retry wait in seconds; doubles per attempt.")
-    max_requests_per_second: float = Field(default=10.0, gt=0, description="Searches and asset reads started/s.")
+    max_requests_per_second: float = Field(
+        default=10.0, gt=0, description="API requests (searches, tokens) started per second; COG reads are unlimited."
+    )
 
 
 class ImageryConfig(StrictModel):

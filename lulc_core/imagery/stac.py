@@ -192,11 +192,12 @@ class StacStore:
         self.cfg = cfg
         self.stac = cfg.stac
         self.catalogue = resolve_catalogue(cfg.stac)
+        retry = RetryPolicy(max_retries=cfg.stac.max_retries, backoff_s=cfg.stac.backoff_s, max_backoff_s=30.0)
+        # the API (searches, tokens) is rate limited; COG range reads go to object storage, which is not
         self.http = HttpPolicy(
-            f"STAC {self.catalogue.name}",
-            RetryPolicy(max_retries=cfg.stac.max_retries, backoff_s=cfg.stac.backoff_s, max_backoff_s=30.0),
-            RateLimiter(per_second=cfg.stac.max_requests_per_second),
+            f"STAC {self.catalogue.name}", retry, RateLimiter(per_second=cfg.stac.max_requests_per_second)
         )
+        self.asset_http = HttpPolicy(f"STAC {self.catalogue.name} assets", retry, RateLimiter())
         self.cache = ResponseCache(Path(cache_dir) / "stac") if cache_dir is not None else None
         self._lock = threading.Lock()
         self._client: Client | None = None
@@ -302,15 +303,18 @@ class StacStore:
                     raise CorruptResponseError(f"token answer is not {{token, msft:expiry}}: {exc}") from exc
                 return {"token": token, "expiry": body.get("msft:expiry")}
 
+            failure = None
             try:
                 answer = self.http.call(attempt, what=f"SAS token for {collection}")
             except UpstreamError as exc:
+                failure = str(exc).splitlines()[0].split(" — ")[0]
+            if failure is not None:  # raised outside the handler: no HTTP cause for the asset read's policy to find
                 raise InputError(
                     "imagery.stac.sign_url",
-                    f"signing the asset URLs of {collection} failed: {str(exc).splitlines()[0]}",
+                    f"signing the asset URLs of {collection} failed: {failure}",
                     "check imagery.stac.sign_url (Planetary Computer: https://planetarycomputer.microsoft.com/api/"
                     "sas/v1/token) or use imagery.stac.catalog earth_search, which needs no signing",
-                ) from exc
+                )
             cached = (answer["token"], _expiry(answer["expiry"]))
             with self._lock:
                 self._tokens[collection] = cached
@@ -344,7 +348,7 @@ class StacStore:
             except RasterioError as exc:
                 raise _classify_gdal(exc, href) from exc
 
-        return self.http.fetch_cached(
+        return self.asset_http.fetch_cached(
             self.cache, cache_key, download, _from_npy, what=f"{band} of {item.get('id')} for tile {tile.id}"
         )
 
