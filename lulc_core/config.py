@@ -80,7 +80,11 @@ class SentinelHubConfig(StrictModel):
         default="https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token",
         description="OAuth2 client-credentials token URL.",
     )
-    evalscript: str = Field(default="lulc_v1", description="Evalscript name in lulc_core/evalscripts/ or a path.")
+    evalscript: str = Field(
+        default="lulc_v2",
+        description="Evalscript name in lulc_core/evalscripts/ or a path (lulc_v2: cloud-masked composites; lulc_v1: "
+        "the first-sample mosaic of earlier versions).",
+    )
     max_pixels_per_request: int = Field(default=2500 * 2500, gt=0, description="Larger tiles are split.")
     mosaicking_order: Literal["leastCC", "mostRecent", "leastRecent"] = Field(
         default="leastCC", description="Sentinel-2 mosaicking order."
