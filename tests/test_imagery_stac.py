@@ -205,12 +205,21 @@ def test_stac_planetary_computer_signs_asset_urls(stac_signed: StacStandIn, samp
     tile = _tile_of(sample_tiles, 32736)
     cfg = ImageryConfig(
         store="stac",
-        stac={"catalog": "planetary_computer", "url": stac_signed.url, "sign_url": f"{stac_signed.url}/sas/token", **FAST},
+        stac={
+            "catalog": "planetary_computer",
+            "url": stac_signed.url,
+            "sign_url": f"{stac_signed.url}/sas/token",
+            **FAST,
+        },
     )
     raster = build_imagery_store(cfg).fetch(tile, ["B04", "VV", "DEM"])
     assert raster.valid_mask.all()
     tokens = [r.path for r in stac_signed.requests if r.path.startswith("/sas/token/")]
-    assert sorted(set(tokens)) == ["/sas/token/cop-dem-glo-30", "/sas/token/sentinel-1-rtc", "/sas/token/sentinel-2-l2a"]
+    assert sorted(set(tokens)) == [
+        "/sas/token/cop-dem-glo-30",
+        "/sas/token/sentinel-1-rtc",
+        "/sas/token/sentinel-2-l2a",
+    ]
     assert len(tokens) == 3  # one token per collection, reused
     assets = [r for r in stac_signed.requests if r.path.startswith("/assets/")]
     assert assets and all("sig=" in r.query for r in assets)

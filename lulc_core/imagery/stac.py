@@ -322,7 +322,9 @@ class StacStore:
 
     # --- reading ----------------------------------------------------------------------------------------------
 
-    def read_asset(self, item: dict[str, Any], band: str, keys: Sequence[str], collection: str, tile: Tile) -> np.ndarray:
+    def read_asset(
+        self, item: dict[str, Any], band: str, keys: Sequence[str], collection: str, tile: Tile
+    ) -> np.ndarray:
         """One asset of `item` warped onto the tile grid (float32 H x W, NaN where no data); cached."""
         assets = item.get("assets", {})
         key = next((k for k in keys if k in assets), None)
@@ -381,7 +383,7 @@ class StacStore:
             used += self._sentinel1(tile, s1, names, out)
         if dem:
             used += self._dem(tile, dem, names, out)
-        valid = np.isfinite(out).all(axis=0)
+        valid = np.asarray(np.isfinite(out).all(axis=0))
         transform = Affine(tile.resolution, 0, tile.bounds[0], 0, -tile.resolution, tile.bounds[3])
         tags = {
             "source": f"stac:{self.catalogue.name}",

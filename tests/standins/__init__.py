@@ -317,7 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch()
 
-    def do_HEAD(self) -> None:  # noqa: N802 — COG readers (GDAL /vsicurl/) ask for the size first
+    def do_HEAD(self) -> None:  # COG readers (GDAL /vsicurl/) ask for the size first
         self._dispatch()
 
     def _dispatch(self) -> None:

@@ -411,7 +411,13 @@ class SentinelHubStandIn(StandIn):
 
     @staticmethod
     def _warp(
-        src: np.ndarray, src_crs: CRS, src_transform: Affine, crs: CRS, transform: Affine, width: int, height: int,
+        src: np.ndarray,
+        src_crs: CRS,
+        src_transform: Affine,
+        crs: CRS,
+        transform: Affine,
+        width: int,
+        height: int,
         cloud_percent: float = 0.0,
     ) -> tuple[float, np.ndarray, np.ndarray]:
         """One observation on the request grid: (cloud %, values, coverage 0/1) by nearest neighbour."""

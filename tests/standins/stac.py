@@ -44,7 +44,20 @@ from standins.cloudy import observations
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "imagery"
-S2_KEYS = ["coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09", "swir16", "swir22"]
+S2_KEYS = [
+    "coastal",
+    "blue",
+    "green",
+    "red",
+    "rededge1",
+    "rededge2",
+    "rededge3",
+    "nir",
+    "nir08",
+    "nir09",
+    "swir16",
+    "swir22",
+]
 S2_NAMES = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 BASELINES = {"433D_629L_3_1": ("04.00", False), "38D_378R_2_3": ("05.09", True)}
 CONFORMS = [
@@ -160,9 +173,7 @@ def build_items(clear_cloudy_patch: bool = True) -> tuple[_Item, ...]:
         dem_item.assets["data"] = _cog(dem, crs, transform, "float32", -32767.0)
         items.append(dem_item)
     for obs in observations():
-        items.append(
-            _s2_item(CLOUDY_PATCH, obs.day, obs.s2, obs.scl, obs.crs, obs.transform, obs.cloud_percent)
-        )
+        items.append(_s2_item(CLOUDY_PATCH, obs.day, obs.s2, obs.scl, obs.crs, obs.transform, obs.cloud_percent))
     return tuple(items)
 
 
@@ -291,7 +302,11 @@ class StacStandIn(StandIn):
         for key in item.assets:
             if key in self.drop_assets:
                 continue
-            asset: dict[str, Any] = {"href": f"{self.url}/assets/{item.id}/{key}.tif", "type": COG_TYPE, "roles": ["data"]}
+            asset: dict[str, Any] = {
+                "href": f"{self.url}/assets/{item.id}/{key}.tif",
+                "type": COG_TYPE,
+                "roles": ["data"],
+            }
             if key in S2_KEYS:
                 asset["eo:bands"] = [{"name": S2_NAMES[S2_KEYS.index(key)]}]
                 asset["raster:bands"] = [{"nodata": 0, "data_type": "uint16", "scale": 0.0001, "offset": 0}]
@@ -350,7 +365,12 @@ class StacStandIn(StandIn):
 
     @staticmethod
     def _matches(props: dict[str, Any], query: dict[str, Any]) -> bool:
-        ops = {"lte": lambda a, b: a <= b, "lt": lambda a, b: a < b, "gte": lambda a, b: a >= b, "eq": lambda a, b: a == b}
+        ops = {
+            "lte": lambda a, b: a <= b,
+            "lt": lambda a, b: a < b,
+            "gte": lambda a, b: a >= b,
+            "eq": lambda a, b: a == b,
+        }
         for name, cond in query.items():
             value = props.get(name)
             for op, ref in cond.items():
@@ -372,7 +392,9 @@ class StacStandIn(StandIn):
             with self._lock:
                 ok = sig in self.tokens
             if not ok:
-                return self.error_reply(403, "Server failed to authenticate the request (no valid SAS token).", req.path)
+                return self.error_reply(
+                    403, "Server failed to authenticate the request (no valid SAS token).", req.path
+                )
         item = next((it for it in self.items if it.id == item_id), None)
         if item is None or key not in item.assets or key in self.drop_assets:
             return self.error_reply(404, "The specified blob does not exist.", req.path)
