@@ -337,3 +337,14 @@ def test_stac_lulc_run_end_to_end_over_cloudy_dates(tmp_path: Path) -> None:
     tiles = {p.stem for p in (tmp_path / "run" / "imagery").glob("*.tif")}
     assert tiles == set(report["written"])
     assert (tmp_path / "run" / "evaluation").is_dir()
+
+
+def test_stac_heidelberg_example_validates_and_plans_without_network() -> None:
+    cfg = load_run_config(REPO / "conf" / "examples" / "heidelberg.yaml")
+    assert cfg.imagery.store == "stac" and cfg.labels.source == "ohsome" and cfg.imagery.composite == "median"
+    store = build_imagery_store(cfg.imagery)
+    assert isinstance(store, StacStore)  # building the store contacts nothing
+    assert store.catalogue.url == "https://earth-search.aws.element84.com/v1" and store.catalogue.sign_url is None
+    tiles = build_grid(cfg.area, cfg.imagery.resolution)
+    assert len(tiles) == 12 and all(t.crs == "EPSG:32632" for t in tiles)
+    assert "VV" not in cfg.imagery.bands  # Earth Search has no public Sentinel-1 RTC
