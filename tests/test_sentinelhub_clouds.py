@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ CLIENT, SECRET = "lulc-test-client", "lulc-test-secret"
 
 
 @pytest.fixture
-def cloudy_sh(monkeypatch: pytest.MonkeyPatch, shared_data: Path) -> Iterator[SentinelHubStandIn]:
+def cloudy_sh(monkeypatch: pytest.MonkeyPatch) -> Iterator[SentinelHubStandIn]:
     if shutil.which("node") is None:
         pytest.skip("the Sentinel Hub stand-in runs evalscripts with node (not installed)")
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")

@@ -14,7 +14,8 @@
 Items come from the bundled sample (data/sample/imagery: one S2, S1 and DEM item per patch) and the four cloudy
 observations of `standins.cloudy`. The Chilean patch is served as processing baseline 04.00 with the +1000 offset
 put back (its sample values are harmonised), the Tanzanian one as 05.09 with `earthsearch:boa_offset_applied`.
-The sample patches are cloud-free (no cloud pixel in their land-cover maps): their SCL is 4 wherever there is data.
+The sample patches' SCL is derived from their ESRI land-cover maps as the Sentinel Hub stand-in does (water 6,
+vegetation 4, built/bare 5, snow 11, cloud 9 — they have no cloud pixel).
 
 Faults: the common ones per route (5xx, 429 + Retry-After, truncated bodies — a truncated asset is a range answer
 cut short), plus `drop_assets` (items without some asset keys: a missing band) and a token route fault (signing).
@@ -41,6 +42,7 @@ from rasterio.warp import transform_bounds
 from standins import Fault, Recorded, Reply, StandIn
 from standins.cloudy import PATCH as CLOUDY_PATCH
 from standins.cloudy import observations
+from standins.sentinelhub import ESRI_TO_SCL, SAMPLE_LULC
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "imagery"
@@ -146,7 +148,9 @@ def build_items(clear_cloudy_patch: bool = True) -> tuple[_Item, ...]:
         with rasterio.open(s2_path) as src:
             s2, crs, transform = src.read().astype(np.float64), src.crs, src.transform
         if pid != CLOUDY_PATCH or clear_cloudy_patch:
-            items.append(_s2_item(pid, _tag_date(s2_path), s2, np.full(s2.shape[1:], 4.0), crs, transform, 0.0))
+            with rasterio.open(SAMPLE_LULC / f"{pid}.tif") as src:
+                scl = np.vectorize(ESRI_TO_SCL.get)(src.read(1)).astype(np.float64)
+            items.append(_s2_item(pid, _tag_date(s2_path), s2, scl, crs, transform, 0.0))
         s1_path = SAMPLE / f"{pid}_s1.tif"
         with rasterio.open(s1_path) as src:
             s1 = src.read().astype(np.float64)
