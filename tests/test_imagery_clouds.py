@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from standins.cloudy import CLOUD_DN, DATES, clear_scene, observations
+from standins.cloudy import CLOUD_DN, DATES, clear_scene, cloudy_tile, observations
 
 from lulc_core.config import S2_BANDS, ImageryConfig
 from lulc_core.geo import Tile
@@ -54,19 +54,6 @@ def _write_observations(directory: Path, keep: tuple[int, ...] = (0, 1, 2, 3)) -
             dst.update_tags(ACQUISITION_DATE=obs.day.isoformat())
 
 
-def _patch_tile() -> Tile:
-    _, crs, transform = clear_scene()
-    west, north = transform.c, transform.f
-    return Tile(
-        id="cloudy-patch",
-        crs=f"EPSG:{crs.to_epsg()}",
-        bounds=(west, north - 2240.0, west + 2240.0, north),
-        resolution=10.0,
-        start=date(2017, 10, 25),
-        end=date(2017, 11, 4),
-    )
-
-
 def _contaminated(image: np.ndarray, truth: np.ndarray) -> float:
     """Share of pixels whose finite value is not the clear truth (cloud left in the image)."""
     finite = np.isfinite(image).all(axis=0)
@@ -80,7 +67,7 @@ def test_cloud_composite_local_store_masks_real_cloud_shapes_and_is_cleaner_than
 ) -> None:
     _write_observations(tmp_path / "obs")
     truth = clear_scene()[0].astype(np.float32)
-    tile = _patch_tile()
+    tile = cloudy_tile()
     store = LocalGeoTiffStore(tmp_path / "obs", composite=method)
     raster = store.fetch(tile, S2_BANDS)
     assert _contaminated(raster.data, truth) == 0.0  # every flagged pixel masked: no cloud reflectance left
@@ -99,7 +86,7 @@ def test_cloud_nodata_is_never_a_class_in_training_or_prediction(tmp_path: Path,
     from lulc_core.inference import predict_raster
 
     _write_observations(tmp_path / "obs")
-    tile = _patch_tile()
+    tile = cloudy_tile()
     raster = LocalGeoTiffStore(tmp_path / "obs").fetch(tile, ["B02", "B03", "B04"])
     holes = ~raster.valid_mask
     assert holes.any()
@@ -114,7 +101,7 @@ def test_cloud_nodata_pixels_get_label_0_for_the_loss(tmp_path: Path, v3_label_s
     from lulc_core.raster import Raster, write_geotiff
 
     _write_observations(tmp_path / "obs")
-    tile = _patch_tile()
+    tile = cloudy_tile()
     raster = LocalGeoTiffStore(tmp_path / "obs").fetch(tile, ["B02", "B03", "B04"])
     img = write_geotiff(tmp_path / "img.tif", raster, nodata=float("nan"), dtype="float32")
     labels = Raster(np.full((1, 224, 224), 2, np.uint8), raster.transform, raster.crs, ["class"])
@@ -137,7 +124,7 @@ def test_cloud_nodata_pixels_get_label_0_for_the_loss(tmp_path: Path, v3_label_s
 
 def test_cloud_min_valid_share_skips_tiles_with_a_count(tmp_path: Path) -> None:
     _write_observations(tmp_path / "obs", keep=(0, 1))  # two dates: some places cloudy in both
-    base = _patch_tile()
+    base = cloudy_tile()
     x0, y0 = base.bounds[0], base.bounds[3]
     tiles = [
         Tile(id=f"t{r}{c}", crs=base.crs, bounds=(x0 + c * 640, y0 - (r + 1) * 640, x0 + (c + 1) * 640, y0 - r * 640),

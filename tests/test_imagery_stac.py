@@ -15,7 +15,7 @@ import rasterio
 import yaml
 from pystac_client import Client
 from standins import Fault
-from standins.cloudy import clear_scene, observations
+from standins.cloudy import clear_scene, cloudy_tile, observations
 from standins.stac import StacStandIn
 from typer.testing import CliRunner
 
@@ -94,15 +94,7 @@ def test_stac_removes_the_offset_of_processing_baseline_04(fresh: StacStandIn, s
 
 @pytest.mark.parametrize("method", ["median", "least_cloudy"])
 def test_stac_cloud_composite_is_cleaner_than_any_single_date(method: str) -> None:
-    _, crs, transform = clear_scene()
-    tile = Tile(
-        id="cloudy",
-        crs=f"EPSG:{crs.to_epsg()}",
-        bounds=(transform.c, transform.f - 2240, transform.c + 2240, transform.f),
-        resolution=10.0,
-        start=observations()[0].day,
-        end=observations()[-1].day,
-    )
+    tile = cloudy_tile()
     truth = clear_scene()[0]
     with StacStandIn(clear_cloudy_patch=False) as server:
         cfg = stac_cfg(server)  # type: ignore[arg-type]
@@ -165,15 +157,7 @@ def test_stac_rides_out_faults_with_the_one_retry_policy(
 
 
 def test_stac_no_scene_under_the_cloud_limit_is_reported_and_the_other_tiles_finish(tmp_path: Path) -> None:
-    _, crs, transform = clear_scene()
-    cloudy = Tile(
-        id="cloudy-dk",
-        crs=f"EPSG:{crs.to_epsg()}",
-        bounds=(transform.c, transform.f - 640, transform.c + 640, transform.f),
-        resolution=10.0,
-        start=observations()[0].day,
-        end=observations()[-1].day,
-    )
+    cloudy = cloudy_tile(640.0, "cloudy-dk")
     tiles = [t for t in build_grid(load_run_config(REPO / "conf" / "run.yaml").area, 10.0) if "32736" in t.crs][:2]
     with StacStandIn(clear_cloudy_patch=False) as server:
         store = build_imagery_store(stac_cfg(server, max_cloud_cover=20))  # type: ignore[arg-type]

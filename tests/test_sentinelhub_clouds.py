@@ -8,11 +8,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from standins.cloudy import CLOUD_DN, clear_scene, observations
+from standins.cloudy import CLOUD_DN, clear_scene, cloudy_tile, observations
 from standins.sentinelhub import SentinelHubStandIn
 
 from lulc_core.config import S2_BANDS, ImageryConfig, SentinelHubConfig
-from lulc_core.geo import Tile
 from lulc_core.imagery import build_imagery_store
 from lulc_core.imagery.sentinelhub import SentinelHubStore
 
@@ -38,21 +37,9 @@ def _store(server: SentinelHubStandIn, composite: str, cloud_mask: bool = True) 
     return store
 
 
-def _tile() -> Tile:
-    _, crs, transform = clear_scene()
-    return Tile(
-        id="dk-cloudy",
-        crs=f"EPSG:{crs.to_epsg()}",
-        bounds=(transform.c, transform.f - 2240, transform.c + 2240, transform.f),
-        resolution=10.0,
-        start=observations()[0].day,
-        end=observations()[-1].day,
-    )
-
-
 def test_sentinelhub_cloud_composite_median_is_cleaner_than_any_single_date(cloudy_sh: SentinelHubStandIn) -> None:
     store = _store(cloudy_sh, "median")
-    raster = store.fetch(_tile(), S2_BANDS)
+    raster = store.fetch(cloudy_tile(), S2_BANDS)
     truth = clear_scene()[0]
     finite = np.isfinite(raster.data).all(axis=0)
     assert np.allclose(raster.data[:, finite], truth[:, finite], atol=0.51)  # no cloud left (UINT16 rounding)
@@ -66,7 +53,7 @@ def test_sentinelhub_cloud_composite_median_is_cleaner_than_any_single_date(clou
 
 
 def test_sentinelhub_cloud_least_cloudy_mosaic_masks_the_flagged_pixels(cloudy_sh: SentinelHubStandIn) -> None:
-    raster = _store(cloudy_sh, "least_cloudy").fetch(_tile(), ["B04", "B08", "SCL", "CLM"])
+    raster = _store(cloudy_sh, "least_cloudy").fetch(cloudy_tile(), ["B04", "B08", "SCL", "CLM"])
     least = min(observations(), key=lambda o: o.cloud_percent)  # leastCC: Sentinel Hub's choice of scene
     cloud = least.clm.astype(bool)
     assert np.isnan(raster.data[:2, cloud]).all()  # flagged pixels of that scene are nodata, not filled
@@ -77,7 +64,7 @@ def test_sentinelhub_cloud_least_cloudy_mosaic_masks_the_flagged_pixels(cloudy_s
 
 
 def test_sentinelhub_cloud_mask_off_keeps_the_clouds(cloudy_sh: SentinelHubStandIn) -> None:
-    raster = _store(cloudy_sh, "least_cloudy", cloud_mask=False).fetch(_tile(), ["B04"])
+    raster = _store(cloudy_sh, "least_cloudy", cloud_mask=False).fetch(cloudy_tile(), ["B04"])
     least = min(observations(), key=lambda o: o.cloud_percent)
     assert np.allclose(raster.data[0][least.clm.astype(bool)], CLOUD_DN)  # a cloud would become training data
     assert raster.valid_mask.all()

@@ -19,6 +19,8 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
+from lulc_core.geo import Tile
+
 REPO = Path(__file__).resolve().parents[2]
 PATCH = "637U_59R_1_3"
 S2_FILE = REPO / "data" / "sample" / "imagery" / f"{PATCH}_s2.tif"
@@ -66,3 +68,17 @@ def observations() -> tuple[Observation, ...]:
         scl = np.where(cloud, 9.0, 4.0)
         out.append(Observation(day, bands, scl, cloud.astype(np.float64), crs, transform))
     return tuple(out)
+
+
+def cloudy_tile(size_m: float = 2240.0, tile_id: str = "cloudy") -> Tile:
+    """A tile on the patch grid from its north-west corner, `size_m` wide, over the cloudy dates."""
+    _, crs, transform = clear_scene()
+    west, north = transform.c, transform.f
+    return Tile(
+        id=tile_id,
+        crs=f"EPSG:{crs.to_epsg()}",
+        bounds=(west, north - size_m, west + size_m, north),
+        resolution=10.0,
+        start=DATES[0],
+        end=DATES[-1],
+    )
