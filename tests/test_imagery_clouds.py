@@ -149,3 +149,26 @@ def test_cloud_min_valid_share_skips_tiles_with_a_count(tmp_path: Path) -> None:
 def test_cloud_observation_dates_are_inside_the_sample_frame() -> None:
     assert all(date(2017, 10, 25) <= d <= date(2017, 11, 4) for d in DATES)
     assert all(20 < o.cloud_percent < 70 for o in observations())
+
+
+def test_per_sensor_normalisation_standardises_the_dem_per_tile_and_follows_the_bundle(
+    repo_root: Path, registry_tiny_bundle: Path
+) -> None:
+    from lulc_core.bundle import ModelBundle
+    from lulc_core.imagery import PerSensorNormalised
+    from lulc_core.inference import Predictor
+
+    sample = repo_root / "data" / "sample" / "imagery"
+    tile = cloudy_tile(640.0)
+    plain = build_imagery_store(ImageryConfig(store="local", local_dir=sample))
+    store = build_imagery_store(ImageryConfig(store="local", local_dir=sample, sensor_normalisation="per_sensor"))
+    assert isinstance(store, PerSensorNormalised)
+    raw, norm = plain.fetch(tile, ["B04", "VV", "DEM"]), store.fetch(tile, ["B04", "VV", "DEM"])
+    dem = norm.data[2]
+    assert abs(float(dem.mean())) < 1e-4 and abs(float(dem.std()) - 1.0) < 1e-3  # mean 0, std 1 on this tile
+    assert float(raw.data[2].mean()) > 3.0  # metres above sea level before
+    np.testing.assert_array_equal(norm.data[:2], raw.data[:2])  # S2 as is, S1 already in dB
+    bundle = ModelBundle.load(registry_tiny_bundle)
+    assert not isinstance(Predictor(bundle, store).store, PerSensorNormalised)  # the bundle was trained without
+    bundle.metadata.run_config = {"imagery": {"sensor_normalisation": "per_sensor"}}
+    assert isinstance(Predictor(bundle, plain).store, PerSensorNormalised)  # ... or with it: the bundle decides

@@ -78,6 +78,20 @@ def build_imagery_store(cfg: ImageryConfig, cache_dir: Path | None = None) -> Im
     return store
 
 
+def sensor_normalisation_of(run_config: dict[str, object] | None) -> str:
+    """`imagery.sensor_normalisation` of a saved run configuration (a bundle's `run_config`), "none" if absent."""
+    imagery = (run_config or {}).get("imagery")
+    value = imagery.get("sensor_normalisation") if isinstance(imagery, dict) else None
+    return str(value or "none")
+
+
+def with_sensor_normalisation(store: ImageryStore, mode: str) -> ImageryStore:
+    """`store` wrapped (or unwrapped) so that it applies `mode` ("none" or "per_sensor") — a model's inputs must be
+    normalised the way its training tiles were, whatever the serving configuration says."""
+    inner = store.inner if isinstance(store, PerSensorNormalised) else store
+    return PerSensorNormalised(inner) if mode == "per_sensor" else inner
+
+
 class PerSensorNormalised:
     """A store whose DEM band is standardised per tile (mean 0, std 1 over its valid pixels), as the original
     utility normalised elevation; Sentinel-1 is already in dB from every store."""
