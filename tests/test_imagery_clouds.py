@@ -17,6 +17,8 @@ from lulc_core.imagery import REPORT_FILE, build_imagery_store, fetch_tiles_repo
 from lulc_core.imagery.clouds import SCL_INVALID, cloud_invalid, composite, valid_share
 from lulc_core.imagery.local import LocalGeoTiffStore
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_cloud_invalid_flags_scl_classes_and_clm() -> None:
     scl = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -144,6 +146,21 @@ def test_cloud_min_valid_share_skips_tiles_with_a_count(tmp_path: Path) -> None:
         assert not (tmp_path / "out" / f"{tid}.tif").exists()
     assert (tmp_path / "out" / REPORT_FILE).is_file() and read_report(tmp_path / "out") == report
     assert report.metadata()["tiles_skipped_low_valid"] == 3
+    from typer.testing import CliRunner
+
+    from lulc.cli import app
+    from lulc_core.dataset import TileSplit
+    from lulc_core.grid import write_tiles
+
+    write_tiles(tiles, tmp_path / "tiles.geojson")
+    result = CliRunner().invoke(
+        app,
+        ["model", "split", "-c", str(REPO / "conf" / "run.yaml"), "-t", str(tmp_path / "tiles.geojson"),
+         "-o", str(tmp_path / "split.json"), "--imagery", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    split = TileSplit.load(tmp_path / "split.json")
+    assert sorted(split.train + split.val + split.test) == sorted(report.written)  # skipped tiles never split
 
 
 def test_cloud_observation_dates_are_inside_the_sample_frame() -> None:
