@@ -13,7 +13,7 @@ from standins.cloudy import CLOUD_DN, DATES, clear_scene, cloudy_tile, observati
 
 from lulc_core.config import S2_BANDS, ImageryConfig
 from lulc_core.geo import Tile
-from lulc_core.imagery import REPORT_FILE, build_imagery_store, fetch_tiles_report, read_report
+from lulc_core.imagery import build_imagery_store, fetch_tiles_report, read_report
 from lulc_core.imagery.clouds import SCL_INVALID, cloud_invalid, composite, valid_share
 from lulc_core.imagery.local import LocalGeoTiffStore
 
@@ -137,14 +137,17 @@ def test_cloud_min_valid_share_skips_tiles_with_a_count(tmp_path: Path) -> None:
     shares = {t.id: valid_share(store.fetch(t, ["B04"]).data) for t in tiles}
     low = {tid for tid, share in shares.items() if share < 0.5}
     assert len(low) == 3  # t00 (3 % valid), t01 (21 %), t10 (47 %): cloudy on both dates
-    report = fetch_tiles_report(store, tiles, ["B04"], tmp_path / "out", min_valid_share=0.5)
+    report = fetch_tiles_report(
+        store, tiles, ["B04"], tmp_path / "out", min_valid_share=0.5, report_path=tmp_path / "report.json"
+    )
     assert set(report.skipped_low_valid) == low and len(report.written) == 6
     for tid in report.written:
         with rasterio.open(tmp_path / "out" / f"{tid}.tif") as src:
             assert abs(float(src.tags()["VALID_SHARE"]) - shares[tid]) < 1e-3
     for tid in report.skipped_low_valid:
         assert not (tmp_path / "out" / f"{tid}.tif").exists()
-    assert (tmp_path / "out" / REPORT_FILE).is_file() and read_report(tmp_path / "out") == report
+    assert read_report(tmp_path / "report.json") == report
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{t}.tif" for t in report.written)
     assert report.metadata()["tiles_skipped_low_valid"] == 3
     from typer.testing import CliRunner
 

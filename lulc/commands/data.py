@@ -57,6 +57,9 @@ def imagery(
     store: str | None = typer.Option(None, "--store", help="Override imagery.store: local, sentinelhub or stac."),
     concurrency: int | None = typer.Option(None, "--concurrency", "-j", help="Override imagery.concurrency."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Download cache (remote stores)."),
+    report: Path | None = typer.Option(
+        None, "--report", help="Write a JSON report: valid share per tile, skipped and failed tiles."
+    ),
 ) -> None:
     """Fetch the configured bands for every tile; tiles already complete are skipped (resumable).
 
@@ -69,7 +72,8 @@ def imagery(
       lulc data imagery -c conf/examples/heidelberg.yaml -t tiles.geojson -o out/imagery --store stac
 
     Tiles below imagery.min_valid_share are skipped and counted; a tile the store cannot serve (no scene under the
-    cloud limit, a band the catalogue lacks) is reported in one line while the others finish, then the command fails.
+    cloud limit, a band the catalogue lacks) is logged in one line while the others finish, then the command fails
+    naming the first (and how many more).
     """
     from lulc_core.grid import read_tiles
     from lulc_core.imagery import build_imagery_store, fetch_tiles_report
@@ -80,14 +84,17 @@ def imagery(
     cfg = _config(config, overrides)
     tile_list = read_tiles(tiles)
     backend = build_imagery_store(cfg.imagery, cache_dir=cache_dir or cfg.imagery.cache_dir)
-    report = fetch_tiles_report(
-        backend, tile_list, cfg.imagery.bands, out, concurrency or cfg.imagery.concurrency, cfg.imagery.min_valid_share
+    done = fetch_tiles_report(
+        backend,
+        tile_list,
+        cfg.imagery.bands,
+        out,
+        concurrency or cfg.imagery.concurrency,
+        cfg.imagery.min_valid_share,
+        raise_failed=True,
+        report_path=report,
     )
-    typer.echo(f"{report.summary()} ({', '.join(cfg.imagery.bands)}) -> {out}")
-    for tile_id, reason in report.failed.items():
-        typer.echo(f"failed {tile_id}: {reason}", err=True)
-    if report.failed:
-        raise typer.Exit(1)
+    typer.echo(f"{done.summary()} ({', '.join(cfg.imagery.bands)}) -> {out}")
 
 
 def _source_overrides(source: str | None) -> dict[str, Any]:

@@ -62,8 +62,11 @@ function clearView(s) {
   return !LULC_SPEC.cloud_mask || (SCL_INVALID.indexOf(s.SCL) < 0 && s.CLM !== 1);
 }
 
-function median(values) {
-  const v = values.slice().sort(function (a, b) { return a - b; });
+function median(samples, value) {
+  if (samples.length === 1) {
+    return value(samples[0]);  // the common case of one clear look: no sorting
+  }
+  const v = samples.map(value).sort(function (a, b) { return a - b; });
   const mid = Math.floor(v.length / 2);
   return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
 }
@@ -82,14 +85,14 @@ function evaluatePixel(samples) {
     if (!s2Ok) {
       return 0;
     }
-    return MEDIAN ? median(s2.map(function (s) { return s[band]; })) : s2[0][band];
+    return MEDIAN ? median(s2, function (s) { return s[band]; }) : s2[0][band];
   });
   return {
     s2: s2Values.concat([s2Ok ? 1 : 0]),
     cloud: [s2Ok ? s2[0].SCL : 0, s2Ok ? s2[0].CLM : 0, s2Ok ? 1 : 0],
     s1: [
-      s1Ok ? median(s1.map(function (s) { return toDb(s.VV); })) : 0,
-      s1Ok ? median(s1.map(function (s) { return toDb(s.VH); })) : 0,
+      s1Ok ? median(s1, function (s) { return toDb(s.VV); }) : 0,
+      s1Ok ? median(s1, function (s) { return toDb(s.VH); }) : 0,
       s1Ok ? 1 : 0
     ],
     dem: [dem.length ? dem[0].DEM : 0, dem.length ? 1 : 0]

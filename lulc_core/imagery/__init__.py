@@ -32,7 +32,8 @@ from lulc_core.raster import Raster, write_geotiff
 log = logging.getLogger(__name__)
 
 NODATA = float("nan")
-REPORT_FILE = ".imagery_report.json"  # hidden: shard directories are merged file by file
+REPORT_FILE = "imagery_report.json"
+"""Name of the report `lulc run` writes beside the imagery directory (the directory holds only tile rasters)."""
 PER_TILE_ERRORS = (InputError, NotCoveredError)
 """Errors that concern one tile (no scene, a band the catalogue lacks): reported, the other tiles finish."""
 
@@ -145,7 +146,7 @@ def _with_tile(exc: Exception, tile: Tile) -> Exception:
 
 
 class FetchReport(BaseModel):
-    """What `fetch_tiles` did, written as `.imagery_report.json` next to the rasters and into step metadata."""
+    """What `fetch_tiles` did: logged, put into a pipeline step's metadata, written as JSON when asked."""
 
     tiles: int = Field(description="Tiles asked for.")
     written: list[str] = Field(default_factory=list, description="Tile ids with a raster in the directory.")
@@ -195,13 +196,16 @@ def fetch_tiles(
     out_dir: Path,
     concurrency: int = 1,
     min_valid_share: float = 0.0,
+    report_path: Path | None = None,
 ) -> list[Path]:
     """Fetch every tile into `<out_dir>/<tile.id>.tif`; see `fetch_tiles_report` (this raises on failed tiles).
 
     Returns:
         The paths of the tiles with imagery, in the order of `tiles`.
     """
-    report = fetch_tiles_report(store, tiles, bands, out_dir, concurrency, min_valid_share, raise_failed=True)
+    report = fetch_tiles_report(
+        store, tiles, bands, out_dir, concurrency, min_valid_share, raise_failed=True, report_path=report_path
+    )
     written = set(report.written)
     return [tile_path(Path(out_dir), t) for t in tiles if t.id in written]
 
@@ -215,12 +219,13 @@ def fetch_tiles_report(
     min_valid_share: float = 0.0,
     *,
     raise_failed: bool = False,
+    report_path: Path | None = None,
 ) -> FetchReport:
     """Fetch every tile into `<out_dir>/<tile.id>.tif`, `concurrency` at a time; complete files are skipped.
 
     Tiles whose share of valid pixels (every band finite) is below `min_valid_share` get no file and are counted;
     a tile the store cannot serve (NotCoveredError, InputError: no scene, a band the catalogue lacks) is logged in
-    one line and listed in `failed` while the others finish. The report is written to `<out_dir>/.imagery_report.json`.
+    one line and listed in `failed` while the others finish. With `report_path` the report is also written there.
 
     Raises:
         Any other error (UpstreamError after the retries, ...) at once, with the tile id in its message; with
@@ -270,11 +275,12 @@ def fetch_tiles_report(
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     report.written = [t.id for t in tiles if t.id in report.valid_share]
-    (out / REPORT_FILE).write_text(report.model_dump_json(indent=2))
+    if report_path is not None:
+        Path(report_path).write_text(report.model_dump_json(indent=2))
     log.info("imagery: %s", report.summary())
     if raise_failed and first is not None:
         if len(report.failed) > 1:
-            first.args = (f"{first} (and {len(report.failed) - 1} more tiles failed; see {out / REPORT_FILE})",)
+            first.args = (f"{first} (and {len(report.failed) - 1} more tiles failed)",)
         raise first
     return report
 
@@ -290,7 +296,7 @@ def tiles_with_imagery(tiles: Sequence[Tile], imagery_dir: Path) -> list[Tile]:
     return [t for t in tiles if tile_path(Path(imagery_dir), t).is_file()]
 
 
-def read_report(imagery_dir: Path) -> FetchReport | None:
-    """The report `fetch_tiles_report` left in `imagery_dir`, if any."""
-    path = Path(imagery_dir) / REPORT_FILE
+def read_report(path: Path) -> FetchReport | None:
+    """A report written by `fetch_tiles_report(report_path=...)`, if the file exists."""
+    path = Path(path)
     return FetchReport.model_validate(json.loads(path.read_text())) if path.is_file() else None
