@@ -295,9 +295,9 @@ def test_stac_cli_data_imagery(fresh: StacStandIn, sample_tiles: list[Tile], tmp
         ["data", "imagery", "-c", str(config), "-t", str(tmp_path / "tiles.geojson"), "-o", str(tmp_path / "bad"),
          "--store", "stac"],
     )  # fmt: skip
-    assert result.exit_code == 1
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "imagery.stac.s2_collection" in errors[0] and "2 more tiles failed" in errors[0]
+    err = result.exception  # `lulc` (lulc.cli.main) prints it as one `error:` line with exit code 2
+    assert isinstance(err, InputError) and err.field == "imagery.stac.s2_collection", result.output
+    assert "2 more tiles failed" in str(err) and "\n" not in str(err)
 
 
 @pytest.mark.usefixtures("torch_single_thread")
