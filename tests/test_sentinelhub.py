@@ -22,6 +22,7 @@ import rasterio
 import yaml
 from shared import shared_path
 from standins import RETRIED_FAULTS, Fault
+from standins.sentinelhub import CORINE_COLLECTION as CORINE
 from standins.sentinelhub import PROCESS_PATH, SAMPLE_LULC, TOKEN_PATH, SentinelHubStandIn, load_patches
 from typer.testing import CliRunner
 
@@ -328,6 +329,9 @@ def test_endpoint_presets_and_credentials(tmp_path: Path):
     custom = resolve_endpoint(SentinelHubConfig(endpoint="cdse", base_url="http://127.0.0.1:1/"))
     assert custom.base_url == "http://127.0.0.1:1" and custom.token_url == cdse.token_url
     assert resolve_endpoint(SentinelHubConfig()) == ENDPOINTS["sentinelhub"]
+    # through JSON (a pipeline step's configuration, a bundle's run_config) every default is explicit
+    again = SentinelHubConfig.model_validate_json(SentinelHubConfig(endpoint="cdse").model_dump_json())
+    assert resolve_endpoint(again) == cdse
     assert credentials_from_env({"SH_CLIENT_ID": "a", "SH_CLIENT_SECRET": "b"}) == ("a", "b")
     (tmp_path / "client_id").write_text("from-secret\n")
     (tmp_path / "client_secret").write_text("s3cret\n")
@@ -386,7 +390,8 @@ def test_cli_data_imagery_with_the_sentinelhub_store(sh: SentinelHubStandIn, tmp
 
 
 def test_corine_labels_map_codes_through_the_label_set(sh: SentinelHubStandIn, v3_label_set):
-    from lulc_core.corine import CorineLabelSource, corine_lookup
+    from lulc_core.corine import corine_lookup
+    from lulc_core.imagery.corine import CorineLabelSource
 
     source = CorineLabelSource(settings(sh), v3_label_set, None)
     tile = patch_tile("433D_629L_3_1", size=96)
@@ -411,8 +416,8 @@ def test_corine_labels_map_codes_through_the_label_set(sh: SentinelHubStandIn, v
 
 def test_cli_data_labels_from_corine(sh: SentinelHubStandIn, tmp_path: Path, v3_label_set):
     from lulc.cli import app
-    from lulc_core.corine import CorineLabelSource
     from lulc_core.grid import write_tiles
+    from lulc_core.imagery.corine import CorineLabelSource
 
     tiles = [patch_tile("433D_629L_3_1", size=48)]
     write_tiles(tiles, tmp_path / "tiles.geojson")
@@ -420,7 +425,10 @@ def test_cli_data_labels_from_corine(sh: SentinelHubStandIn, tmp_path: Path, v3_
         "name": "corine-cli",
         "work_dir": str(tmp_path / "work"),
         "area": {"bbox": [-72.0, -39.0, -71.9, -38.9], "time_frames": [{"start": "2020-04-03", "end": "2020-04-16"}]},
-        "imagery": {"store": "sentinelhub", "sentinelhub": {"base_url": sh.url, "token_url": sh.token_url}},
+        "imagery": {
+            "store": "sentinelhub",
+            "sentinelhub": {"base_url": sh.url, "token_url": sh.token_url, "byoc_corine_collection": CORINE},
+        },
         "labels": {"label_set": str(REPO / "conf" / "labels" / "v3.yaml"), "source": "file", "osm_file": "x.gpkg"},
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
