@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from lulc_core.config import RunConfig
+from lulc_core.errors import InputError
 from lulc_core.geo import BBox, Tile
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
     from lulc_core.dataset import split_tiles
     from lulc_core.evaluation import evaluate
     from lulc_core.grid import build_grid, plot_tiles, write_tiles
-    from lulc_core.imagery import build_imagery_store, fetch_tiles
+    from lulc_core.imagery import REPORT_FILE, build_imagery_store, fetch_tiles, tiles_with_imagery
     from lulc_core.inference import PredictOptions, Predictor, write_prediction, write_preview_png
     from lulc_core.labelling import build_label_source, label_tiles
     from lulc_core.labels import LabelSet
@@ -93,7 +94,22 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         plot_tiles(tiles, out / "tiles.png")
     with _step("imagery", seconds):
         store = build_imagery_store(cfg.imagery, cache_dir=cache / "imagery")
-        fetch_tiles(store, tiles, cfg.imagery.bands, out / "imagery", concurrency=cfg.imagery.concurrency)
+        fetch_tiles(
+            store,
+            tiles,
+            cfg.imagery.bands,
+            out / "imagery",
+            concurrency=cfg.imagery.concurrency,
+            min_valid_share=cfg.imagery.min_valid_share,
+            report_path=out / REPORT_FILE,
+        )
+        tiles = tiles_with_imagery(tiles, out / "imagery")
+        if not tiles:
+            raise InputError(
+                "imagery.min_valid_share",
+                f"no tile has at least {cfg.imagery.min_valid_share:g} valid pixels (see imagery_report.json)",
+                "widen area.time_frames, raise the store's cloud limit or lower imagery.min_valid_share",
+            )
     with _step("labels", seconds):
         source = build_label_source(cfg, label_set, cache_dir=cache / "osm")
         label_tiles(

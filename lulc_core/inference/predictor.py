@@ -367,6 +367,10 @@ class Predictor:
         self.block_px = block_px
         self.progress = progress
         self.runtime = resolve_runtime(bundle, runtime)
+        from lulc_core.imagery import sensor_normalisation_of, with_sensor_normalisation
+
+        mode = sensor_normalisation_of(bundle.metadata.run_config)
+        self.store = with_sensor_normalisation(store, mode)  # as the training tiles were
         check_window(self.settings.window, self.settings.overlap)
         self._normalise = _Normaliser(bundle.metadata)
 
