@@ -178,3 +178,33 @@ def read_geotiff(path: str | os.PathLike[str]) -> Raster:
         names = [d or f"band_{i}" for i, d in enumerate(src.descriptions, start=1)]
         valid = src.dataset_mask() > 0 if src.nodata is not None else None
         return Raster(data, src.transform, src.crs, names, valid, dict(src.tags()))
+
+
+def warp_to_bounds(
+    raster: Raster,
+    bounds: tuple[float, float, float, float],
+    crs: str = "EPSG:4326",
+    *,
+    resampling: Resampling = Resampling.nearest,
+) -> Raster:
+    """`raster` reprojected with GDAL's warper onto `crs`, its grid spanning exactly `bounds` (W, S, E, N in `crs`).
+
+    The pixel size is GDAL's suggestion for the source grid (`calculate_default_transform`), adjusted so that a whole
+    number of pixels covers `bounds`. Pixels without a source value are 0 (integers) or NaN (floats) and invalid.
+    """
+    from rasterio.transform import from_bounds
+    from rasterio.warp import calculate_default_transform, reproject
+
+    dst_crs = CRS.from_user_input(crs)
+    suggested, _, _ = calculate_default_transform(raster.crs, dst_crs, raster.width, raster.height, *raster.bounds)
+    west, south, east, north = bounds
+    width = max(1, round((east - west) / suggested.a))
+    height = max(1, round((north - south) / -suggested.e))
+    transform = from_bounds(west, south, east, north, width, height)
+    fill = np.nan if np.issubdtype(raster.data.dtype, np.floating) else 0
+    data = np.full((raster.data.shape[0], height, width), fill, raster.data.dtype)
+    common = {"src_transform": raster.transform, "src_crs": raster.crs, "dst_transform": transform, "dst_crs": dst_crs}
+    reproject(raster.data, data, resampling=resampling, **common)
+    valid = np.zeros((height, width), np.uint8)
+    reproject(raster.valid_mask.astype(np.uint8), valid, resampling=Resampling.nearest, dst_nodata=0, **common)
+    return Raster(data, transform, dst_crs, list(raster.band_names), valid.astype(bool), dict(raster.tags))

@@ -217,7 +217,7 @@ def _predict_in_process(
             raise NotFoundError(f"--model: bundle directory {model!r} does not exist (nor is it NAME@<alias|version>)")
         from lulc_core.registry import build_registry
 
-        bundle_dir = build_registry(cfg.registry, cfg.work_dir).resolve(model)
+        bundle_dir = build_registry(cfg.registry, cfg.work_dir, ref=model).resolve(model)
         log.info("resolved %s to %s", model, bundle_dir)
     bundle = ModelBundle.load(bundle_dir)
     cache = (cfg.imagery.cache_dir or cfg.work_dir / "cache").resolve()
