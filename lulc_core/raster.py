@@ -189,17 +189,18 @@ def warp_to_bounds(
 ) -> Raster:
     """`raster` reprojected with GDAL's warper onto `crs`, its grid spanning exactly `bounds` (W, S, E, N in `crs`).
 
-    The pixel size is GDAL's suggestion for the source grid (`calculate_default_transform`), adjusted so that a whole
-    number of pixels covers `bounds`. Pixels without a source value are 0 (integers) or NaN (floats) and invalid.
+    The grid has as many pixels across `bounds` as the source grid has across the same area (as the original
+    utility sized its EPSG:4326 answers), so pixels keep about the source's ground size. Pixels without a source
+    value are 0 (integers) or NaN (floats) and invalid.
     """
     from rasterio.transform import from_bounds
-    from rasterio.warp import calculate_default_transform, reproject
+    from rasterio.warp import reproject, transform_bounds
 
     dst_crs = CRS.from_user_input(crs)
-    suggested, _, _ = calculate_default_transform(raster.crs, dst_crs, raster.width, raster.height, *raster.bounds)
     west, south, east, north = bounds
-    width = max(1, round((east - west) / suggested.a))
-    height = max(1, round((north - south) / -suggested.e))
+    x0, y0, x1, y1 = transform_bounds(dst_crs, raster.crs, west, south, east, north)
+    width = max(1, round((x1 - x0) / abs(raster.transform.a)))
+    height = max(1, round((y1 - y0) / abs(raster.transform.e)))
     transform = from_bounds(west, south, east, north, width, height)
     fill = np.nan if np.issubdtype(raster.data.dtype, np.floating) else 0
     data = np.full((raster.data.shape[0], height, width), fill, raster.data.dtype)
