@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -130,6 +129,8 @@ async def validation_error_handler(request: Request, exc: Exception) -> Response
     errors = exc.errors()
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"] or ["body"]
+    if loc[0] == "area_coords" and len(loc) == 2 and loc[1] in "0123":  # the original's tuple: name the corner
+        loc[1] = ("west", "south", "east", "north")[int(loc[1])]
     msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
     field = ".".join(loc)
     message = msg if msg.startswith(f"{field}:") else f"{field}: {msg}"
@@ -138,7 +139,8 @@ async def validation_error_handler(request: Request, exc: Exception) -> Response
         fix = f"remove `{loc[-1]}` (check its spelling); the fields are {', '.join(AreaRequest.model_fields)}"
     if first.get("type") == "json_invalid":
         message, field = "the body is not valid JSON", "body"
-    detail = jsonable_encoder(errors, exclude={"ctx", "url"}) if _original(request) else None
+    # FastAPI's list, as the original answered; without `input`, which may hold NaN (not JSON)
+    detail = [{k: e.get(k) for k in ("type", "loc", "msg")} for e in errors] if _original(request) else None
     return _error(422, message, field, fix, detail)
 
 

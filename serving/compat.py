@@ -16,14 +16,14 @@ from datetime import date
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lulc_core.corine import CLC_CLASSES, CLC_LEGEND
 from lulc_core.errors import InputError
 from lulc_core.inference import FusionMode, Prediction
 from lulc_core.labels import LabelSet
 from lulc_core.raster import hex_to_rgba, warp_to_bounds
-from serving.service import AreaRequest
+from serving.service import AreaRequest, no_bool
 
 ORIGINAL_PATHS = frozenset(
     {"/segment/", "/segment/preview", "/segment/describe", "/uncertainty/", "/uncertainty/preview", "/health"}
@@ -78,6 +78,11 @@ class OriginalRequest(BaseModel):
         description="GeoTIFF grid: 'EPSG:4326' clipped to the box (the original's answer) or 'utm' (lulc's "
         "native grid: the box's UTM zone at the model's resolution, no resampling).",
     )
+
+    @field_validator("area_coords", "threshold", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any) -> Any:
+        return no_bool(v)
 
     def area_request(self) -> AreaRequest:
         """The request in lulc's terms (corners in order, as the original's Sentinel Hub BBox put them)."""

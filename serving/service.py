@@ -81,7 +81,7 @@ def prefixed(exc: InputError, prefix: str) -> InputError:
     return with_fix(exc)
 
 
-def _no_bool(value: Any) -> Any:
+def no_bool(value: Any) -> Any:
     """JSON true/false are not numbers (pydantic would read them as 1.0/0.0)."""
     items = value if isinstance(value, list) else [value]
     if any(isinstance(v, bool) for v in items):
@@ -108,7 +108,7 @@ class AreaRequest(BaseModel):
     @field_validator("area_coords", "threshold", mode="before")
     @classmethod
     def _numbers(cls, v: Any) -> Any:
-        return _no_bool(v)
+        return no_bool(v)
 
     @field_validator("area_coords")
     @classmethod
