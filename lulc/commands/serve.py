@@ -275,6 +275,7 @@ def _predict_remote(
         "start_date": start_d.isoformat(),
         "end_date": end_d.isoformat(),
         "fusion_mode": fusion_mode,
+        "grid": "utm",  # the same grid as `lulc predict --model` (the API's default is the original's EPSG:4326)
     }
     if threshold is not None:
         body["threshold"] = threshold
