@@ -63,6 +63,10 @@ def serve(
     name: Annotated[str, typer.Option("--name", help="Model name on /v1/models/<name>.")] = "lulc",
     device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda.")] = "auto",
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body (MB).")] = 32.0,
+    root_path: Annotated[
+        str | None,
+        typer.Option("--root-path", envvar="ROOT_PATH", help="URL prefix behind a proxy (default: serving.root_path)."),
+    ] = None,
 ) -> None:
     """Load the model once and serve until Ctrl-C / SIGTERM (graceful shutdown)."""
     from lulc_core.config import load_run_config
@@ -82,6 +86,7 @@ def serve(
         host=host or (settings.host if settings else "127.0.0.1"),
         port=port or (settings.port if settings else 8080),
         max_body_bytes=int(max_body_mb * 1024 * 1024),
+        root_path=root_path or None,
     )
 
 
