@@ -325,3 +325,19 @@ def test_an_operators_env_of_the_original_starts_the_server(operator_env: Any) -
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+def test_neptune_version_ids_resolve_in_their_project(operator_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lulc_core.config import RegistryConfig
+    from lulc_core.errors import NotFoundError
+    from lulc_core.registry import build_registry
+
+    server, tmp, _ = operator_env
+    monkeypatch.setenv("NEPTUNE_API_TOKEN", server.api_token)
+    monkeypatch.setenv("NEPTUNE_PROJECT", server.project)
+    registry = build_registry(RegistryConfig(), tmp / "work", ref="LULC-SEG-1")  # mlflow configured: Neptune wins
+    assert registry.backend == "neptune"
+    info = registry.get("LULC-SEG-1")
+    assert (info.version_id, info.version) == ("LULC-SEG-1", 1)
+    with pytest.raises(NotFoundError, match="key 'CA'"):
+        registry.get("CA-SEG-1")  # a version id of another project
