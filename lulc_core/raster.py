@@ -191,7 +191,7 @@ def warp_to_bounds(
 
     The grid has as many pixels across `bounds` as the source grid has across the same area (as the original
     utility sized its EPSG:4326 answers), so pixels keep about the source's ground size. Pixels without a source
-    value are 0 (integers) or NaN (floats) and invalid.
+    value are 0 (integers) or NaN (floats), and invalid when the source has a validity mask.
     """
     from rasterio.transform import from_bounds
     from rasterio.warp import reproject, transform_bounds
@@ -206,6 +206,9 @@ def warp_to_bounds(
     data = np.full((raster.data.shape[0], height, width), fill, raster.data.dtype)
     common = {"src_transform": raster.transform, "src_crs": raster.crs, "dst_transform": transform, "dst_crs": dst_crs}
     reproject(raster.data, data, resampling=resampling, **common)
-    valid = np.zeros((height, width), np.uint8)
-    reproject(raster.valid_mask.astype(np.uint8), valid, resampling=Resampling.nearest, dst_nodata=0, **common)
-    return Raster(data, transform, dst_crs, list(raster.band_names), valid.astype(bool), dict(raster.tags))
+    valid = None
+    if raster.valid is not None:  # (no mask: the source's grid covers `bounds`, as a request's grid does)
+        mask = np.zeros((height, width), np.uint8)
+        reproject(raster.valid.astype(np.uint8), mask, resampling=Resampling.nearest, dst_nodata=0, **common)
+        valid = mask.astype(bool)
+    return Raster(data, transform, dst_crs, list(raster.band_names), valid, dict(raster.tags))
