@@ -1,10 +1,11 @@
 """Entry point of the predictor container: `python -m serving --model-dir /mnt/models --model-name lulc`.
 
 Defaults come from the environment where an operator sets them: the model from `LULC_MODEL` (a bundle directory,
-a registry ref NAME@STAGE or a Neptune version id such as LULC-SEG-2; else `--model-dir`), the port from `PORT`
-(8080, KServe's, when unset), the run YAML from `LULC_CONFIG`, the URL prefix behind a proxy from `ROOT_PATH` and
-the log level from `LULC_LOG_LEVEL`. The original lulc-utility's variable names are accepted as deprecated
-aliases (`lulc_core.legacy_env`).
+a registry ref NAME@STAGE or a Neptune version id such as CA-LULC-21), else `--model-dir`, else (when that does
+not exist and Neptune credentials are set) the newest staging version on Neptune, as lulc-utility chose; the port
+from `PORT` (8080, KServe's, when unset), the run YAML from `LULC_CONFIG`, the URL prefix behind a proxy from
+`ROOT_PATH` and the log level from `LULC_LOG_LEVEL`. The original lulc-utility's variable names are accepted as
+deprecated aliases (`lulc_core.legacy_env`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def default_source(model_dir: str) -> str:
+    """`model_dir` if it exists; else, like lulc-utility without MODEL_VERSION, the newest staging version of model
+    LULC on the Neptune server of NEPTUNE_API_TOKEN/NEPTUNE_PROJECT (when they are set)."""
+    if Path(model_dir).is_dir() or not (os.environ.get("NEPTUNE_API_TOKEN") and os.environ.get("NEPTUNE_PROJECT")):
+        return model_dir
+    import tempfile
+
+    from lulc_core.config import RegistryConfig
+    from lulc_core.registry.neptune_backend import NeptuneRegistry
+
+    registry = NeptuneRegistry.from_env(RegistryConfig(backend="neptune"), Path(tempfile.gettempdir()) / "lulc-neptune")
+    version_id = registry.get(f"{registry.model_key}@staging").version_id
+    logging.getLogger("serving").info(
+        "no LULC_MODEL and no %s: serving %s, the newest staging version on Neptune", model_dir, version_id
+    )
+    return version_id
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, load the model once and serve until SIGTERM."""
     from lulc_core.legacy_env import apply_legacy_env
@@ -82,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         config = load_run_config(args.config) if args.config else None
         model = LulcModel(
             args.model_name,
-            args.model or args.model_dir,
+            args.model or default_source(args.model_dir),
             config,
             device=args.device,
             max_concurrency=args.max_concurrency,

@@ -6,9 +6,10 @@ fusion modes, `POST /segment` without the slash, `/health`, `/segment/describe`,
 requested box), the describe keys, bodies with fields lulc does not know (ignored, named in a `Warning` header),
 the original's error status codes and `detail`, and the UTM opt-in. A second server starts the way an operator
 of the original starts it: no arguments, only the variables of the original's `.env` (Neptune and Sentinel Hub
-names, `MODEL_VERSION` as a Neptune model-version id, `LOG_LEVEL`, `ROOT_PATH`) plus `PORT`; the model comes
-from the Neptune stand-in (tests/standins/neptune_api.py), each old name logs one deprecation line, and the
-OpenAPI document and /docs carry the proxy's prefix.
+names, `LOG_LEVEL`, `ROOT_PATH`, no model named) plus `PORT`; as the original, it serves the newest staging
+version from Neptune (the stand-in, tests/standins/neptune_api.py), each old name logs one deprecation line, and
+the OpenAPI document and /docs carry the proxy's prefix. Neptune model-version ids (`CA-LULC-1`, as the original's
+MODEL_VERSION) resolve to their bundle.
 """
 
 from __future__ import annotations
@@ -234,11 +235,14 @@ def test_openapi_documents_the_original_body(url: str) -> None:
 
 def test_legacy_names_map_to_lulc_names_and_the_new_name_wins() -> None:
     env = {"SENTINELHUB_API_ID": "id", "NEPTUNE_PROJECT_ID": "ws/p", "NEPTUNE_PROJECT": "ws/new", "LOG_LEVEL": ""}
+    env["MODEL_VERSION"] = "CA-LULC-21"
     notices = apply_legacy_env(env)
-    assert env["SH_CLIENT_ID"] == "id" and env["NEPTUNE_PROJECT"] == "ws/new"
+    assert env["SH_CLIENT_ID"] == "id" and env["NEPTUNE_PROJECT"] == "ws/new" and env["LULC_MODEL"] == "CA-LULC-21"
+    assert "LULC_LOG_LEVEL" not in env  # empty, as docker's --env-file passes a blank line of the template
     assert notices == [
         "SENTINELHUB_API_ID is deprecated (lulc-utility name); set SH_CLIENT_ID instead",
         "NEPTUNE_PROJECT_ID is deprecated (lulc-utility name) and ignored: NEPTUNE_PROJECT is set and wins",
+        "MODEL_VERSION is deprecated (lulc-utility name); set LULC_MODEL instead",
     ]
 
 
@@ -251,25 +255,28 @@ def test_neptune_version_ids_are_model_refs() -> None:
 
 @pytest.fixture(scope="module")
 def operator_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NeptuneStandIn, Path, dict[str, str]]]:
-    """The Neptune stand-in holding model LULC-SEG-1, and an operator's `.env` of the original pointing at it."""
+    """The Neptune stand-in (project key CA) holding CA-LULC-1 in staging, and an operator's `.env` of the original."""
     from lulc_core.registry.neptune_backend import NeptuneRegistry
 
     tmp = tmp_path_factory.mktemp("operator")
-    with NeptuneStandIn(project_key="LULC") as server, pytest.MonkeyPatch.context() as mp:
+    with NeptuneStandIn(project_key="CA") as server, pytest.MonkeyPatch.context() as mp:
         mp.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
         mp.setenv("NEPTUNE_RETRIES_TIMEOUT", "2")
         mp.chdir(tmp)  # neptune keeps its queue in ./.neptune
-        registry = NeptuneRegistry(server.project, server.api_token, "SEG", tmp / "registry-cache")
-        assert str(registry.register(make_bundle(tmp / "bundle"))) == "SEG@1"
+        registry = NeptuneRegistry(
+            server.project, server.api_token, "LULC", tmp / "registry-cache"
+        )  # the original's key
+        assert str(registry.register(make_bundle(tmp / "bundle"))) == "LULC@1"
+        registry.promote("LULC@1", "staging")
         env_file = tmp / ".env"
-        env_file.write_text(  # the original's .env_template, filled in, plus the README's MODEL_VERSION/LOG_LEVEL
+        env_file.write_text(  # the original's .env_template, filled in, plus its README's LOG_LEVEL and ROOT_PATH
             f"NEPTUNE_PROJECT_API_TOKEN={server.api_token}\n"
             f"NEPTUNE_PROJECT_ID={server.project}\n\n"
             "# Required for the SentinelHub image store\n"
             f"SENTINELHUB_API_ID=sh-client-id\nSENTINELHUB_API_SECRET={SECRET}\n\n"
             "MINIO_HOST=\nMINIO_PORT=\nMINIO_ACCESS_KEY=\nMINIO_SECRET_KEY=\nMINIO_BUCKET=\nMINIO_SECURE=\n"
             "LULC_UVICORN_WORKERS=\n"
-            "MODEL_VERSION=LULC-SEG-1\nNEPTUNE_MODE=read-only\nLOG_LEVEL=debug\nROOT_PATH=/lulc\n"
+            "NEPTUNE_MODE=read-only\nLOG_LEVEL=debug\nROOT_PATH=/lulc\n"
         )
         yield server, tmp, read_env_file(env_file)
 
@@ -308,10 +315,10 @@ def test_an_operators_env_of_the_original_starts_the_server(operator_env: Any) -
         text = log.read_text()
         for old in ("SENTINELHUB_API_ID", "SENTINELHUB_API_SECRET", "NEPTUNE_PROJECT_API_TOKEN", "NEPTUNE_PROJECT_ID"):
             assert f"{old} is deprecated (lulc-utility name); set {LEGACY_ENV[old]} instead" in text
-        assert "LOG_LEVEL is deprecated" in text and "MODEL_VERSION is deprecated" in text
+        assert "LOG_LEVEL is deprecated (lulc-utility name); set LULC_LOG_LEVEL instead" in text
         assert "NEPTUNE_MODE is deprecated" not in text  # the Neptune client's own name, read as it is
         assert SECRET not in text and server.api_token not in text
-        assert "LULC-SEG-1 is a Neptune model-version id" in text
+        assert "serving CA-LULC-1, the newest staging version on Neptune" in text  # as the original, unnamed
         assert server.called("/api/leaderboard/v1/leaderboard/entries/search") > 0
 
         # behind a proxy at /lulc: the documents link the prefix; requests arrive with or without it
@@ -328,16 +335,18 @@ def test_an_operators_env_of_the_original_starts_the_server(operator_env: Any) -
 
 
 def test_neptune_version_ids_resolve_in_their_project(operator_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lulc_core.config import RegistryConfig
+    from lulc_core.config import RegistryConfig, load_run_config
     from lulc_core.errors import NotFoundError
     from lulc_core.registry import build_registry
+    from serving.predictor import resolve_source
 
     server, tmp, _ = operator_env
     monkeypatch.setenv("NEPTUNE_API_TOKEN", server.api_token)
     monkeypatch.setenv("NEPTUNE_PROJECT", server.project)
-    registry = build_registry(RegistryConfig(), tmp / "work", ref="LULC-SEG-1")  # mlflow configured: Neptune wins
+    registry = build_registry(RegistryConfig(), tmp / "work", ref="CA-LULC-1")  # mlflow configured: Neptune wins
     assert registry.backend == "neptune"
-    info = registry.get("LULC-SEG-1")
-    assert (info.version_id, info.version) == ("LULC-SEG-1", 1)
-    with pytest.raises(NotFoundError, match="key 'CA'"):
-        registry.get("CA-SEG-1")  # a version id of another project
+    with pytest.raises(NotFoundError, match="key 'LULC'"):
+        registry.get("LULC-SEG-2")  # a version id of another project
+    config = load_run_config(write_run_config(tmp / "resolve.yaml", tmp / "work"))  # registry.backend: mlflow
+    path, _ = resolve_source("CA-LULC-1", config)  # what python -m serving does with LULC_MODEL=CA-LULC-1
+    assert (path / "lulc.json").is_file() and path.name == "1"
