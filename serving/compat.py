@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lulc_core.corine import CLC_CLASSES, CLC_LEGEND
+from lulc_core.corine import CLC_CLASSES
 from lulc_core.errors import InputError
 from lulc_core.inference import FusionMode, Prediction
 from lulc_core.labels import LabelSet
@@ -144,7 +144,7 @@ def original_labels(label_set: LabelSet) -> dict[str, dict[str, dict[str, Any]]]
         osm[cls.name] = _descriptor(cls.name, value, cls.color, description=cls.description, osm_filter=cls.osm_filter)
         owner |= dict.fromkeys(cls.corine_codes, cls.name)
     corine = {"unknown": unknown}
-    for value, code in enumerate(CLC_LEGEND, start=1):
-        name, rgb = CLC_CLASSES[code]
-        corine[name] = _descriptor(name, value, rgb, osm_ref=owner.get(code), description=f"CORINE Land Cover {code}")
+    for c in CLC_CLASSES:
+        description = f"CORINE Land Cover {c.code}"
+        corine[c.name] = _descriptor(c.name, c.index, c.color, osm_ref=owner.get(c.code), description=description)
     return {"osm": osm, "corine": corine}
