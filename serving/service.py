@@ -338,7 +338,10 @@ class LulcService:
         return time.monotonic() - started
 
     def describe(self) -> dict[str, Any]:
-        """The label set, the model's inputs and the CORINE legend when CORINE is served (GET /segment/describe)."""
+        """The label set, the model's inputs and the CORINE legend when CORINE is served (GET /segment/describe).
+
+        The original utility's keys `osm` and `corine` are added by the route (`serving.compat.original_labels`).
+        """
         meta = self.bundle.metadata
         corine = None
         if self.predictor.corine is not None:
@@ -369,7 +372,7 @@ class LulcService:
             "resolution_m": meta.resolution,
             "fusion_modes": [m.value for m in FusionMode],
             "max_pixels": self.settings.max_pixels,
-            "corine": corine,
+            "corine_legend": corine,  # `corine` is the original utility's key (serving.compat.original_labels)
         }
 
 
