@@ -86,17 +86,11 @@ class OriginalRequest(BaseModel):
 
     def area_request(self) -> AreaRequest:
         """The request in lulc's terms (corners in order, as the original's Sentinel Hub BBox put them)."""
-        w, s, e, n = self.area_coords
-        coords = [min(w, e), min(s, n), max(w, e), max(s, n)]
-        try:
-            return AreaRequest.parse(
-                {"area_coords": coords}
-                | self.model_dump(include={"start_date", "end_date", "threshold", "fusion_mode"})
-            )
-        except InputError as exc:
-            raise type(exc)(exc.field.removeprefix("body."), exc.message, exc.fix) from exc
+        values = self.model_dump(include={"start_date", "end_date", "threshold", "fusion_mode"})
+        return AreaRequest.parse({"area_coords": list(self.box())} | values)
 
     def box(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) with the corners in order."""
         w, s, e, n = self.area_coords
         return (min(w, e), min(s, n), max(w, e), max(s, n))
 
