@@ -307,6 +307,11 @@ class ServingConfig(StrictModel):
     cache_size: int = Field(default=32, ge=0, description="Idempotency cache entries.")
     host: str = Field(default="127.0.0.1", description="Bind address of `lulc serve`.")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of `lulc serve`.")
+    root_path: str = Field(
+        default="",
+        pattern=r"^(/[A-Za-z0-9._~\-]+)*$",
+        description="URL prefix when served behind a proxy, e.g. '/lulc' (OpenAPI and /docs links carry it).",
+    )
 
 
 class PipelineConfig(StrictModel):

@@ -199,7 +199,7 @@ def _to_prediction(
             ["variance", "entropy"],
             np.isfinite(assembler.uncertainty[1]),
             {
-                "VARIANCE": "of the winning class probability across test-time augmentations",
+                "VARIANCE": "largest per-class probability variance across test-time augmentations",
                 "ENTROPY": "Shannon entropy of the mean probabilities / ln(number of classes)",
             },
         )
