@@ -119,3 +119,56 @@ def run_local(
     )
     log.info("local run done in %.0f s: %s, mIoU %s", run.seconds, registration.get("ref"), metrics.get("miou"))
     return run
+
+
+class LocalMapRun(BaseModel):
+    """Where the outputs of a local mapping run are."""
+
+    pipeline_root: Path
+    output_dir: Path = Field(description="Blocks, zone mosaics and STAC (mapping.output_dir).")
+    collection: Path = Field(description="The STAC collection.json.")
+    areas_dir: Path = Field(description="areas.csv, areas.json, area_chart.png.")
+    gaps_dir: Path = Field(description="gaps.parquet, conflicts.parquet/.csv, gap_stats.json, gap_map.png.")
+    complete: bool = Field(description="Every block of every zone is in its mosaic.")
+    statuses: dict[str, int] = Field(description="Blocks per status.")
+    metrics: dict[str, float] = Field(description="The gap step's metrics.")
+    seconds: float
+
+
+def run_mapping_local(cfg: RunConfig, pipeline_root: Path | None = None, *, model: str = "") -> LocalMapRun:
+    """Run the mapping pipeline on `cfg` with kfp.local (the model: `model`, else mapping.model)."""
+    from kfp import local
+
+    from pipelines.mapping import build_mapping_pipeline
+
+    root = (pipeline_root or cfg.work_dir / "kfp").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"retries": 0})})
+    pipeline = build_mapping_pipeline(cfg)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    started = time.perf_counter()
+    with warnings.catch_warnings(), loop_parameter_fix():
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*", category=UserWarning)
+        try:
+            task = pipeline(run_config=cfg.model_dump_json(), model=model or cfg.mapping.model or "")
+        except RuntimeError as exc:
+            raise LocalRunError(f"local mapping run failed: {exc} (artifacts under {root})") from exc
+    outputs = task.outputs
+    doc = json.loads(Path(outputs["catalog"].path).read_text())
+    counts: dict[str, int] = {}
+    for s in doc["statuses"]:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    run = LocalMapRun(
+        pipeline_root=root,
+        output_dir=Path(doc["output_dir"]),
+        collection=Path(doc["collection"]),
+        areas_dir=Path(outputs["areas"].path),
+        gaps_dir=Path(outputs["gaps"].path),
+        complete=all(not z["missing"] for z in doc["zones"]),
+        statuses=counts,
+        metrics={k: float(v) for k, v in outputs["metrics"].metadata.items() if isinstance(v, int | float)},
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    log.info("local mapping run done in %.0f s: %s", run.seconds, counts)
+    return run

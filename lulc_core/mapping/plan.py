@@ -106,6 +106,7 @@ class ModelInfo(BaseModel):
     resolution: float = Field(description="Pixel size the model was trained at (m).")
     label_set: str = Field(description="Label set name and fingerprint.")
     class_names: list[str] = Field(description="Classes 0..N (0 = unknown).")
+    label_set_doc: dict[str, Any] = Field(description="The label set (classes, colours) as JSON.")
     metrics: dict[str, float] = Field(description="Headline test metrics (miou, overall_accuracy).")
     confusion_matrix: list[list[int]] = Field(description="Test confusion matrix, rows reference, cols predicted.")
 
@@ -144,9 +145,9 @@ class MapPlan(BaseModel):
 
     @property
     def fingerprint(self) -> str:
-        """Changes with the model version, the blocks and the prediction settings: a block COG records it, so a
-        re-run with another model or threshold redoes the block instead of skipping it."""
-        key = [self.model.uri, self.fusion_mode, self.threshold, [b.id for b in self.blocks]]
+        """Changes with the model version and the prediction settings: a block COG records it, so a re-run with
+        another model or threshold redoes the block instead of skipping it."""
+        key = [self.model.uri, self.fusion_mode, self.threshold]
         return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
 
     def zones(self) -> dict[str, list[MapBlock]]:
@@ -155,6 +156,12 @@ class MapPlan(BaseModel):
         for b in self.blocks:
             out.setdefault(b.zone, []).append(b)
         return out
+
+    def label_set(self) -> Any:
+        """The model's LabelSet (classes, colours)."""
+        from lulc_core.labels import LabelSet
+
+        return LabelSet.model_validate(self.model.label_set_doc)
 
     def save(self, path: str | Path) -> Path:
         with atomic_path(path) as tmp:
@@ -434,7 +441,7 @@ def model_info(ref: str, info: Any, bundle_dir: Path) -> ModelInfo:
             f"{ref} has no test confusion matrix in its lulc.json, which the error-adjusted area estimates need",
             "evaluate the model first (lulc model evaluate, or the training pipeline) and register that bundle",
         )
-    headline = {k: float(meta.metrics[k]) for k in ("miou", "overall_accuracy") if k in meta.metrics}
+    headline: dict[str, float] = {k: float(meta.metrics[k]) for k in ("miou", "overall_accuracy") if k in meta.metrics}
     return ModelInfo(
         ref=ref,
         name=info.name,
@@ -445,6 +452,7 @@ def model_info(ref: str, info: Any, bundle_dir: Path) -> ModelInfo:
         resolution=meta.resolution,
         label_set=f"{meta.label_set.name}:{meta.label_set.fingerprint()}",
         class_names=list(meta.label_set.names),
+        label_set_doc=meta.label_set.model_dump(mode="json"),
         metrics=headline,
         confusion_matrix=[[int(v) for v in row] for row in matrix],
     )
