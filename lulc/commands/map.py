@@ -71,3 +71,89 @@ def plan_cmd(
         typer.echo(line)
     if save is not None:
         typer.echo(f"plan           {plan.save(save)}")
+
+
+@app.command("run")
+def run_cmd(
+    local: bool = typer.Option(False, "--local", help="Run with kfp.local in this environment (no cluster)."),
+    config: Path = CONFIG_OPTION,
+    model: str | None = MODEL_OPTION,
+    aoi: Path | None = AOI_OPTION,
+    time_frame: list[str] | None = FRAME_OPTION,
+    block_px: int | None = BLOCK_OPTION,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output location (mapping.output_dir)."),
+    pipeline_root: Path | None = typer.Option(None, "--pipeline-root", help="Artifacts (default <work_dir>/kfp)."),
+) -> None:
+    """Run the mapping pipeline locally with kfp.local: blocks, zone COGs + STAC, area estimates, OSM gaps.
+
+    Re-running the same command resumes: blocks already written and valid are skipped.
+
+    Example: lulc map run --local -c conf/run.yaml --model lulc-sample@production -o maps/sample
+    """
+    from lulc_core.errors import InputError, LulcError
+    from pipelines.local import run_mapping_local
+
+    if not local:
+        raise InputError("--local", "only local runs are started here", "add --local, or use `lulc map submit`")
+    cfg = map_config(config, model=model, aoi=aoi, time_frames=time_frame, block_px=block_px, output_dir=out)
+    run = run_mapping_local(cfg, pipeline_root, model=cfg.mapping.model or "")
+    typer.echo(f"blocks         {', '.join(f'{n} {k}' for k, n in sorted(run.statuses.items()))}")
+    typer.echo(f"map            {run.output_dir} (zones/, blocks/)")
+    typer.echo(f"STAC           {run.collection}")
+    typer.echo(f"area estimates {run.areas_dir / 'areas.csv'}")
+    typer.echo(f"OSM gaps       {run.gaps_dir / 'gaps.parquet'} ({run.metrics.get('gap_polygons', 0):.0f} polygons)")
+    typer.echo(f"took           {run.seconds:.0f} s")
+    if not run.complete:
+        missing = sum(n for k, n in run.statuses.items() if k not in ("done", "skipped"))
+        raise LulcError(
+            f"the map is INCOMPLETE: {missing} block(s) without imagery or failed (see {run.output_dir}/status); "
+            "their zone mosaics are tagged LULC_COMPLETE=false — fix the cause and run again to resume"
+        )
+
+
+@app.command("compile")
+def compile_cmd(
+    output: Path = typer.Option(Path("mapping.yaml"), "--output", "-o", help="IR YAML to write."),
+    config: Path = CONFIG_OPTION,
+    image: str | None = typer.Option(None, "--image", help="Project image, pinned (default: env LULC_IMAGE)."),
+) -> None:
+    """Compile the mapping pipeline `lulc-mapping` to KFP IR YAML.
+
+    Example: lulc map compile -o mapping.yaml -c conf/run.yaml --image ghcr.io/lulc/lulc:0.1.0
+    """
+    from pipelines.compile import compile_pipeline
+
+    path = compile_pipeline(load_run_config(config), output, image, which="mapping")
+    typer.echo(f"pipeline written to {path}")
+
+
+@app.command("submit")
+def submit_cmd(
+    host: str = typer.Option(..., "--host", envvar="KFP_HOST", help="KFP API URL, e.g. http://127.0.0.1:8888."),
+    config: Path = CONFIG_OPTION,
+    model: str | None = MODEL_OPTION,
+    image: str | None = typer.Option(None, "--image", help="Project image, pinned (default: env LULC_IMAGE)."),
+    experiment: str = typer.Option("lulc-mapping", "--experiment", help="Experiment name (created if missing)."),
+    run_name: str | None = typer.Option(None, "--run-name", help="Run name."),
+    namespace: str | None = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the run; non-zero exit unless it succeeded."),
+) -> None:
+    """Compile the mapping pipeline for the configuration and submit a run (token from env KFP_TOKEN).
+
+    Example: lulc map submit --host http://127.0.0.1:8888 -c conf/run.yaml --model lulc-sample@production
+    """
+    import tempfile
+
+    from pipelines.compile import compile_pipeline
+    from pipelines.submit import submit
+
+    cfg = map_config(config, model=model)
+    params = {"model": cfg.mapping.model} if cfg.mapping.model else {}
+    with tempfile.TemporaryDirectory(prefix="lulc-mapping-") as tmp:
+        package = compile_pipeline(cfg, Path(tmp) / "lulc-mapping.yaml", image, which="mapping")
+        result = submit(
+            package, host, experiment=experiment, run_name=run_name, params=params, namespace=namespace, wait=wait
+        )
+    typer.echo(f"run {result.run_id} in experiment {result.experiment_id}: {result.url}")
+    if result.state:
+        typer.echo(f"finished {result.state}")
