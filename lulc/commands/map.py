@@ -36,7 +36,7 @@ def map_config(
 
     over: dict[str, Any] = {"mapping": {}}
     if aoi is not None:
-        over["area"] = {"aoi": str(aoi.resolve()), "bbox": None}
+        over["area"] = {"aoi": str(aoi.resolve()), "bbox": None, "name": aoi.stem}
     if time_frames:
         over.setdefault("area", {})["time_frames"] = parse_time_frames(time_frames)
     if model:
