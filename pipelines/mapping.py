@@ -9,7 +9,7 @@ user may change per run — the model, the AOI, the time frames, the image — a
 # No `from __future__ import annotations`: KFP reads the pipeline signature's annotations as types.
 from typing import NamedTuple
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 from kfp.dsl import Dataset, Metrics
 from kfp.dsl.graph_component import GraphComponent
 from kfp.dsl.pipeline_task import PipelineTask
@@ -22,7 +22,7 @@ from components.map_blocks import map_blocks
 from components.map_gaps import map_gaps
 from components.map_plan import map_plan
 from lulc_core.config import RunConfig
-from pipelines.training import GPU_TAINT, _cache, _heavy, _network, _secrets
+from pipelines.training import _cache, _gpu, _heavy, _network, _secrets
 
 PIPELINE_NAME = "lulc-mapping"
 
@@ -37,15 +37,11 @@ class MappingOutputs(NamedTuple):
 
 
 def _accelerator(task: PipelineTask, cfg: RunConfig) -> PipelineTask:
-    """GPU (mapping.accelerator_type), its taint toleration and the node selector of the predict step."""
-    m, s = cfg.mapping, cfg.pipeline
-    if m.accelerator_type:
-        task.set_accelerator_type(m.accelerator_type).set_accelerator_limit(m.accelerator_limit)
-        if s.gpu_toleration:
-            kubernetes.add_toleration(task, key=GPU_TAINT, operator="Exists", effect="NoSchedule")
-        for key, value in sorted(s.node_selector.items()):
-            kubernetes.add_node_selector(task, label_key=key, label_value=value)
-    return task
+    """The predict step's accelerator (mapping.accelerator_*), with the node selector and GPU toleration of
+    `pipeline`, as the training step's."""
+    m = cfg.mapping
+    update = {"accelerator_type": m.accelerator_type, "accelerator_limit": m.accelerator_limit}
+    return _gpu(task, cfg.pipeline.model_copy(update=update))
 
 
 def build_mapping_pipeline(cfg: RunConfig, image: str | None = None) -> GraphComponent:

@@ -58,38 +58,24 @@ class AoiFeature(BaseModel):
         return frame.start <= (self.end or date.max) and (self.start or date.min) <= frame.end
 
 
-class MapBlock(BaseModel):
-    """One block: the unit predicted, written (one COG) and resumed."""
+class MapBlock(Tile):
+    """One block: the unit predicted, written (one COG) and resumed — a Tile of the zone grid with its place in it.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    `id` is <area>-<epsg>-<col>-<row>-<start>-<end> (the file name of its COG); `bounds` are clipped to the AOI.
+    """
 
-    id: str = Field(description="<area>-<epsg>-<col>-<row>-<start>-<end>; the file name of its COG.")
     zone: str = Field(description="Zone mosaic it belongs to: <area>-<epsg>-<start>-<end>.")
-    crs: str = Field(description="UTM CRS of the zone, e.g. EPSG:32632.")
     col: int = Field(description="Column on the zone grid (x // block edge in metres).")
     row: int = Field(description="Row on the zone grid (y // block edge in metres).")
-    bounds: tuple[float, float, float, float] = Field(description="(minx, miny, maxx, maxy), clipped to the AOI.")
-    resolution: float = Field(gt=0, description="Pixel size in metres (the model's).")
-    start: date = Field(description="Start of the imagery time frame.")
-    end: date = Field(description="End of the imagery time frame (the map date, also of OSM).")
     features: list[int] = Field(description="AOI features the block touches.")
-
-    @property
-    def width(self) -> int:
-        return round((self.bounds[2] - self.bounds[0]) / self.resolution)
-
-    @property
-    def height(self) -> int:
-        return round((self.bounds[3] - self.bounds[1]) / self.resolution)
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
 
     def tile(self) -> Tile:
-        return Tile(
-            id=self.id, crs=self.crs, bounds=self.bounds, resolution=self.resolution, start=self.start, end=self.end
-        )
+        """The plain Tile (what imagery stores and OSM sources take)."""
+        return Tile.model_validate(self.model_dump(include=set(Tile.model_fields)))
 
 
 class ModelInfo(BaseModel):
