@@ -28,7 +28,7 @@ def map_blocks(config: str, plan: Input[Dataset], bundle: Input[Model], shard: i
     the_plan = MapPlan.load(plan.path)
     blocks = select_shard(the_plan.blocks, shard, cfg.mapping.shards)
     predictor = build_predictor(cfg, Path(bundle.path), cache_dir(cfg, ""))
-    done = predict_blocks(the_plan, blocks, predictor, cfg, output_dir(cfg))
+    done = predict_blocks(the_plan, blocks, predictor, output_dir(cfg))
     Path(statuses.path).write_text(json.dumps([s.model_dump() for s in done]))
     counts = {k: sum(s.status == k for s in done) for k in ("done", "skipped", "no_imagery", "failed")}
     statuses.metadata.update({"shard": shard, **counts})

@@ -210,6 +210,6 @@ def test_a_rerun_redoes_only_missing_blocks(run: dict[str, Any]) -> None:
     with block_path(out, zone[1]).open("r+b") as f:  # a truncated COG does not validate
         f.truncate(100)
     predictor = build_predictor(cfg, run["run_dir"] / "map-plan" / "bundle", run["work"] / "cache")
-    statuses = predict_blocks(plan, zone, predictor, cfg, out)
+    statuses = predict_blocks(plan, zone, predictor, out)
     assert [s.status for s in statuses[:2]] == ["done", "done"]
     assert {s.status for s in statuses[2:]} == {"skipped"}

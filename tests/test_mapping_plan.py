@@ -135,3 +135,40 @@ def test_a_model_without_a_confusion_matrix_is_refused(tmp_path: Path) -> None:
     register_sample_model(tmp_path, confusion=False)
     with pytest.raises(InputError, match="confusion matrix"):
         resolve_model(sample_config(tmp_path), MODEL)
+
+
+def test_cli_run_refuses_a_model_that_does_not_resolve_before_any_step(work: Path, tmp_path: Path) -> None:
+    from lulc.cli import app
+
+    config = str(_config_file(work, tmp_path))
+    result = CliRunner().invoke(app, ["map", "run", "--local", "-c", config, "--model", "nope@production"])
+    assert isinstance(result.exception, NotFoundError) and "nope" in str(result.exception)
+    assert not (work / "kfp").exists(), "nothing was started"
+    result = CliRunner().invoke(app, ["map", "run", "-c", config, "--model", MODEL])
+    assert isinstance(result.exception, InputError) and "--local" in str(result.exception)
+
+
+def test_blocks_write_cogs_report_missing_imagery_and_resume(work: Path, tmp_path: Path) -> None:
+    """Two sample blocks and one block near Berlin, where the local store has no imagery."""
+    from lulc_core.mapping.blocks import block_path, build_predictor, is_cog, predict_blocks
+    from lulc_core.mapping.plan import AoiFeature, make_plan, resolve_model
+
+    cfg = sample_config(work)
+    info, bundle = resolve_model(cfg, MODEL)
+    plan = make_plan(cfg, info, bundle)
+    berlin = AoiFeature(index=9, name="berlin", geometry=shapely.geometry.mapping(box(13.4, 52.5, 13.401, 52.501)))
+    from lulc_core.mapping.plan import plan_blocks
+
+    frame = cfg.area.time_frames[2]
+    extra = plan_blocks("t", [berlin], [frame], 128, 10.0)
+    plan = plan.model_copy(update={"features": [*plan.features, berlin], "blocks": [*plan.blocks[:2], *extra]})
+    predictor = build_predictor(cfg, bundle, tmp_path / "cache")
+    statuses = predict_blocks(plan, plan.blocks, predictor, tmp_path)
+    assert [s.status for s in statuses] == ["done", "done", "no_imagery"]
+    assert statuses[2].message and not block_path(tmp_path, plan.blocks[2]).exists()
+    assert all(is_cog(block_path(tmp_path, b, kind)) for b in plan.blocks[:2] for kind in ("", "confidence"))
+    assert len(list((tmp_path / "status").glob("*.json"))) == 3
+    again = predict_blocks(plan, plan.blocks, predictor, tmp_path)
+    assert [s.status for s in again] == ["skipped", "skipped", "no_imagery"]
+    changed = plan.model_copy(update={"threshold": 0.5})  # another setting: the blocks are redone
+    assert predict_blocks(changed, plan.blocks[:1], predictor, tmp_path)[0].status == "done"

@@ -95,7 +95,11 @@ def run_cmd(
 
     if not local:
         raise InputError("--local", "only local runs are started here", "add --local, or use `lulc map submit`")
+    from lulc_core.mapping.plan import load_features, resolve_model
+
     cfg = map_config(config, model=model, aoi=aoi, time_frames=time_frame, block_px=block_px, output_dir=out)
+    load_features(cfg.area)  # bad AOI or model: one line now, not a failed pipeline step
+    resolve_model(cfg, cfg.mapping.model)
     run = run_mapping_local(cfg, pipeline_root, model=cfg.mapping.model or "")
     typer.echo(f"blocks         {', '.join(f'{n} {k}' for k, n in sorted(run.statuses.items()))}")
     typer.echo(f"map            {run.output_dir} (zones/, blocks/)")

@@ -122,15 +122,12 @@ def build_predictor(cfg: RunConfig, bundle_dir: Path, cache_root: Path, device: 
     return Predictor(bundle, store, osm, cfg.serving, progress=False, missing_imagery="empty")
 
 
-def _write_block(
-    plan: MapPlan, block: MapBlock, predictor: Predictor, cfg: RunConfig, out_dir: Path
-) -> tuple[Status, float]:
-    m = cfg.mapping
+def _write_block(plan: MapPlan, block: MapBlock, predictor: Predictor, out_dir: Path) -> tuple[Status, float]:
     opts = PredictOptions(
         threshold=plan.threshold,
         fusion_mode=FusionMode(plan.fusion_mode),
-        probabilities=m.probabilities,
-        uncertainty=m.uncertainty,
+        probabilities=plan.probabilities,
+        uncertainty=plan.uncertainty,
     )
     pred = predictor.predict_tile(block.tile(), opts, title=block.id, confidence=True)
     inside = aoi_mask(plan, block)
@@ -169,13 +166,13 @@ def _write_block(
     return "done", valid_share
 
 
-def predict_block(plan: MapPlan, block: MapBlock, predictor: Predictor, cfg: RunConfig, out_dir: Path) -> BlockStatus:
+def predict_block(plan: MapPlan, block: MapBlock, predictor: Predictor, out_dir: Path) -> BlockStatus:
     """Predict and write one block (or skip it when a valid COG is there); never raises for the block's own failure."""
     started = time.perf_counter()
     if is_valid_block(block_path(out_dir, block), block, plan.fingerprint):
         return BlockStatus(id=block.id, zone=block.zone, status="skipped", valid_share=_recorded_share(out_dir, block))
     try:
-        status, share = _write_block(plan, block, predictor, cfg, out_dir)
+        status, share = _write_block(plan, block, predictor, out_dir)
         message = None if status == "done" else "the imagery store has nothing for this block in its time frame"
     except NotCoveredError as exc:
         status, share, message = "no_imagery", 0.0, str(exc)
@@ -193,13 +190,11 @@ def _recorded_share(out_dir: Path, block: MapBlock) -> float:
         return float(src.tags().get("LULC_VALID_SHARE", 1.0))
 
 
-def predict_blocks(
-    plan: MapPlan, blocks: Sequence[MapBlock], predictor: Predictor, cfg: RunConfig, out_dir: Path
-) -> list[BlockStatus]:
+def predict_blocks(plan: MapPlan, blocks: Sequence[MapBlock], predictor: Predictor, out_dir: Path) -> list[BlockStatus]:
     """Predict `blocks` one after the other; each status also goes to `<out>/status/<id>.json`."""
     statuses = []
     for block in tqdm(blocks, desc="blocks", unit="block", leave=False):
-        status = predict_block(plan, block, predictor, cfg, out_dir)
+        status = predict_block(plan, block, predictor, out_dir)
         with atomic_path(Path(out_dir) / STATUS_DIR / f"{block.id}.json") as tmp:
             tmp.write_text(status.model_dump_json())
         log.info("block %s: %s (%.1f s)", block.id, status.status, status.seconds)

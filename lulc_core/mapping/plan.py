@@ -126,14 +126,16 @@ class MapPlan(BaseModel):
     cost: Cost
     fusion_mode: str
     threshold: float
+    probabilities: bool = Field(default=False, description="Blocks also get per-class probabilities.")
+    uncertainty: bool = Field(default=False, description="Blocks also get TTA variance/entropy.")
     imagery_source: str = Field(description="Store and its settings (provenance).")
     code_version: str = Field(default=__version__)
 
     @property
     def fingerprint(self) -> str:
-        """Changes with the model version and the prediction settings: a block COG records it, so a re-run with
-        another model or threshold redoes the block instead of skipping it."""
-        key = [self.model.uri, self.fusion_mode, self.threshold]
+        """Changes with the model version and the prediction settings (fusion, threshold, extra outputs): a block
+        COG records it, so a re-run with another model or setting redoes the block instead of skipping it."""
+        key = [self.model.uri, self.fusion_mode, self.threshold, self.probabilities, self.uncertainty]
         return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
 
     def zones(self) -> dict[str, list[MapBlock]]:
@@ -521,6 +523,8 @@ def make_plan(cfg: RunConfig, model: ModelInfo, bundle_dir: Path, *, throughput_
         cost=cost,
         fusion_mode=m.fusion_mode,
         threshold=threshold,
+        probabilities=m.probabilities,
+        uncertainty=m.uncertainty,
         imagery_source=imagery_source(cfg),
     )
 
