@@ -144,7 +144,7 @@ def run(quick: bool = False) -> Section:
     section.rows += [
         Row("6 mapping", f"peak RSS MB: worker over all {n} blocks vs one block", round(one["peak_rss_mb"]),
             round(max(r["peak_rss_mb"] for r in [single, *pair])), rss_ratio, "<= 1.3x", rss_ratio <= 1.3),
-        Row("6 mapping", f"{pixels:,}² px: wall s, 1 worker -> 2 workers", round(one_wall, 1),
+        Row("6 mapping", f"wall s, 1 worker -> 2 workers ({pixels:,}² px)", round(one_wall, 1),
             round(two_wall, 1), speedup, ">= 1.6x", speedup >= 1.6),
         Row("6 mapping", f"blocks redone after kill -9 ({finished} of {n} finished before)", n - finished, redone,
             None, "= unfinished (<= in flight + not started)", redone == n - finished and resumed["skipped"] == finished),
