@@ -332,6 +332,49 @@ class PipelineConfig(StrictModel):
     cache_pvc: str | None = Field(default=None, description="PVC mounted as the data cache.")
 
 
+FUSION_MODES = ("only_model", "only_osm", "favour_model", "favour_osm", "mean_mixin", "harmonized_corine")
+
+
+class MappingConfig(StrictModel):
+    """The mapping pipeline (`lulc map`): blocks over an AOI, their prediction, assembly and reports."""
+
+    model: str | None = Field(
+        default=None, description="Model reference to map with, e.g. 'lulc-sample@production' (CLI --model wins)."
+    )
+    block_px: int = Field(
+        default=10_240, ge=64, le=40_960, description="Block edge in pixels on each UTM zone's grid (one COG each)."
+    )
+    output_dir: Path | None = Field(
+        default=None,
+        description="Where blocks, zone mosaics, STAC and reports go: a local directory or a mounted PVC path "
+        "(default <work_dir>/maps/<area name>). Blocks already there and valid are skipped (resume).",
+    )
+    shards: int = Field(default=8, ge=1, description="Shards of blocks (one ParallelFor iteration each).")
+    parallelism: int = Field(default=4, ge=1, description="Shards predicted at the same time.")
+    accelerator_type: str | None = Field(
+        default="nvidia.com/gpu", description="Accelerator of the predict step (None: CPU nodes)."
+    )
+    accelerator_limit: int = Field(default=1, ge=1, description="Accelerators per predict task.")
+    fusion_mode: Literal[FUSION_MODES] = Field(  # type: ignore[valid-type]
+        default="only_model", description="How model and OSM are combined (as the predictor's fusion modes)."
+    )
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="Minimum winning probability (default: serving.threshold)."
+    )
+    probabilities: bool = Field(default=False, description="Also write per-class probabilities per block.")
+    uncertainty: bool = Field(default=False, description="Also write TTA variance/entropy per block.")
+    throughput_px_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Measured prediction throughput of the target node (px/s) for the GPU-hour estimate; unset: "
+        "a short calibration of the chosen model on this machine.",
+    )
+    gap_confidence: float = Field(
+        default=0.8, ge=0, le=1, description="OSM gaps/conflicts: the model's winning probability at least this."
+    )
+    gap_min_pixels: int = Field(default=16, ge=1, description="Smallest gap or conflict polygon kept (pixels).")
+
+
 class RunConfig(StrictModel):
     """Everything a run needs; saved with every model for reproducibility."""
 
@@ -346,6 +389,7 @@ class RunConfig(StrictModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    mapping: MappingConfig = Field(default_factory=MappingConfig, description="The mapping pipeline (lulc map).")
 
     @model_validator(mode="after")
     def _corine_collection(self) -> RunConfig:
@@ -392,7 +436,7 @@ def _resolve_paths(raw: Any, base: Path, keys: frozenset[str]) -> Any:
     return raw
 
 
-PATH_KEYS = frozenset({"aoi", "local_dir", "cache_dir", "label_set", "osm_file", "work_dir"})
+PATH_KEYS = frozenset({"aoi", "local_dir", "cache_dir", "label_set", "osm_file", "work_dir", "output_dir"})
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
