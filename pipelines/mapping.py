@@ -77,7 +77,7 @@ def build_mapping_pipeline(cfg: RunConfig, image: str | None = None) -> GraphCom
         conf = step(
             configure(run_config=run_config, aoi_file=aoi_file, time_frames=time_frames, **overrides), "configure"
         )
-        config = conf.output
+        config = conf.outputs["full"]  # the mapping steps read area, imagery, labels, serving and mapping
         # the registry may have moved the stage since the last run: never cached
         plan = step(map_plan(config=config, model=model), "plan", cache=False)
         _secrets(_network(plan, s), "lulc-mlflow", "lulc-neptune")
