@@ -26,6 +26,7 @@ MODULES = (
     "input_pipeline",
     "serving_load",
     "training_scaling",
+    "mapping_scale",
 )
 TIMEOUT_S = 1800
 

@@ -12,7 +12,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 TILES_FILE = "tiles.geojson"
 """File name of the tile grid inside the `tiles` Dataset directory."""
 CACHE_ENV = "LULC_CACHE_DIR"
+T = TypeVar("T")
 """Set by the pipeline when a PVC is mounted as the download cache."""
 
 
@@ -95,6 +96,23 @@ def apply_overrides(
         raise format_validation_error(exc) from exc
 
 
+CONFIGURE_OUTPUTS = ("full", "area_grid", "imagery", "labels", "statistics", "train", "evaluate", "deploy")
+"""The configure step's outputs, in order: the whole configuration, then the slice of each step that takes one."""
+
+
+def configure_run(config_json: str, **overrides: Any) -> tuple[str, ...]:
+    """The configure step: overrides applied, then the whole RunConfig JSON and each step's slice, as
+    `CONFIGURE_OUTPUTS`."""
+    from lulc_core.corine import check_corine_config
+    from lulc_core.steps import step_configs
+
+    cfg = apply_overrides(config_json, **overrides)
+    check_corine_config(cfg, credentials=False)  # credentials are the labels step's secret, not this step's
+    log.info("run %s, config %s", cfg.name, cfg.fingerprint())
+    slices = {"full": cfg.model_dump_json(), **step_configs(cfg)}
+    return tuple(slices[name] for name in CONFIGURE_OUTPUTS)
+
+
 def cache_dir(cfg: RunConfig, kind: str) -> Path:
     """Download cache for `kind` (imagery, osm, labels): the mounted PVC, else the configured cache directory."""
     root = os.environ.get(CACHE_ENV) or cfg.imagery.cache_dir or cfg.work_dir / "cache"
@@ -106,8 +124,8 @@ def shard_count(n_tiles: int, shards: int) -> int:
     return max(1, min(shards, n_tiles))
 
 
-def select_shard(tiles: Sequence[Tile], shard: int, shards: int) -> list[Tile]:
-    """Tiles of shard `shard` (round robin, so neighbouring tiles spread over the shards)."""
+def select_shard(tiles: Sequence[T], shard: int, shards: int) -> list[T]:
+    """Items (tiles, map blocks) of shard `shard` (round robin, so neighbouring ones spread over the shards)."""
     n = shard_count(len(tiles), shards)
     if not 0 <= shard < n:
         raise InputError("shard", f"{shard} is outside 0..{n - 1}", "iterate over the area grid's shard list")

@@ -81,9 +81,9 @@ def _env() -> dict[str, str]:
 @pytest.mark.parametrize(
     ("training", "pipeline", "field", "fix"),
     [
-        ({"strategy": "fsdp", "accelerator": "cpu"}, {}, "training", "use training.strategy 'ddp' on CPU"),
-        ({"num_nodes": 2}, {}, "training", "set training.launcher to 'trainjob' or 'pytorchjob'"),
-        ({"num_nodes": 2, "launcher": "trainjob"}, {}, "config", "set pipeline.cache_pvc"),
+        ({"strategy": "fsdp", "accelerator": "cpu"}, {}, "training.strategy", "use training.strategy 'ddp' on CPU"),
+        ({"num_nodes": 2}, {}, "training.num_nodes", "set training.launcher to 'trainjob' or 'pytorchjob'"),
+        ({"num_nodes": 2, "launcher": "trainjob"}, {}, "pipeline.cache_pvc", "set pipeline.cache_pvc"),
     ],
 )
 def test_ddp_settings_refused_at_configuration_time(
