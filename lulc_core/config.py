@@ -143,6 +143,9 @@ class LabelsConfig(StrictModel):
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(default=5, ge=0, description="Retries for 429/5xx/timeouts.")
     concurrency: int = Field(default=8, ge=1, le=64, description="Tiles labelled in parallel.")
+    max_requests_per_second: float = Field(
+        default=10.0, gt=0, description="ohsome rate limit across all threads (requests started per second)."
+    )
 
     @model_validator(mode="after")
     def _source(self) -> LabelsConfig:
@@ -225,6 +228,11 @@ class RegistryConfig(StrictModel):
     neptune_project: str | None = Field(default=None, description="Neptune project (else NEPTUNE_PROJECT).")
     neptune_model_key: str = Field(default="LULC", description="Neptune model key.")
     cache_dir: Path | None = Field(default=None, description="Where resolved bundles are downloaded.")
+    export_onnx: bool = Field(
+        default=True,
+        description="Export model.onnx (verified against torch) into the bundle at registration, so the predictor "
+        "serves it with onnxruntime (about 2x torch on CPU); false registers the torch weights only.",
+    )
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate.")
 
 
