@@ -239,9 +239,14 @@ class RegistryConfig(StrictModel):
 class ServingConfig(StrictModel):
     """Inference and serving."""
 
-    window: int = Field(default=256, ge=32, description="Sliding-window edge in pixels (multiple of 32).")
+    window: int = Field(
+        default=512,
+        ge=32,
+        description="Largest sliding-window edge in pixels (multiple of 32); an area is split into as few windows as "
+        "the overlap allows, each only as large as needed.",
+    )
     overlap: int = Field(default=32, ge=0, description="Overlap between windows in pixels.")
-    batch_size: int = Field(default=4, ge=1, description="Windows per forward pass.")
+    batch_size: int = Field(default=2, ge=1, description="Windows per forward pass.")
     max_pixels: int = Field(default=10_000 * 10_000, gt=0, description="Largest area accepted (pixels).")
     threshold: float = Field(default=0.0, ge=0, le=1, description="Below this confidence a pixel is unknown.")
     edge_buffer_m: float = Field(default=100.0, ge=0, description="Extra margin fetched around a request.")

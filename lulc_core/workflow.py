@@ -1,4 +1,4 @@
-"""The main job: area grid -> imagery -> labels -> statistics -> training -> evaluation -> registration ->
+"""The main job: area grid -> imagery and labels (side by side) -> statistics -> training -> evaluation -> registration ->
 prediction, chained in one process for `lulc run` and `lulc demo`.
 
 Each step is the same lulc_core function the Kubeflow components call, reading and writing plain files under
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,14 +90,23 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         tiles = build_grid(cfg.area, cfg.imagery.resolution)
         write_tiles(tiles, out / "tiles.geojson")
         plot_tiles(tiles, out / "tiles.png")
-    with _step("imagery", seconds):
-        store = build_imagery_store(cfg.imagery, cache_dir=cache / "imagery")
-        fetch_tiles(store, tiles, cfg.imagery.bands, out / "imagery", concurrency=cfg.imagery.concurrency)
-    with _step("labels", seconds):
-        source = build_osm_source(cfg.labels, cache_dir=cache / "osm")
-        label_tiles(
-            source, label_set, tiles, out / "labels", cache_dir=cache / "labels", concurrency=cfg.labels.concurrency
-        )
+    store = build_imagery_store(cfg.imagery, cache_dir=cache / "imagery")
+    source = build_osm_source(cfg.labels, cache_dir=cache / "osm")
+
+    def imagery() -> None:
+        with _step("imagery", seconds):
+            fetch_tiles(store, tiles, cfg.imagery.bands, out / "imagery", concurrency=cfg.imagery.concurrency)
+
+    def labels() -> None:
+        with _step("labels", seconds):
+            label_tiles(
+                source, label_set, tiles, out / "labels", cache_dir=cache / "labels", concurrency=cfg.labels.concurrency
+            )
+
+    # imagery and labels side by side (as the pipeline's tasks): each waits on its own service and rate limit
+    with ThreadPoolExecutor(2, thread_name_prefix="data") as pool:
+        for done in [pool.submit(imagery), pool.submit(labels)]:
+            done.result()
     with _step("statistics", seconds):
         split = split_tiles(tiles, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
         (out / "split.json").write_text(split.model_dump_json(indent=2))
