@@ -247,6 +247,11 @@ class ServingConfig(StrictModel):
     )
     overlap: int = Field(default=32, ge=0, description="Overlap between windows in pixels.")
     batch_size: int = Field(default=2, ge=1, description="Windows per forward pass.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="Arithmetic of the network: fp32, or torch autocast to bf16/fp16 (mixed precision, for CUDA; "
+        "the gpu overlay sets bf16). Other than fp32 runs the torch model (onnxruntime runs fp32).",
+    )
     max_pixels: int = Field(default=10_000 * 10_000, gt=0, description="Largest area accepted (pixels).")
     threshold: float = Field(default=0.0, ge=0, le=1, description="Below this confidence a pixel is unknown.")
     edge_buffer_m: float = Field(default=100.0, ge=0, description="Extra margin fetched around a request.")
