@@ -116,7 +116,7 @@ def test_mixed_precision_runs_torch_and_never_onnx(onnx_bundle: Path) -> None:
     bundle = ModelBundle.load(onnx_bundle)
     assert resolve_runtime(bundle, "auto", "bf16") == "torch"  # autocast is torch's
     assert resolve_runtime(bundle, "auto", "fp32") == "onnx"
-    with pytest.raises(InputError, match="serving.precision"):
+    with pytest.raises(InputError, match=r"serving\.precision"):
         resolve_runtime(bundle, "onnx", "fp16")
 
 
