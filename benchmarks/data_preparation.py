@@ -10,9 +10,9 @@ request per tile), labels the v3 label set (6 classes).
   class in turn (`OhsomeOps.labels` loops over the label set), no rate limit. Emulated with 8 threads over the tiles
   (the work is waiting on the services), each doing 1 + 6 requests through the same clients.
 - lulc — the configuration a user has: `imagery.concurrency` and `labels.concurrency` (8 each), the default rate
-  limits from the configuration (`imagery.sentinelhub.max_requests_per_second` 5, `labels.max_requests_per_second`
-  10), one ohsome request per tile for every class, imagery and labels side by side (as `lulc run` and the
-  training pipeline do).
+  limits from the configuration (`imagery.sentinelhub.max_requests_per_second`, `labels.max_requests_per_second`),
+  one ohsome request per tile for every class, imagery and labels side by side (as `lulc run` and the training
+  pipeline do).
 - lulc without rate limits (info): the same with both limits lifted to 1,000/s, which a user can configure.
 
 The rate limits, not the concurrency, bound throughput against the real services: the ceiling rows report what

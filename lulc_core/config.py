@@ -23,6 +23,8 @@ S1_BANDS = ["VV", "VH"]
 DEM_BANDS = ["DEM"]
 DEFAULT_BANDS = [*S2_BANDS, *S1_BANDS, *DEM_BANDS]
 ALL_BANDS = frozenset(DEFAULT_BANDS) | {"SCL", "CLM"}
+OHSOME_REQUESTS_PER_SECOND = 5.0
+"""Default ohsome request rate (starts per second): the public API publishes no numeric quota, so a modest one."""
 
 
 class StrictModel(BaseModel):
@@ -137,14 +139,22 @@ class LabelsConfig(StrictModel):
     """Where labels come from and which label set defines the classes."""
 
     label_set: Path = Field(description="Label set YAML (name, osm_filter, color, description per class).")
-    source: Literal["file", "ohsome", "corine"] = Field(default="file", description="OSM source backend.")
+    source: Literal["file", "ohsome", "corine"] = Field(
+        default="file",
+        description="Label source: 'file' (local OSM extract), 'ohsome' (ohsome API) or 'corine' (CORINE Land Cover "
+        "from the Sentinel Hub BYOC collection imagery.sentinelhub.byoc_corine_collection, mapped onto the label "
+        "set by its corine_codes).",
+    )
     osm_file: Path | None = Field(default=None, description="Local OSM extract (.geojson, .gpkg or .osm.pbf).")
     ohsome_url: str = Field(default="https://api.ohsome.org/v1", description="ohsome API base URL.")
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(default=5, ge=0, description="Retries for 429/5xx/timeouts.")
     concurrency: int = Field(default=8, ge=1, le=64, description="Tiles labelled in parallel.")
     max_requests_per_second: float = Field(
-        default=10.0, gt=0, description="ohsome rate limit across all threads (requests started per second)."
+        default=OHSOME_REQUESTS_PER_SECOND,
+        gt=0,
+        description="ohsome requests started per second by one labelling process (all its threads): the public "
+        "API publishes no quota and asks for considerate use; raise it for a self-hosted ohsome API.",
     )
 
     @model_validator(mode="after")
@@ -293,6 +303,17 @@ class RunConfig(StrictModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @model_validator(mode="after")
+    def _corine_collection(self) -> RunConfig:
+        if self.labels.source == "corine" and not self.imagery.sentinelhub.byoc_corine_collection:
+            raise ConfigError(
+                "imagery.sentinelhub.byoc_corine_collection",
+                "labels.source corine reads CORINE Land Cover from a Sentinel Hub BYOC collection, and none is set",
+                "set it to the collection id (Sentinel Hub's public CORINE: cbdba844-f86d-41dc-95ad-b3f7f12535e9), "
+                "or use labels.source file or ohsome",
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Hash of the configuration (lineage: which config produced a model)."""

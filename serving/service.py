@@ -104,8 +104,14 @@ class AreaRequest(BaseModel):
         default=None, ge=0, le=1, description="Below this confidence a pixel is unknown (0..1; default: server's)."
     )
     fusion_mode: FusionMode = Field(default=FusionMode.ONLY_MODEL, description="How model and OSM are combined.")
+    edge_buffer_m: float | None = Field(
+        default=None, ge=0, description="Margin (m) predicted around the area, then cropped (default: server's)."
+    )
+    tta: bool | None = Field(
+        default=None, description="Classes averaged over test-time augmentations (default: server's serving.tta)."
+    )
 
-    @field_validator("area_coords", "threshold", mode="before")
+    @field_validator("area_coords", "threshold", "edge_buffer_m", mode="before")
     @classmethod
     def _numbers(cls, v: Any) -> Any:
         return _no_bool(v)
@@ -164,6 +170,8 @@ class AreaJob:
             fusion_mode=request.fusion_mode,
             probabilities=probabilities,
             uncertainty=uncertainty,
+            edge_buffer_m=request.edge_buffer_m,
+            tta=request.tta,
         )
         return cls(request.bbox(), start, end, options)
 
@@ -307,6 +315,7 @@ class LulcService:
                 threshold=threshold,
                 return_probabilities=options.probabilities,
                 uncertainty=options.uncertainty,
+                tta=s.tta if options.tta is None else options.tta,
                 tta_variants=options.tta_variants,
                 progress=False,
             ),
@@ -329,21 +338,38 @@ class LulcService:
         return time.monotonic() - started
 
     def describe(self) -> dict[str, Any]:
-        """The label set and the model's inputs (GET /segment/describe)."""
+        """The label set, the model's inputs and the CORINE legend when CORINE is served (GET /segment/describe)."""
         meta = self.bundle.metadata
+        corine = None
+        if self.predictor.corine is not None:
+            from lulc_core.corine import CLC_CLASSES
+
+            corine = {
+                "source": repr(self.predictor.corine),
+                "classes": [{"value": c.index, "code": c.code, "name": c.name, "color": c.color} for c in CLC_CLASSES],
+                "attribution": "CORINE Land Cover, (c) European Union, Copernicus Land Monitoring Service, EEA",
+            }
         return {
             "label_set": meta.label_set.name,
             "classes": [
                 {"value": 0, "name": "unknown", "color": "#000000", "description": "No data or below the threshold."}
             ]
             + [
-                {"value": i, "name": c.name, "color": c.color, "description": c.description, "osm_filter": c.osm_filter}
+                {
+                    "value": i,
+                    "name": c.name,
+                    "color": c.color,
+                    "description": c.description,
+                    "osm_filter": c.osm_filter,
+                    "corine_codes": c.corine_codes,
+                }
                 for i, c in enumerate(meta.label_set.classes, start=1)
             ],
             "bands": meta.bands,
             "resolution_m": meta.resolution,
             "fusion_modes": [m.value for m in FusionMode],
             "max_pixels": self.settings.max_pixels,
+            "corine": corine,
         }
 
 

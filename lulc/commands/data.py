@@ -113,7 +113,7 @@ def labels(
     label_set: Path | None = typer.Option(None, "--label-set", help="Override labels.label_set (YAML)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Label cache reused across runs."),
 ) -> None:
-    """Rasterise the label set's OSM polygons onto every tile (larger polygons first, 0 = unknown).
+    """Label every tile with the label set's classes: OSM polygons (larger first) or CORINE (0 = unknown).
 
     Examples:
 
@@ -125,10 +125,10 @@ def labels(
 
       lulc data labels -c conf/run.yaml -t tiles.geojson -o out/labels --source corine
     """
+    from lulc_core.corine import check_corine_config
     from lulc_core.grid import read_tiles
-    from lulc_core.labelling import label_tiles
+    from lulc_core.labelling import build_label_source, label_tiles
     from lulc_core.labels import LabelSet
-    from lulc_core.osm import build_osm_source
 
     overrides = _source_overrides(source)
     if label_set is not None:
@@ -136,19 +136,13 @@ def labels(
     cfg = _config(config, overrides)
     labels_cfg = cfg.labels
     classes = LabelSet.from_yaml(labels_cfg.label_set)
+    check_corine_config(cfg)
     if labels_cfg.source != "corine":
         _check_filters(classes, labels_cfg.label_set)
     tile_list = read_tiles(tiles)
-    if labels_cfg.source == "corine":  # CORINE through Sentinel Hub BYOC (corine_codes of the label set)
-        from lulc_core.corine import CorineLabelSource, corine_label_tiles
-
-        corine = CorineLabelSource(cfg.imagery.sentinelhub, classes, cache_dir)
-        written = corine_label_tiles(corine, tile_list, out)
-        typer.echo(f"{len(written)} CORINE label rasters ({classes.name}) -> {out}")
-        return
-    osm = build_osm_source(labels_cfg, cache_dir=cache_dir)
-    paths = label_tiles(osm, classes, tile_list, out, cache_dir=cache_dir, concurrency=labels_cfg.concurrency)
-    typer.echo(f"{len(paths)} label rasters ({classes.name}: {', '.join(classes.names)}) -> {out}")
+    label_source = build_label_source(cfg, classes, cache_dir=cache_dir)
+    paths = label_tiles(label_source, classes, tile_list, out, cache_dir=cache_dir, concurrency=labels_cfg.concurrency)
+    typer.echo(f"{len(paths)} label rasters ({classes.name}: {', '.join(classes.names)}, {labels_cfg.source}) -> {out}")
 
 
 @app.command("stats")

@@ -16,8 +16,9 @@ samples taken from real rasters — the bundled sample patches (data/sample/imag
 ../shared/data/terramind, harmonised like Sentinel Hub's default `harmonizeValues`) warped onto the requested grid
 with nearest-neighbour resampling; outside the patches, or outside a source's acquisition date, `dataMask` is 0.
 SCL and CLM are derived from the patches' ESRI land-cover map (water 6, vegetation 4, built/bare 5, snow 11,
-cloud 9); a CORINE BYOC collection (`byoc-<id>`, band `CLC`, legend index 1..44, 48 = no data, edition 2018) is
-derived from it as well.
+cloud 9); a CORINE BYOC collection (`byoc-<id>`, band `CLC`, legend index 1..44, 48 = no data; editions 2012 and
+2018, identical) is derived from it as well, by `ESRI_TO_CLC_INDEX` (docs/corine.md lists the mapping). Unlike the
+real CLC (Europe only) it covers every sample patch.
 """
 
 from __future__ import annotations
@@ -50,12 +51,12 @@ from standins import Fault, Recorded, Reply, StandIn
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_IMAGERY = REPO / "data" / "sample" / "imagery"
-TERRAMIND = REPO.parent / "shared" / "data" / "terramind"
+SAMPLE_LULC = REPO / "data" / "sample" / "lulc"
 RUNNER = Path(__file__).with_name("evalscript_runner.js")
 TOKEN_PATH = "/auth/realms/main/protocol/openid-connect/token"
 PROCESS_PATH = "/api/v1/process"
 CORINE_COLLECTION = "cbdba844-f86d-41dc-95ad-b3f7f12535e9"
-CORINE_EDITION = date(2018, 1, 1)
+CORINE_EDITIONS = (date(2012, 1, 1), date(2018, 1, 1))  # both derived from the same ESRI map (see docstring)
 S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 ESRI_TO_SCL = {0: 0, 1: 6, 2: 4, 3: 4, 4: 4, 5: 5, 6: 5, 7: 11, 8: 9, 9: 4}
 # ESRI LULC -> CORINE legend index (water bodies 512, mixed forest 313, inland marshes 411, non-irrigated arable
@@ -110,7 +111,7 @@ def load_patches() -> tuple[Patch, ...]:
             rasterio.open(s2_path) as s2,
             rasterio.open(SAMPLE_IMAGERY / f"{pid}_s1.tif") as s1,
             rasterio.open(SAMPLE_IMAGERY / f"{pid}_dem.tif") as dem,
-            rasterio.open(TERRAMIND / "LULC" / f"{pid}.tif") as lulc,
+            rasterio.open(SAMPLE_LULC / f"{pid}.tif") as lulc,
         ):
             patches.append(
                 Patch(
@@ -362,7 +363,7 @@ class SentinelHubStandIn(StandIn):
         elif kind.startswith("byoc-"):
             if kind != f"byoc-{CORINE_COLLECTION}":
                 raise BadRequestError(f"Collection {kind} not found.")
-            use = list(patches) if _in_range(CORINE_EDITION, data_filter) else []
+            use = list(patches) if any(_in_range(e, data_filter) for e in CORINE_EDITIONS) else []
             names, reflect = ["CLC"], []
 
             def stack(p: Patch) -> np.ndarray:
