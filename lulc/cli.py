@@ -19,8 +19,10 @@ import yaml
 from pydantic import BaseModel
 
 from lulc.commands import data, model, pipeline, registry, run, serve
+from lulc.commands import map as map_cmd
 from lulc_core.config import RunConfig
 from lulc_core.errors import InputError, LulcError, NotFoundError
+from lulc_core.legacy_env import apply_legacy_env
 from lulc_core.redaction import install_redaction, redact
 
 app = typer.Typer(
@@ -34,6 +36,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(model.app, name="model")
 app.add_typer(registry.app, name="registry")
 app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(map_cmd.app, name="map")
 run.register(app)
 serve.register(app)
 
@@ -46,6 +49,8 @@ def _main(
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     install_redaction()  # client libraries log credentials at DEBUG (e.g. the OAuth token request body)
+    for notice in apply_legacy_env():  # the original lulc-utility's variable names (SENTINELHUB_API_ID, ...)
+        logging.getLogger("lulc").warning(notice)
 
 
 # Exit codes of `lulc`: bad input 2, something named does not exist 3, other lulc errors and I/O errors 1,

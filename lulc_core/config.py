@@ -82,7 +82,11 @@ class SentinelHubConfig(StrictModel):
         default="https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token",
         description="OAuth2 client-credentials token URL.",
     )
-    evalscript: str = Field(default="lulc_v1", description="Evalscript name in lulc_core/evalscripts/ or a path.")
+    evalscript: str = Field(
+        default="lulc_v2",
+        description="Evalscript name in lulc_core/evalscripts/ or a path (lulc_v2: cloud-masked composites; lulc_v1: "
+        "the first-sample mosaic of earlier versions).",
+    )
     max_pixels_per_request: int = Field(default=2500 * 2500, gt=0, description="Larger tiles are split.")
     mosaicking_order: Literal["leastCC", "mostRecent", "leastRecent"] = Field(
         default="leastCC", description="Sentinel-2 mosaicking order."
@@ -107,12 +111,61 @@ class SentinelHubConfig(StrictModel):
     )
 
 
+class StacConfig(StrictModel):
+    """A public STAC API with Sentinel-2 L2A, Sentinel-1 and Copernicus DEM as cloud-optimised GeoTIFFs."""
+
+    catalog: Literal["earth_search", "planetary_computer"] = Field(
+        default="earth_search",
+        description="Catalogue preset: Element 84 Earth Search (no account, no signing) or Microsoft Planetary "
+        "Computer (no account; asset URLs signed with a SAS token); sets the URL and collections unless given.",
+    )
+    url: str | None = Field(default=None, description="STAC API root URL (default: the preset's).")
+    sign_url: str | None = Field(
+        default=None, description="Planetary Computer SAS token endpoint (default: the preset's; None: no signing)."
+    )
+    s2_collection: str | None = Field(default=None, description="Sentinel-2 L2A collection id (default: preset).")
+    s1_collection: str | None = Field(default=None, description="Sentinel-1 collection id (default: preset).")
+    dem_collection: str | None = Field(default=None, description="Copernicus DEM collection id (default: preset).")
+    max_cloud_cover: float = Field(
+        default=60.0, ge=0, le=100, description="Search only scenes with eo:cloud_cover at most this (%)."
+    )
+    max_items: int = Field(default=12, ge=1, le=200, description="Most Sentinel-2 scenes composited per tile.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout (search and COG reads), seconds.")
+    max_retries: int = Field(default=4, ge=0, description="Retries for 429/5xx/timeouts/truncated reads.")
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry wait in seconds; doubles per attempt.")
+    max_requests_per_second: float = Field(
+        default=10.0, gt=0, description="API requests (searches, tokens) started per second; COG reads are unlimited."
+    )
+
+
 class ImageryConfig(StrictModel):
     """Which imagery store, which bands, at which resolution."""
 
-    store: Literal["local", "sentinelhub"] = Field(default="local", description="Imagery store backend.")
+    store: Literal["local", "sentinelhub", "stac"] = Field(default="local", description="Imagery store backend.")
     local_dir: Path | None = Field(default=None, description="Directory of GeoTIFFs for the local store.")
     sentinelhub: SentinelHubConfig = Field(default_factory=SentinelHubConfig, description="Sentinel Hub settings.")
+    stac: StacConfig = Field(default_factory=StacConfig, description="STAC API settings (store `stac`).")
+    cloud_mask: bool = Field(
+        default=True,
+        description="Treat Sentinel-2 pixels flagged by SCL (1 saturated/defective, 3 cloud shadow, 8/9 cloud "
+        "medium/high probability, 10 thin cirrus) or by the cloud mask CLM as missing.",
+    )
+    composite: Literal["median", "least_cloudy"] = Field(
+        default="median",
+        description="How the valid observations of the time frame become one image: per-band median, or per pixel "
+        "the first valid observation of the least cloudy scene.",
+    )
+    min_valid_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Tiles with a smaller share of pixels having valid data in every band are skipped (counted).",
+    )
+    sensor_normalisation: Literal["none", "per_sensor"] = Field(
+        default="none",
+        description="per_sensor: as the original utility, Sentinel-1 in dB (every store delivers dB) and the DEM "
+        "standardised per tile (tile mean 0, std 1), before the dataset statistics.",
+    )
     bands: list[str] = Field(default_factory=lambda: list(DEFAULT_BANDS), min_length=1, description="Bands.")
     resolution: float = Field(default=10.0, gt=0, description="Pixel size in metres.")
     cache_dir: Path | None = Field(default=None, description="Download cache (default: <work_dir>/cache).")
@@ -269,6 +322,11 @@ class ServingConfig(StrictModel):
     cache_size: int = Field(default=32, ge=0, description="Idempotency cache entries.")
     host: str = Field(default="127.0.0.1", description="Bind address of `lulc serve`.")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of `lulc serve`.")
+    root_path: str = Field(
+        default="",
+        pattern=r"^(/[A-Za-z0-9._~\-]+)*$",
+        description="URL prefix when served behind a proxy, e.g. '/lulc' (OpenAPI and /docs links carry it).",
+    )
 
 
 class PipelineConfig(StrictModel):
@@ -289,6 +347,49 @@ class PipelineConfig(StrictModel):
     cache_pvc: str | None = Field(default=None, description="PVC mounted as the data cache.")
 
 
+FUSION_MODES = ("only_model", "only_osm", "favour_model", "favour_osm", "mean_mixin", "harmonized_corine")
+
+
+class MappingConfig(StrictModel):
+    """The mapping pipeline (`lulc map`): blocks over an AOI, their prediction, assembly and reports."""
+
+    model: str | None = Field(
+        default=None, description="Model reference to map with, e.g. 'lulc-sample@production' (CLI --model wins)."
+    )
+    block_px: int = Field(
+        default=10_240, ge=64, le=40_960, description="Block edge in pixels on each UTM zone's grid (one COG each)."
+    )
+    output_dir: Path | None = Field(
+        default=None,
+        description="Where blocks, zone mosaics, STAC and reports go: a local directory or a mounted PVC path "
+        "(default <work_dir>/maps/<area name>). Blocks already there and valid are skipped (resume).",
+    )
+    shards: int = Field(default=8, ge=1, description="Shards of blocks (one ParallelFor iteration each).")
+    parallelism: int = Field(default=4, ge=1, description="Shards predicted at the same time.")
+    accelerator_type: str | None = Field(
+        default="nvidia.com/gpu", description="Accelerator of the predict step (None: CPU nodes)."
+    )
+    accelerator_limit: int = Field(default=1, ge=1, description="Accelerators per predict task.")
+    fusion_mode: Literal[FUSION_MODES] = Field(  # type: ignore[valid-type]
+        default="only_model", description="How model and OSM are combined (as the predictor's fusion modes)."
+    )
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="Minimum winning probability (default: serving.threshold)."
+    )
+    probabilities: bool = Field(default=False, description="Also write per-class probabilities per block.")
+    uncertainty: bool = Field(default=False, description="Also write TTA variance/entropy per block.")
+    throughput_px_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Measured prediction throughput of the target node (px/s) for the GPU-hour estimate; unset: "
+        "a short calibration of the chosen model on this machine.",
+    )
+    gap_confidence: float = Field(
+        default=0.8, ge=0, le=1, description="OSM gaps/conflicts: the model's winning probability at least this."
+    )
+    gap_min_pixels: int = Field(default=16, ge=1, description="Smallest gap or conflict polygon kept (pixels).")
+
+
 class RunConfig(StrictModel):
     """Everything a run needs; saved with every model for reproducibility."""
 
@@ -303,6 +404,7 @@ class RunConfig(StrictModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    mapping: MappingConfig = Field(default_factory=MappingConfig, description="The mapping pipeline (lulc map).")
 
     @model_validator(mode="after")
     def _corine_collection(self) -> RunConfig:
@@ -349,7 +451,7 @@ def _resolve_paths(raw: Any, base: Path, keys: frozenset[str]) -> Any:
     return raw
 
 
-PATH_KEYS = frozenset({"aoi", "local_dir", "cache_dir", "label_set", "osm_file", "work_dir"})
+PATH_KEYS = frozenset({"aoi", "local_dir", "cache_dir", "label_set", "osm_file", "work_dir", "output_dir"})
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

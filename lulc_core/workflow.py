@@ -1,4 +1,4 @@
-"""The main job: area grid -> imagery and labels (side by side) -> statistics -> training -> evaluation -> registration ->
+"""The main job: area grid -> imagery -> labels -> statistics -> training -> evaluation -> registration ->
 prediction, chained in one process for `lulc run` and `lulc demo`.
 
 Each step is the same lulc_core function the Kubeflow components call, reading and writing plain files under
@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from lulc_core.config import RunConfig
+from lulc_core.errors import InputError
 from lulc_core.geo import BBox, Tile
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
     from lulc_core.dataset import split_tiles
     from lulc_core.evaluation import evaluate
     from lulc_core.grid import build_grid, plot_tiles, write_tiles
-    from lulc_core.imagery import build_imagery_store, fetch_tiles
+    from lulc_core.imagery import REPORT_FILE, build_imagery_store, fetch_tiles, tiles_with_imagery
     from lulc_core.inference import PredictOptions, Predictor, write_prediction, write_preview_png
     from lulc_core.labelling import build_label_source, label_tiles
     from lulc_core.labels import LabelSet
@@ -92,23 +92,29 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         tiles = build_grid(cfg.area, cfg.imagery.resolution)
         write_tiles(tiles, out / "tiles.geojson")
         plot_tiles(tiles, out / "tiles.png")
-    store = build_imagery_store(cfg.imagery, cache_dir=cache / "imagery")
-    source = build_label_source(cfg, label_set, cache_dir=cache / "osm")
-
-    def imagery() -> None:
-        with _step("imagery", seconds):
-            fetch_tiles(store, tiles, cfg.imagery.bands, out / "imagery", concurrency=cfg.imagery.concurrency)
-
-    def labels() -> None:
-        with _step("labels", seconds):
-            label_tiles(
-                source, label_set, tiles, out / "labels", cache_dir=cache / "labels", concurrency=cfg.labels.concurrency
+    with _step("imagery", seconds):
+        store = build_imagery_store(cfg.imagery, cache_dir=cache / "imagery")
+        fetch_tiles(
+            store,
+            tiles,
+            cfg.imagery.bands,
+            out / "imagery",
+            concurrency=cfg.imagery.concurrency,
+            min_valid_share=cfg.imagery.min_valid_share,
+            report_path=out / REPORT_FILE,
+        )
+        tiles = tiles_with_imagery(tiles, out / "imagery")
+        if not tiles:
+            raise InputError(
+                "imagery.min_valid_share",
+                f"no tile has at least {cfg.imagery.min_valid_share:g} valid pixels (see imagery_report.json)",
+                "widen area.time_frames, raise the store's cloud limit or lower imagery.min_valid_share",
             )
-
-    # imagery and labels side by side (as the pipeline's tasks): each waits on its own service and rate limit
-    with ThreadPoolExecutor(2, thread_name_prefix="data") as pool:
-        for done in [pool.submit(imagery), pool.submit(labels)]:
-            done.result()
+    with _step("labels", seconds):
+        source = build_label_source(cfg, label_set, cache_dir=cache / "osm")
+        label_tiles(
+            source, label_set, tiles, out / "labels", cache_dir=cache / "labels", concurrency=cfg.labels.concurrency
+        )
     with _step("statistics", seconds):
         split = split_tiles(tiles, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
         (out / "split.json").write_text(split.model_dump_json(indent=2))

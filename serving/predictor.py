@@ -44,12 +44,15 @@ def resolve_source(source: str | Path, config: RunConfig | None) -> tuple[Path, 
     """
     path = Path(source)
     if not path.is_dir():
-        if "@" not in str(source):
-            raise NotFoundError(f"model {str(source)!r} is neither a bundle directory nor a registry ref (name@stage)")
-        from lulc_core.registry import build_registry
+        from lulc_core.registry import build_registry, is_model_ref
 
+        if not is_model_ref(str(source)):
+            raise NotFoundError(
+                f"model {str(source)!r} is neither a bundle directory nor a registry ref (name@stage, or a Neptune "
+                "version id such as LULC-SEG-2)"
+            )
         cfg = config or _default_config()
-        path = build_registry(cfg.registry, cfg.work_dir).resolve(str(source))
+        path = build_registry(cfg.registry, cfg.work_dir, ref=str(source)).resolve(str(source))
     if config is not None:
         return path, config
     meta = ModelBundle.read_metadata(path)
@@ -92,6 +95,7 @@ class LulcModel(Model):
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.service: LulcService | None = None
+        self.root_path = ""  # the run configuration's serving.root_path, known once loaded
 
     def load(self) -> bool:
         """Load the bundle and data sources once, warm up, then become ready."""
@@ -106,6 +110,7 @@ class LulcModel(Model):
         bundle = ModelBundle.load(bundle_dir, device=_device(self.device))
         store = build_imagery_store(cfg.imagery, cache_dir=cfg.imagery.cache_dir or cache_dir)
         predictor = Predictor(bundle, store, labels, cfg.serving, corine=corine)
+        self.root_path = cfg.serving.root_path
         self.service = LulcService(
             predictor, bundle, cfg.serving, max_concurrency=self.max_concurrency, timeout_s=self.timeout_s
         )

@@ -83,6 +83,16 @@ def test_serving_load_quick(quick: dict[str, Section]) -> None:
     assert [r.metric.split(":")[0] for r in levels] == ["concurrency 1", "concurrency 4", "concurrency 16"]
 
 
+def test_mapping_scale_quick(quick: dict[str, Section]) -> None:
+    section = _run(quick, "mapping_scale")
+    (rss,) = _rows(section, "peak RSS MB")
+    assert rss.met is True, rss  # a worker over every block of its shard stays near one block's memory
+    (resume,) = _rows(section, "blocks redone after kill")
+    assert resume.met is True, resume  # only the unfinished blocks are predicted again
+    (speed,) = _rows(section, "wall s, 1 worker -> 2 workers")
+    assert speed.ratio is not None and speed.ratio > 0  # the speed-up depends on the free cores of a shared box
+
+
 def test_report_is_one_markdown_table(quick: dict[str, Section]) -> None:
     sections = [quick[name] for name in MODULES if name in quick] or [
         Section("x", "cmd", [Row("b", "m", 1.0, 2.0, 2.0, ">= 2x", True)])

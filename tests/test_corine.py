@@ -182,8 +182,8 @@ def test_pipeline_labels_step_writes_corine_labels(
             epochs=0,
             registry="",
         )
-        grid = area_grid(config=conf.output)
-        return labels(config=conf.output, tiles=grid.outputs["tiles"], shard=1).outputs["rasters"]
+        grid = area_grid(config=conf.outputs["area_grid"])
+        return labels(config=conf.outputs["labels"], tiles=grid.outputs["tiles"], shard=1).outputs["rasters"]
 
     corine_labels.__annotations__ = {"run_config": str, "return": dsl.Dataset}  # real types (module has PEP 563)
     pipeline = dsl.pipeline(name="corine-labels")(corine_labels)
@@ -286,7 +286,8 @@ def test_http_predictor_serves_corine_on_v1_v2_and_the_original_api(
     area = {"area_coords": [w, s, e, n], "start_date": START, "end_date": END}
     names = corine_legend().names
     with local_server(bundle_dir, config, ready_timeout_s=120) as (url, _):
-        r = requests.post(f"{url}/segment/", json=area | {"fusion_mode": "only_corine"}, timeout=120)
+        utm = {"fusion_mode": "only_corine", "grid": "utm"}  # the stand-in's grid (default: the original's EPSG:4326)
+        r = requests.post(f"{url}/segment/", json=area | utm, timeout=120)
         assert r.status_code == 200, r.text
         values, colormap, _ = read_tif(r.content)
         assert np.array_equal(values, expected_index(r.content))
@@ -294,7 +295,10 @@ def test_http_predictor_serves_corine_on_v1_v2_and_the_original_api(
         r = requests.post(f"{url}/segment/preview", json=area | {"fusion_mode": "only_corine"}, timeout=120)
         assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
         describe = requests.get(f"{url}/segment/describe", timeout=30).json()
-        assert {"value": 41, "code": 512, "name": "Water bodies", "color": "#80F2E6"} in describe["corine"]["classes"]
+        assert {"value": 41, "code": 512, "name": "Water bodies", "color": "#80F2E6"} in describe["corine_legend"][
+            "classes"
+        ]
+        assert describe["corine"]["Water bodies"]["raster_value"] == 41  # the original utility's shape
         assert describe["classes"][2]["corine_codes"] == [311, 312, 313]
 
         v1 = requests.post(

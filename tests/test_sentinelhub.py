@@ -115,7 +115,8 @@ def test_fetch_returns_the_bands_on_the_tile_grid(sh: SentinelHubStandIn, caplog
     assert set(np.unique(raster.data[BANDS.index("SCL")])) <= {4.0, 5.0, 6.0, 9.0, 11.0}
     # the real request: evalscript file, UTM bounds, data fusion inputs, processing options, tar of 4 outputs
     payload = sh.payloads[-1]
-    assert payload["evalscript"] == load_evalscript("lulc_v1").text
+    assert payload["evalscript"] == store.evalscript.text and '"composite": "median"' in store.evalscript.text
+    assert load_evalscript("lulc_v2").inputs == store.evalscript.inputs
     assert payload["input"]["bounds"]["properties"]["crs"] == "http://www.opengis.net/def/crs/EPSG/0/32632"
     assert payload["input"]["bounds"]["bbox"] == pytest.approx(list(tile.bounds))
     data = {d["id"]: d for d in payload["input"]["data"]}

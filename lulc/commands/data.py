@@ -54,9 +54,12 @@ def imagery(
     config: Path = CONFIG_OPTION,
     tiles: Path = TILES_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="Directory for <tile id>.tif (float32, band names)."),
-    store: str | None = typer.Option(None, "--store", help="Override imagery.store: local or sentinelhub."),
+    store: str | None = typer.Option(None, "--store", help="Override imagery.store: local, sentinelhub or stac."),
     concurrency: int | None = typer.Option(None, "--concurrency", "-j", help="Override imagery.concurrency."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Download cache (remote stores)."),
+    report: Path | None = typer.Option(
+        None, "--report", help="Write a JSON report: valid share per tile, skipped and failed tiles."
+    ),
 ) -> None:
     """Fetch the configured bands for every tile; tiles already complete are skipped (resumable).
 
@@ -65,9 +68,15 @@ def imagery(
       lulc data imagery --config conf/run.yaml --tiles tiles.geojson -o out/imagery
 
       lulc data imagery -c conf/run.yaml -t tiles.geojson -o out/imagery --store sentinelhub -j 4
+
+      lulc data imagery -c conf/examples/heidelberg.yaml -t tiles.geojson -o out/imagery --store stac
+
+    Tiles below imagery.min_valid_share are skipped and counted; a tile the store cannot serve (no scene under the
+    cloud limit, a band the catalogue lacks) is logged in one line while the others finish, then the command fails
+    naming the first (and how many more).
     """
     from lulc_core.grid import read_tiles
-    from lulc_core.imagery import build_imagery_store, fetch_tiles
+    from lulc_core.imagery import build_imagery_store, fetch_tiles_report
 
     overrides: dict[str, Any] = {}
     if store is not None:
@@ -75,8 +84,17 @@ def imagery(
     cfg = _config(config, overrides)
     tile_list = read_tiles(tiles)
     backend = build_imagery_store(cfg.imagery, cache_dir=cache_dir or cfg.imagery.cache_dir)
-    paths = fetch_tiles(backend, tile_list, cfg.imagery.bands, out, concurrency or cfg.imagery.concurrency)
-    typer.echo(f"{len(paths)} tiles ({', '.join(cfg.imagery.bands)}) -> {out}")
+    done = fetch_tiles_report(
+        backend,
+        tile_list,
+        cfg.imagery.bands,
+        out,
+        concurrency or cfg.imagery.concurrency,
+        cfg.imagery.min_valid_share,
+        raise_failed=True,
+        report_path=report,
+    )
+    typer.echo(f"{done.summary()} ({', '.join(cfg.imagery.bands)}) -> {out}")
 
 
 def _source_overrides(source: str | None) -> dict[str, Any]:

@@ -9,6 +9,8 @@ References (`ModelRef.parse`)::
                                 give the latest version in that stage)
     models:/lulc-segformer@production, models:/lulc-segformer/3   MLflow model URIs are accepted too
     @production                 the configured model name (CLI shorthand)
+    LULC-SEG-2                  a Neptune model-version id (project key, model key, number), as the original
+                                lulc-utility's MODEL_VERSION named them: model SEG, version 2, on Neptune
 
 Stages: `none`, `staging`, `production`, `archived`. One version holds `staging` and one `production` at a time:
 promoting a version displaces the previous holder (production -> archived, staging -> none).
@@ -50,6 +52,7 @@ ALIAS_STAGES: tuple[Stage, ...] = ("staging", "production")
 REF_HELP = "write NAME, NAME@latest, NAME@<version number> or NAME@<staging|production|archived|none>"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
+_NEPTUNE_VERSION_ID = re.compile(r"^(?P<model>[A-Z0-9]{1,10}-[A-Z0-9]{1,10})-(?P<n>[1-9][0-9]*)$")
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-./ :]")
 
 # Tags every backend writes on a version.
@@ -85,6 +88,9 @@ class ModelRef(BaseModel):
         raw = (text or "").strip()
         if not raw:
             raise InputError("ref", "the model reference is empty", REF_HELP)
+        neptune_id = _NEPTUNE_VERSION_ID.match(raw)
+        if neptune_id:
+            return cls(name=neptune_id["model"], version=int(neptune_id["n"]))
         body = raw.removeprefix("models:/")
         if body != raw and "@" not in body and "/" in body:
             body = "@".join(body.rsplit("/", 1))
@@ -424,12 +430,26 @@ class ModelRegistry(ABC):
         return onnx_file
 
 
-def build_registry(cfg: RegistryConfig, work_dir: Path) -> ModelRegistry:
+def is_neptune_version_id(text: str) -> bool:
+    """Whether `text` is a Neptune model-version id such as `LULC-SEG-2` (always resolved on Neptune)."""
+    return bool(_NEPTUNE_VERSION_ID.match(str(text).strip()))
+
+
+def is_model_ref(text: str) -> bool:
+    """Whether `text` (not a directory) names a registered model: NAME@SELECTOR or a Neptune version id."""
+    return "@" in str(text) or is_neptune_version_id(text)
+
+
+def build_registry(cfg: RegistryConfig, work_dir: Path, ref: str | None = None) -> ModelRegistry:
     """The registry backend of `cfg`; MLflow defaults to `sqlite:///<work_dir>/mlflow.db` (or MLFLOW_TRACKING_URI).
 
-    Resolved bundles are cached under `cfg.cache_dir` or `<work_dir>/registry-cache`.
+    Resolved bundles are cached under `cfg.cache_dir` or `<work_dir>/registry-cache`. A `ref` that is a Neptune
+    model-version id (`LULC-SEG-2`) selects the Neptune backend whatever `cfg.backend` says.
     """
     work_dir = Path(work_dir)
+    if ref is not None and cfg.backend != "neptune" and is_neptune_version_id(ref):
+        log.info("%s is a Neptune model-version id: resolving it on Neptune", ref)
+        cfg = cfg.model_copy(update={"backend": "neptune"})
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else work_dir / "registry-cache"
     if cfg.backend == "mlflow":
         from lulc_core.registry.mlflow_backend import MlflowRegistry
@@ -459,6 +479,8 @@ __all__ = [
     "Stage",
     "build_registry",
     "default_tracking_uri",
+    "is_model_ref",
+    "is_neptune_version_id",
     "parse_stage",
     "prepare_registration",
 ]

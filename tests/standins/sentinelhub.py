@@ -47,7 +47,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, reproject, transform_bounds
 
-from standins import Fault, Recorded, Reply, StandIn
+from standins import Fault, Recorded, Reply, StandIn, cloudy
+from standins.cloudy import PATCH as CLOUDY_PATCH
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_IMAGERY = REPO / "data" / "sample" / "imagery"
@@ -167,6 +168,8 @@ class SentinelHubStandIn(StandIn):
         clients: accepted OAuth clients {client_id: client_secret}.
         latency_s: extra time per request (makes concurrent requests overlap measurably).
         token_lifetime_s: `expires_in` of issued tokens.
+        cloudy_observations: also serve the four cloudy Sentinel-2 observations of `standins.cloudy` (real cloud
+            shapes over the Danish patch); `clear_cloudy_patch=False` leaves out that patch's clear scene.
     """
 
     name = "sentinelhub-standin"
@@ -176,8 +179,12 @@ class SentinelHubStandIn(StandIn):
         clients: dict[str, str] | None = None,
         latency_s: float = 0.0,
         token_lifetime_s: int = 3600,
+        cloudy_observations: bool = False,
+        clear_cloudy_patch: bool = True,
     ) -> None:
         super().__init__(latency_s=latency_s)
+        self.cloudy_observations = cloudy_observations
+        self.clear_cloudy_patch = clear_cloudy_patch
         self.clients = clients or {"lulc-test-client": "lulc-test-secret"}
         self.token_lifetime_s = token_lifetime_s
         self.tokens: set[str] = set()
@@ -295,7 +302,7 @@ class SentinelHubStandIn(StandIn):
         if not data:
             raise BadRequestError("input.data must not be empty.")
         fusion = len(data) > 1
-        sources: dict[str, dict[str, np.ndarray]] = {}
+        sources: dict[str, list[dict[str, np.ndarray]]] = {}
         reflectance: dict[str, list[str]] = {}
         for datum in data:
             ident = datum.get("id") or ("default" if not fusion else None)
@@ -331,7 +338,7 @@ class SentinelHubStandIn(StandIn):
 
     def _source(
         self, datum: dict[str, Any], crs: CRS, transform: Affine, width: int, height: int
-    ) -> tuple[dict[str, np.ndarray], list[str]]:
+    ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
         kind = datum.get("type", "")
         data_filter = datum.get("dataFilter", {})
         patches = load_patches()
@@ -371,34 +378,67 @@ class SentinelHubStandIn(StandIn):
 
         else:
             raise BadRequestError(f"Unknown collection type {kind!r}.")
-        values = np.zeros((len(names), height, width), np.float64)
-        mask = np.zeros((height, width), np.float64)
+        observations: list[tuple[float, date, np.ndarray, np.ndarray]] = []  # (cloud %, date, values, cover)
         for patch in use:
             if not _overlaps(patch, crs, transform, width, height):
                 continue
-            src = stack(patch)
-            warped = np.zeros_like(values)
-            cover = np.zeros((height, width), np.uint8)
-            common = {
-                "src_transform": patch.transform,
-                "src_crs": patch.crs,
-                "dst_transform": transform,
-                "dst_crs": crs,
-                "resampling": Resampling.nearest,
-            }
-            reproject(src, warped, **common)
-            reproject(np.ones((patch.height, patch.width), np.uint8), cover, **common)
-            take = (cover > 0) & (mask == 0)
-            values[:, take] = warped[:, take]
-            mask[take] = 1
-        arrays = {name: values[i] for i, name in enumerate(names)}
-        arrays["dataMask"] = mask
-        return arrays, reflect
+            if kind == "sentinel-2-l2a" and patch.id == CLOUDY_PATCH and not self.clear_cloudy_patch:
+                continue
+            when = patch.s1_date if kind == "sentinel-1-grd" else patch.s2_date
+            cc = patch.cloud_percent if kind == "sentinel-2-l2a" else 0.0
+            observations.append(
+                (*self._warp(stack(patch), patch.crs, patch.transform, crs, transform, width, height, cc), when)
+            )
+        if kind == "sentinel-2-l2a" and self.cloudy_observations:
+            max_cc = float(data_filter.get("maxCloudCoverage", 100))
+            for obs in cloudy.observations():
+                if _in_range(obs.day, data_filter) and obs.cloud_percent <= max_cc:
+                    src = np.concatenate([obs.s2, obs.scl[None], obs.clm[None]])
+                    warped = self._warp(src, obs.crs, obs.transform, crs, transform, width, height, obs.cloud_percent)
+                    observations.append((*warped, obs.day))
+        order = data_filter.get("mosaickingOrder", "mostRecent")
+        if order == "leastCC":
+            observations.sort(key=lambda o: (o[0], o[3]))
+        else:
+            observations.sort(key=lambda o: o[3], reverse=order == "mostRecent")
+        if not observations:
+            observations = [(0.0, np.zeros((len(names), height, width)), np.zeros((height, width)), date.min)]
+        out = []
+        for _, values, cover, _ in observations:
+            arrays = {name: values[i] for i, name in enumerate(names)}
+            arrays["dataMask"] = cover
+            out.append(arrays)
+        return out, reflect
+
+    @staticmethod
+    def _warp(
+        src: np.ndarray,
+        src_crs: CRS,
+        src_transform: Affine,
+        crs: CRS,
+        transform: Affine,
+        width: int,
+        height: int,
+        cloud_percent: float = 0.0,
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """One observation on the request grid: (cloud %, values, coverage 0/1) by nearest neighbour."""
+        warped = np.zeros((src.shape[0], height, width), np.float64)
+        cover = np.zeros((height, width), np.uint8)
+        common = {
+            "src_transform": src_transform,
+            "src_crs": src_crs,
+            "dst_transform": transform,
+            "dst_crs": crs,
+            "resampling": Resampling.nearest,
+        }
+        reproject(src, warped, **common)
+        reproject(np.ones(src.shape[1:], np.uint8), cover, **common)
+        return cloud_percent, warped, (cover > 0).astype(np.float64)
 
     def _run_evalscript(
         self,
         evalscript: str,
-        sources: dict[str, dict[str, np.ndarray]],
+        sources: dict[str, list[dict[str, np.ndarray]]],
         reflectance: dict[str, list[str]],
         fusion: bool,
         npix: int,
@@ -409,12 +449,16 @@ class SentinelHubStandIn(StandIn):
             "evalscript": evalscript,
             "npix": npix,
             "fusion": fusion,
-            "sources": {k: {"bands": list(v), "reflectance": reflectance[k]} for k, v in sources.items()},
+            "sources": {
+                k: {"bands": list(v[0]), "reflectance": reflectance[k], "observations": len(v)}
+                for k, v in sources.items()
+            },
         }
         head = json.dumps(header).encode()
         chunks = [len(head).to_bytes(4, "little"), head]
-        for arrays in sources.values():
-            chunks.extend(np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays.values())
+        for observations in sources.values():
+            for arrays in observations:
+                chunks.extend(np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays.values())
         proc = subprocess.run([self.node, str(RUNNER)], input=b"".join(chunks), capture_output=True, timeout=60)
         if proc.returncode != 0 or len(proc.stdout) < 4:
             raise RuntimeError(f"evalscript runner failed: {proc.stderr.decode()[-500:]}")
