@@ -11,8 +11,8 @@ request per tile), labels the v3 label set (6 classes).
   (the work is waiting on the services), each doing 1 + 6 requests through the same clients.
 - lulc — the configuration a user has: `imagery.concurrency` and `labels.concurrency` (8 each), the default rate
   limits from the configuration (`imagery.sentinelhub.max_requests_per_second`, `labels.max_requests_per_second`),
-  one ohsome request per tile for every class, imagery and labels side by side (as `lulc run` and the training
-  pipeline do).
+  one ohsome request per tile for every class, imagery and labels side by side (as the training pipeline's tasks
+  run).
 - lulc without rate limits (info): the same with both limits lifted to 1,000/s, which a user can configure.
 
 The rate limits, not the concurrency, bound throughput against the real services: the ceiling rows report what
@@ -95,7 +95,7 @@ def _sources(sh_url: str, ohsome_url: str, rate: float | None) -> tuple[Any, Any
 
 
 def lulc_prepare(tiles: list[Tile], out: Path, sh_url: str, ohsome_url: str, rate: float | None) -> float:
-    """lulc's data preparation as `lulc run` does it (imagery and labels side by side); seconds."""
+    """lulc's data preparation as the training pipeline does it (imagery and labels side by side); seconds."""
     from lulc_core.imagery import fetch_tiles
     from lulc_core.labelling import label_tiles
     from lulc_core.labels import LabelSet
