@@ -332,15 +332,30 @@ class RegistryConfig(StrictModel):
     neptune_project: str | None = Field(default=None, description="Neptune project (else NEPTUNE_PROJECT).")
     neptune_model_key: str = Field(default="LULC", description="Neptune model key.")
     cache_dir: Path | None = Field(default=None, description="Where resolved bundles are downloaded.")
+    export_onnx: bool = Field(
+        default=True,
+        description="Export model.onnx (verified against torch) into the bundle at registration, so the predictor "
+        "serves it with onnxruntime (about 2x torch on CPU); false registers the torch weights only.",
+    )
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate.")
 
 
 class ServingConfig(StrictModel):
     """Inference and serving."""
 
-    window: int = Field(default=256, ge=32, description="Sliding-window edge in pixels (multiple of 32).")
+    window: int = Field(
+        default=512,
+        ge=32,
+        description="Largest sliding-window edge in pixels (multiple of 32); an area is split into as few windows as "
+        "the overlap allows, each only as large as needed.",
+    )
     overlap: int = Field(default=32, ge=0, description="Overlap between windows in pixels.")
-    batch_size: int = Field(default=4, ge=1, description="Windows per forward pass.")
+    batch_size: int = Field(default=2, ge=1, description="Windows per forward pass.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="Arithmetic of the network: fp32, or torch autocast to bf16/fp16 (mixed precision, for CUDA; "
+        "the gpu overlay sets bf16). Other than fp32 runs the torch model (onnxruntime runs fp32).",
+    )
     max_pixels: int = Field(default=10_000 * 10_000, gt=0, description="Largest area accepted (pixels).")
     threshold: float = Field(default=0.0, ge=0, le=1, description="Below this confidence a pixel is unknown.")
     edge_buffer_m: float = Field(default=100.0, ge=0, description="Extra margin fetched around a request.")

@@ -156,6 +156,7 @@ def registration_info(cfg: RunConfig, report: Any | None = None, run_url: str | 
         run_name=cfg.name,
         provenance=build_provenance(cfg, label_set, run_url=run_url),
         test_set=test_set,
+        export_onnx=cfg.registry.export_onnx,
         metrics=metrics,
         hyperparameters={"training": cfg.training.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")},
     )

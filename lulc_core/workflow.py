@@ -130,6 +130,7 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
             run_name=cfg.name,
             provenance=build_provenance(cfg, label_set),
             test_set=fingerprint_test_set(split.test),
+            export_onnx=cfg.registry.export_onnx,
         )
         ref = registry.register(result.bundle_dir, info)
         decision = apply_gate(registry, ref, cfg.registry.gate)

