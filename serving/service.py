@@ -89,6 +89,15 @@ def no_bool(value: Any) -> Any:
     return value
 
 
+def _report_abandoned(task: asyncio.Future[Any]) -> None:
+    """Work answered with 504 that ended later: its outcome in one log line (never an unretrieved traceback)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.warning("a request answered 504 (deadline) ended later with: %s", exc)
+
+
 class AreaRequest(BaseModel):
     """An area and time range to segment (the original utility's request body)."""
 
@@ -279,6 +288,7 @@ class LulcService:
         try:
             return await asyncio.wait_for(asyncio.shield(task), remaining)
         except TimeoutError:
+            task.add_done_callback(_report_abandoned)
             raise UpstreamError(
                 "lulc", f"prediction did not finish within {self.timeout_s:g} s", status_code=504
             ) from None
