@@ -361,7 +361,9 @@ def test_retrain_fails_when_the_run_fails(tmp_path: Path) -> None:
     [
         ({}, "KFP_HOST is not set"),
         ({"KFP_HOST": "http://127.0.0.1:9", "LULC_CONFIG": "conf/nope.yaml"}, "does not exist"),
-        ({"KFP_HOST": "http://127.0.0.1:9", "MLFLOW_TRACKING_URI": ""}, "set MLFLOW_TRACKING_URI"),
+        ({"KFP_HOST": "http://127.0.0.1:9", "LULC_CONFIG": "conf/run.yaml", "MLFLOW_TRACKING_URI": ""}, "or registry"),
+        # conf/cluster.yaml (the default) names the in-cluster MLflow: CI must be told its external address
+        ({"KFP_HOST": "http://127.0.0.1:9", "MLFLOW_TRACKING_URI": ""}, "in-cluster MLflow server, unreachable"),
     ],
 )
 def test_retrain_refuses_before_submitting(tmp_path: Path, env: dict[str, str], message: str) -> None:
