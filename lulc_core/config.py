@@ -246,7 +246,13 @@ class ServingConfig(StrictModel):
     threshold: float = Field(default=0.0, ge=0, le=1, description="Below this confidence a pixel is unknown.")
     edge_buffer_m: float = Field(default=100.0, ge=0, description="Extra margin fetched around a request.")
     tta: bool = Field(default=False, description="Test-time augmentation for uncertainty.")
-    cache_size: int = Field(default=32, ge=0, description="Idempotency cache entries.")
+    cache_size: int = Field(default=32, ge=0, description="Idempotency cache entries (at most).")
+    cache_max_bytes: int = Field(
+        default=256 * 2**20,
+        ge=0,
+        description="Idempotency cache size in bytes of the cached arrays (LRU eviction; a larger prediction is "
+        "not cached). Keep it well inside the predictor's memory limit.",
+    )
     host: str = Field(default="127.0.0.1", description="Bind address of `lulc serve`.")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of `lulc serve`.")
 
