@@ -267,6 +267,10 @@ class LulcService:
         that outlives its own deadline (a hung data source) is answered in time — 503 with Retry-After — instead
         of waiting for that work to end.
         """
+        with obs.IN_FLIGHT.track_inprogress():  # waiting for a slot counts: it is load the replicas cannot take
+            return await self._run_in_slot(fn, bounded_wait)
+
+    async def _run_in_slot(self, fn: Callable[[], T], bounded_wait: bool) -> T:
         loop = asyncio.get_running_loop()
         started = loop.time()
         if bounded_wait:

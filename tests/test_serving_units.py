@@ -357,3 +357,20 @@ def test_kserve_bounds_match_the_pin_and_the_server_members_exist() -> None:
         assert hasattr(server, name), f"kserve.ModelServer.{name} is gone"
     for name in PRIVATE_MEMBERS["RESTServer"]:
         assert callable(getattr(RESTServer, name, None)), f"RESTServer.{name} is gone"
+
+
+def test_in_flight_gauge_counts_running_predictions() -> None:
+    """The gauge KEDA scales on (manifests/overlays/keda) is up while a prediction runs, back down after it."""
+    import asyncio
+
+    from prometheus_client import REGISTRY
+
+    from serving.service import LulcService
+
+    def gauge() -> float:
+        return REGISTRY.get_sample_value("lulc_predictions_in_flight") or 0.0
+
+    service = LulcService(predictor=None, bundle=None)  # type: ignore[arg-type]
+    before = gauge()
+    seen = asyncio.run(service._run(gauge))
+    assert seen == before + 1 and gauge() == before
