@@ -50,6 +50,11 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/pytest -q -m soak
 
+# Build the full and the predictor image for real and run them as the cluster does (Docker from Debian's docker.io,
+# a debootstrapped base when no registry is reachable; needs root; slow). Not part of `make test`.
+image-test: $(STAMP)
+	PYTHON_BIN=$(abspath $(BIN))/python nice -n 10 bash scripts/image_test.sh
+
 clean:
 	rm -rf $(VENV) .lulc build *.egg-info
 
