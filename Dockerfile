@@ -35,8 +35,9 @@ COPY serving/ serving/
 # purpose (DL3059): the torch layer is large and changes rarely, so it stays cached.
 # hadolint ignore=DL3013
 RUN pip install -q --upgrade pip
-# hadolint ignore=DL3059
-RUN pip install -q --index-url ${TORCH_INDEX} torch==2.13.0
+# DL3013: hadolint reads the values of --retries/--timeout as unpinned packages; torch is pinned.
+# hadolint ignore=DL3059,DL3013
+RUN pip install -q --retries 1 --timeout 15 --index-url ${TORCH_INDEX} torch==2.13.0
 # The predictor's venv: core + serve, kept aside (same path /opt/venv in the predictor image, so its scripts run).
 # hadolint ignore=DL3059
 RUN pip install -q -c requirements.lock '.[serve]' \

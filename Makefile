@@ -9,7 +9,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # index, `pip install torch` on Linux takes the multi-GB CUDA build). GPU: TORCH_INDEX=https://download.pytorch.org/whl/cu128;
 # the default index: TORCH_INDEX=https://pypi.org/simple. The Dockerfile's ARG and CI's env use the same variable.
 # On machines with a local wheel mirror (pip's find-links / extra-index-url configuration), pip takes the pinned
-# torch from the mirror when download.pytorch.org is unreachable, so this works offline too.
+# torch from the mirror when download.pytorch.org is unreachable, so this works offline too (one retry and a 15 s
+# timeout: an unreachable index costs seconds per dependency page, not minutes).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: venv demo test lint typecheck deps docs bench soak clean image-test
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, its build chosen by TORCH_INDEX (above); then lulc with every role and the dev tools.
-	$(BIN)/pip install -q --index-url $(TORCH_INDEX) torch==2.13.0
+	$(BIN)/pip install -q --retries 1 --timeout 15 --index-url $(TORCH_INDEX) torch==2.13.0
 	$(BIN)/pip install -q -c requirements.lock -e '.[all,dev]'
 	touch $(STAMP)
 
