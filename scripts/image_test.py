@@ -1,23 +1,25 @@
 """Host-side helpers of `make image-test` (scripts/image_test.sh); run with the project's venv.
 
-  prepare DIR          a model bundle (random weights), the predictor's run.yaml (paths as mounted in the
-                       container) and a PEP 503 index of torch's CPU wheel and its dependencies (from pip's local
-                       configuration) for the build's TORCH_INDEX
-  check URL            /health, the original POST /segment/ (a GeoTIFF) and V2 infer against the running predictor
-  component DIR        the compiled pipeline's `configure` step as `docker run` arguments (command + args of the IR,
-                       an executor input with its outputs under DIR), printed NUL-separated
-  component-check DIR  the step's outputs are the configuration's slices
+prepare DIR          a model bundle (random weights), the predictor's run.yaml (paths as mounted in the
+                     container) and a PEP 503 index of torch's CPU wheel and its dependencies (from pip's local
+                     configuration) for the build's TORCH_INDEX
+check URL            /health, the original POST /segment/ (a GeoTIFF) and V2 infer against the running predictor
+component DIR        the compiled pipeline's `configure` step as `docker run` arguments (command + args of the IR,
+                     an executor input with its outputs under DIR), printed NUL-separated
+component-check DIR  the step's outputs are the configuration's slices
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+log = logging.getLogger("image-test")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 BBOX = [9.835, 57.222, 9.850, 57.230]
@@ -67,10 +69,10 @@ def _post(url: str, body: dict) -> tuple[int, bytes, str]:
 def check(url: str) -> None:
     with urllib.request.urlopen(f"{url}/health", timeout=30) as resp:
         health = json.loads(resp.read())
-    print(f"GET /health -> {resp.status} {health}")
+    log.info(f"GET /health -> {resp.status} {health}")
     status, tif, media = _post(f"{url}/segment/", {"area_coords": BBOX, **DATES, "fusion_mode": "only_model"})
     assert status == 200 and tif[:4] in (b"II*\x00", b"MM\x00*"), (status, media, tif[:40])
-    print(f"POST /segment/ -> {status} {media}, {len(tif)} bytes GeoTIFF")
+    log.info(f"POST /segment/ -> {status} {media}, {len(tif)} bytes GeoTIFF")
     body = {
         "inputs": [{"name": "area_coords", "shape": [4], "datatype": "FP64", "data": BBOX}],
         "parameters": {**DATES, "outputs": "classes"},
@@ -79,7 +81,7 @@ def check(url: str) -> None:
     outputs = {o["name"]: o for o in json.loads(raw)["outputs"]}
     classes = outputs["classes"]
     assert status == 200 and len(classes["data"]) == classes["shape"][-1] * classes["shape"][-2], classes["shape"]
-    print(f"POST /v2/models/lulc/infer -> {status}, classes {classes['shape']}")
+    log.info(f"POST /v2/models/lulc/infer -> {status}, classes {classes['shape']}")
 
 
 def component(out: Path) -> None:
@@ -123,10 +125,13 @@ def component_check(out: Path) -> None:
     params = result.get("parameterValues") or {}
     full = RunConfig.model_validate_json(params["full"])
     assert full.training.epochs == 3 and full.area.bbox == BBOX, full.area
-    print(f"configure step in the image: {len(params)} outputs, epochs {full.training.epochs}, bbox {full.area.bbox}")
+    log.info(
+        f"configure step in the image: {len(params)} outputs, epochs {full.training.epochs}, bbox {full.area.bbox}"
+    )
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="image-test: %(message)s", stream=sys.stdout)
     command, arg = sys.argv[1], sys.argv[2]
     {"prepare": lambda: prepare(Path(arg)), "check": lambda: check(arg), "component": lambda: component(Path(arg)),
      "component-check": lambda: component_check(Path(arg))}[command]()  # fmt: skip

@@ -44,7 +44,17 @@ def test_install_steps_equal_make_test(docker_stages) -> None:
         "the Dockerfile's pip install steps differ from the Makefile's venv rule (the one `make test` uses):\n"
         f"  Dockerfile: {image_steps}\n  Makefile:   {make_steps}"
     )
-    assert ("pip", "install", "--retries", "1", "--timeout", "15", "--index-url", "${TORCH_INDEX}", "torch==2.13.0") in image_steps
+    assert (
+        "pip",
+        "install",
+        "--retries",
+        "1",
+        "--timeout",
+        "15",
+        "--index-url",
+        "${TORCH_INDEX}",
+        "torch==2.13.0",
+    ) in image_steps
     assert any("-c" in s and "requirements.lock" in s for s in image_steps), "the image must install with the lock"
 
 
