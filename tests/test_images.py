@@ -308,3 +308,30 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "DL3007" in result.stdout  # latest tag
     assert "DL3013" in result.stdout  # unpinned pip
+
+
+def test_image_test_runs_the_predictor_as_the_inference_service() -> None:
+    """`make image-test` (not part of `make test`) runs the predictor with the InferenceService's restrictions."""
+    from ops_checks import makefile_recipe
+
+    makefile = (REPO / "Makefile").read_text()
+    assert "image-test" not in re.search(r"^test:(.*)$", makefile, re.M).group(1)  # type: ignore[union-attr]
+    assert any("scripts/image_test.sh" in line for line in makefile_recipe(makefile, "image-test"))
+    script = (REPO / "scripts" / "image_test.sh").read_text()
+    isvc = yaml.safe_load((REPO / "manifests" / "base" / "inferenceservice.yaml").read_text())["spec"]["predictor"]
+    uid, gid = isvc["securityContext"]["runAsUser"], isvc["securityContext"]["runAsGroup"]
+    assert isvc["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    for flag in (
+        "--read-only",
+        f"--user {uid}:{gid}",
+        "--cap-drop ALL",
+        "/mnt/models:ro",
+        "--tmpfs /tmp",
+        "DOCKER_BUILDKIT=0",
+    ):
+        assert flag in script, flag
+    assert "--target predictor" in script or '"$target" == predictor' in script
+    assert not DOCKERFILE.read_text().startswith("# syntax"), "the legacy builder cannot pull a syntax frontend"
+    for name in ("image_test.sh", "debootstrap_base.sh"):
+        result = subprocess.run([str(BIN / "shellcheck"), str(REPO / "scripts" / name)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
