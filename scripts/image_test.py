@@ -131,7 +131,7 @@ def component_check(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="image-test: %(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, format="image-test: %(message)s", stream=sys.stderr)
     command, arg = sys.argv[1], sys.argv[2]
     {"prepare": lambda: prepare(Path(arg)), "check": lambda: check(arg), "component": lambda: component(Path(arg)),
      "component-check": lambda: component_check(Path(arg))}[command]()  # fmt: skip
