@@ -4,15 +4,23 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# torch's build comes from PyTorch's wheel index, for the torch step only: `--index-url` replaces the index for
+# that one command, so no other package is ever looked up there. The default is the CPU build (from the default
+# index, `pip install torch` on Linux takes the multi-GB CUDA build). GPU: TORCH_INDEX=https://download.pytorch.org/whl/cu128;
+# the default index: TORCH_INDEX=https://pypi.org/simple. The Dockerfile's ARG and CI's env use the same variable.
+# On machines with a local wheel mirror (pip's find-links / extra-index-url configuration), pip takes the pinned
+# torch from the mirror when download.pytorch.org is unreachable, so this works offline too (one retry and a 15 s
+# timeout: an unreachable index costs seconds per dependency page, not minutes).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: venv demo test lint typecheck docs bench soak clean
+.PHONY: venv demo test lint typecheck deps docs bench soak clean image-test
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	# torch first, its build chosen by TORCH_INDEX (above); then lulc with every role and the dev tools.
+	$(BIN)/pip install -q --retries 1 --timeout 15 --index-url $(TORCH_INDEX) torch==2.13.0
+	$(BIN)/pip install -q -c requirements.lock -e '.[all,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,10 +35,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Every imported package declared, none unused (deptry; configuration in pyproject.toml).
+deps: $(STAMP)
+	$(BIN)/deptry .
+
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet
 
-test: $(STAMP) lint typecheck docs
+test: $(STAMP) lint typecheck deps docs
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -38,6 +50,11 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/pytest -q -m soak
+
+# Build the full and the predictor image for real and run them as the cluster does (Docker from Debian's docker.io,
+# a debootstrapped base when no registry is reachable; needs root; slow). Not part of `make test`.
+image-test: $(STAMP)
+	PYTHON_BIN=$(abspath $(BIN))/python nice -n 10 bash scripts/image_test.sh
 
 clean:
 	rm -rf $(VENV) .lulc build *.egg-info

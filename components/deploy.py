@@ -50,9 +50,9 @@ def deploy(
     from serving.deploy import DeploySpec
     from serving.deploy import deploy as apply_isvc
 
-    spec = DeploySpec(
-        name=cfg.registry.model_name, namespace=namespace, storage_uri=reg["storage_uri"], image=image, gpus=gpus
-    )
+    mode, version = cfg.serving.deployment_mode, cfg.serving.kserve_version  # named as manifests/base (ISVC_NAME)
+    spec = DeploySpec(namespace=namespace, storage_uri=reg["storage_uri"], image=image, gpus=gpus,
+                      deployment_mode=mode, kserve_version=version)  # fmt: skip
     result = apply_isvc(spec)
     Path(report.path).write_text(
         f"# Deployed {reg['ref']}\n\n{result.action} `{namespace}/{spec.name}` -> {result.url}\n"

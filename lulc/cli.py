@@ -22,6 +22,7 @@ from lulc.commands import data, model, pipeline, registry, run, serve
 from lulc.commands import map as map_cmd
 from lulc_core.config import RunConfig
 from lulc_core.errors import InputError, LulcError, NotFoundError
+from lulc_core.extras import missing_extra
 from lulc_core.legacy_env import apply_legacy_env
 from lulc_core.redaction import install_redaction, redact
 
@@ -155,6 +156,9 @@ def main() -> None:
         path = _target_of(exc.filename2 or exc.filename)
         what = f"{path}: {exc.strerror}" if path and exc.strerror else one_line(exc)
         _fail(f"{what} — check the path and its permissions", EXIT_ERROR)
+    except ModuleNotFoundError as exc:  # an optional role not installed: name the extra
+        log.debug("missing module", exc_info=True)
+        _fail(one_line(missing_extra(exc) or exc), EXIT_ERROR)
     except Interrupted as exc:
         name, code = ("SIGTERM", EXIT_TERM) if exc.signum == signal.SIGTERM else ("Ctrl-C", EXIT_INT)
         _fail(f"interrupted ({name}); finished files are kept — run the same command again to resume", code)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lulc_core import __version__
 from lulc_core.errors import ConfigError, NotFoundError
 from lulc_core.labels import LabelSet
-from lulc_core.raster import atomic_path
+from lulc_core.raster import atomic_path, publish_tree
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def save_bundle(path: str | Path, model: Any, metadata: BundleMetadata) -> Path:
     try:
         model.save_pretrained(staging / WEIGHTS_DIR, safe_serialization=True)
         (staging / METADATA_FILE).write_text(metadata.model_dump_json(indent=2))
+        publish_tree(staging)  # save_pretrained writes model.safetensors 0600 (temp file + rename)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -360,7 +360,25 @@ class ServingConfig(StrictModel):
     threshold: float = Field(default=0.0, ge=0, le=1, description="Below this confidence a pixel is unknown.")
     edge_buffer_m: float = Field(default=100.0, ge=0, description="Extra margin fetched around a request.")
     tta: bool = Field(default=False, description="Test-time augmentation for uncertainty.")
-    cache_size: int = Field(default=32, ge=0, description="Idempotency cache entries.")
+    cache_size: int = Field(default=32, ge=0, description="Idempotency cache entries (at most).")
+    cache_max_bytes: int = Field(
+        default=256 * 2**20,
+        ge=0,
+        description="Idempotency cache size in bytes of the cached arrays (LRU eviction; a larger prediction is "
+        "not cached). Keep it well inside the predictor's memory limit.",
+    )
+    deployment_mode: Literal["Knative", "Standard", "Serverless", "RawDeployment"] = Field(
+        default="Knative",
+        description="KServe deployment mode of the deploy step: Knative (serverless, scale to zero) or Standard "
+        "(Deployment + HPA/KEDA, no Knative). The old names Serverless/RawDeployment are accepted; the name written "
+        "follows `kserve_version`.",
+    )
+    kserve_version: str = Field(
+        default="0.16",
+        pattern=r"^\d+\.\d+(\.\d+)?$",
+        description="KServe version of the cluster: from 0.16 the modes are named Knative/Standard, before that "
+        "Serverless/RawDeployment.",
+    )
     host: str = Field(default="127.0.0.1", description="Bind address of `lulc serve`.")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of `lulc serve`.")
     root_path: str = Field(

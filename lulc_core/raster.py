@@ -78,6 +78,23 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()  # read once at import: os.umask is process-wide and not thread-safe to probe
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file under the process umask
+DIR_MODE = 0o777 & ~_UMASK
+
+
+def publish_tree(root: str | os.PathLike[str]) -> None:
+    """Give every file and directory under `root` the umask's usual mode.
+
+    Libraries that write through temporary files (transformers' `save_pretrained`, `tempfile.mkstemp`) leave
+    0600 files, which another user — a predictor container with a different UID reading a mounted volume —
+    cannot read.
+    """
+    for dirpath, dirnames, filenames in os.walk(root):
+        Path(dirpath).chmod(DIR_MODE)
+        for name in filenames:
+            Path(dirpath, name).chmod(FILE_MODE)
+        for name in dirnames:
+            Path(dirpath, name).chmod(DIR_MODE)
 
 
 @contextmanager
@@ -90,7 +107,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        tmp_path.chmod(0o666 & ~_UMASK)  # mkstemp creates 0600; published files get the usual permissions
+        tmp_path.chmod(FILE_MODE)  # mkstemp creates 0600; published files get the usual permissions
         tmp_path.replace(target)
     finally:
         tmp_path.unlink(missing_ok=True)

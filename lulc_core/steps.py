@@ -62,8 +62,8 @@ DEPENDENCIES: Final[dict[str, tuple[str, ...]]] = {
     "evaluate": (),
     # provenance and the saved run configuration are the whole configuration (not cached)
     "register": FULL,
-    # the registered version's name and backend (not cached)
-    "deploy": ("registry",),
+    # the registered version's name and backend, and how KServe runs it (not cached)
+    "deploy": ("registry", "serving.deployment_mode", "serving.kserve_version"),
 }
 
 PLACEHOLDER: Final[dict[str, Any]] = {

@@ -45,6 +45,7 @@ SECRETS: dict[str, dict[str, str]] = {
         "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
         "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+        "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",  # an S3-compatible store (MinIO, Ceph) as artifact root
     },
 }
 

@@ -73,8 +73,8 @@ allowlist_flags() {
 # The torch pin comes from the Makefile's install line (the image runs the same line; tests/test_images.py).
 audited_requirements() {
   local torch
-  torch=$(grep -oE 'pip install( -q)? torch==[0-9][0-9A-Za-z.+]*' "$ROOT/Makefile" | head -n1 | grep -oE 'torch==.*') \
-    || die "no 'pip install torch==X' line in the Makefile"
+  torch=$(grep -E 'pip install' "$ROOT/Makefile" | grep -oE ' torch==[0-9][0-9A-Za-z.+]*' | head -n1 | tr -d ' ')
+  [[ -n "$torch" ]] || die "no 'pip install ... torch==X' line in the Makefile"
   grep -vE '^[[:space:]]*(#|$)' "$ROOT/requirements.lock"
   echo "${torch%%+*}"
 }

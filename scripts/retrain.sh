@@ -7,7 +7,7 @@
 # Environment:
 #   KFP_HOST             KFP API endpoint (required; repository secret KFP_HOST in CI)
 #   KFP_TOKEN            bearer token for the KFP API (optional; read by `lulc pipeline submit`, never printed)
-#   LULC_CONFIG          run configuration to train with (default conf/run.yaml)
+#   LULC_CONFIG          run configuration to train with (default conf/cluster.yaml)
 #   LULC_EXPERIMENT      KFP experiment (default lulc-retrain)
 #   LULC_IMAGE           project image of every step (pinned; in CI <registry>/<repo>:<git sha>)
 #   LULC_DEPLOY_TARGET   what the pipeline does with a promoted model: kserve (default, rolls it out) or none
@@ -15,7 +15,9 @@
 #   LULC_KFP_NAMESPACE   Kubeflow profile namespace (multi-user clusters; default: none)
 #   LULC_TIMEOUT_S       longest wait for the run (default 19800 s, inside the job's 6 h limit)
 #   LULC_POLL_INTERVAL   seconds between run status reads (default 30)
-#   MLFLOW_TRACKING_URI  model registry the pipeline registers into (unless the config names it); MLflow
+#   MLFLOW_TRACKING_URI  where this script reads the gate's decision: the MLflow server the pipeline registers into,
+#                        as reachable from here (required when the config names an in-cluster address such as
+#                        http://mlflow.mlflow.svc.cluster.local:5000; otherwise the config's URI is used); MLflow
 #                        credentials as usual (MLFLOW_TRACKING_USERNAME/PASSWORD), or NEPTUNE_PROJECT/API_TOKEN
 #   GITHUB_STEP_SUMMARY  job summary file (set by GitHub Actions); the gate's numbers are appended to it
 # Exit status: 0 promoted; 1 gate rejected; 3 nothing registered; other non-zero: the submission or the run failed.
@@ -23,7 +25,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${KFP_HOST:?KFP_HOST is not set: the KFP API endpoint (repository secret KFP_HOST)}"
-config="${LULC_CONFIG:-conf/run.yaml}"
+config="${LULC_CONFIG:-conf/cluster.yaml}"
 experiment="${LULC_EXPERIMENT:-lulc-retrain}"
 summary="${GITHUB_STEP_SUMMARY:-/dev/null}"
 [[ -f "$config" ]] || { echo "retrain: run configuration $config does not exist (LULC_CONFIG)" >&2; exit 2; }
@@ -40,8 +42,12 @@ try:
     registry = load_run_config(sys.argv[1]).registry
 except LulcError as exc:
     sys.exit(f"retrain: {exc}")
-if registry.backend == "mlflow" and not (registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+outside = os.environ.get("MLFLOW_TRACKING_URI")
+if registry.backend == "mlflow" and not (registry.tracking_uri or outside):
     sys.exit("retrain: set MLFLOW_TRACKING_URI (repository secret) or registry.tracking_uri in the run configuration")
+if registry.backend == "mlflow" and not outside and ".svc" in (registry.tracking_uri or ""):
+    sys.exit(f"retrain: {registry.tracking_uri} is the in-cluster MLflow server, unreachable from here: set "
+             "MLFLOW_TRACKING_URI (repository secret) to its external address to read the gate's decision")
 if registry.backend == "neptune" and not (registry.neptune_project or os.environ.get("NEPTUNE_PROJECT")):
     sys.exit("retrain: set NEPTUNE_PROJECT (repository secret) or registry.neptune_project in the run configuration")
 print(registry.model_name)
@@ -80,6 +86,8 @@ if ((status != 0)); then
   exit "$status"
 fi
 
-lulc --quiet registry list "$model" --json --config "$config" >"$work/versions.json"
+gate_args=(--config "$config")
+[[ -n "${MLFLOW_TRACKING_URI:-}" ]] && gate_args+=(--tracking-uri "$MLFLOW_TRACKING_URI")
+lulc --quiet registry list "$model" --json "${gate_args[@]}" >"$work/versions.json"
 python "$here/gate_report.py" --since "$since" --model "$model" --run "${run:--}" --summary "$summary" \
   <"$work/versions.json"

@@ -88,11 +88,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from lulc_core.config import load_run_config
     from lulc_core.errors import InputError, LulcError
+    from lulc_core.extras import missing_extra
 
-    with isolated_argv():
-        from serving.observability import configure_logging
-        from serving.predictor import LulcModel
-        from serving.server import checked_root_path, run_server
+    try:
+        with isolated_argv():
+            from serving.observability import configure_logging
+            from serving.predictor import LulcModel
+            from serving.server import checked_root_path, run_server
+    except ModuleNotFoundError as exc:
+        sys.exit(f"python -m serving: {missing_extra(exc) or exc}")
 
     configure_logging(getattr(logging, str(args.log_level).upper(), logging.INFO))
     for notice in notices:

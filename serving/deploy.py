@@ -22,6 +22,21 @@ log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 FIELD_MANAGER = "lulc-deploy"
 CONFIG_MOUNT = "/etc/lulc"
+ISVC_NAME = "lulc"  # the InferenceService of manifests/base and of the pipeline's deploy step
+# Deployment mode names: KServe 0.16 renamed Serverless -> Knative and RawDeployment -> Standard (old names
+# deprecated; KServe >= 0.16 normalises them). Older controllers know only the old names.
+MODE_RENAMED_IN = (0, 16)
+NEW_MODE_NAMES = {"Serverless": "Knative", "RawDeployment": "Standard"}
+OLD_MODE_NAMES = {new: old for old, new in NEW_MODE_NAMES.items()}
+DeploymentMode = Literal["Knative", "Standard", "Serverless", "RawDeployment"]
+
+
+def mode_annotation(mode: str, kserve_version: str) -> str:
+    """The `serving.kserve.io/deploymentMode` value that a KServe of `kserve_version` understands for `mode`."""
+    version = tuple(int(p) for p in kserve_version.split(".")[:2])
+    if version >= MODE_RENAMED_IN:
+        return NEW_MODE_NAMES.get(mode, mode)
+    return OLD_MODE_NAMES.get(mode, mode)
 
 
 class DeployError(LulcError):
@@ -33,13 +48,18 @@ class DeploySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(default="lulc", pattern=r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$", description="ISVC name.")
+    name: str = Field(default=ISVC_NAME, pattern=r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$", description="ISVC name.")
     namespace: str = Field(default="lulc", description="Kubernetes namespace.")
     storage_uri: str = Field(min_length=1, description="Model bundle URI (s3://, gs://, pvc://, https://).")
     image: str = Field(default="ghcr.io/lulc/lulc:0.1.0", description="Project image, pinned tag or digest.")
     model_name: str = Field(default="lulc", description="Model name on the V1/V2 endpoints.")
     service_account: str = Field(default="lulc-predictor", description="Predictor service account.")
-    deployment_mode: Literal["Serverless", "RawDeployment"] = Field(default="Serverless")
+    deployment_mode: DeploymentMode = Field(
+        default="Knative", description="Knative (serverless) or Standard (Deployment); old names accepted."
+    )
+    kserve_version: str = Field(
+        default="0.16", pattern=r"^\d+\.\d+(\.\d+)?$", description="The cluster's KServe: picks the mode's name."
+    )
     min_replicas: int = Field(default=1, ge=0, description="Minimum replicas (0 allows scale to zero).")
     max_replicas: int = Field(default=4, ge=1, description="Maximum replicas.")
     scale_metric: Literal["concurrency", "rps", "cpu", "memory"] = Field(default="concurrency")
@@ -116,10 +136,15 @@ def build_inference_service(spec: DeploySpec) -> dict[str, Any]:
         "ports": [{"containerPort": 8080, "name": "http1", "protocol": "TCP"}],
         "env": env,
         "resources": resources,
-        "readinessProbe": probe | {"initialDelaySeconds": 5, "failureThreshold": 3},
+        "readinessProbe": probe | {"failureThreshold": 3},
+        # loading the bundle and the warm-up pass: up to 5 min before liveness starts (no fixed initial delay)
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": 8080},
+            "periodSeconds": 5,
+            "failureThreshold": 60,
+        },
         "livenessProbe": {
             "httpGet": {"path": "/v2/health/live", "port": 8080},
-            "initialDelaySeconds": 60,
             "periodSeconds": 20,
             "failureThreshold": 3,
         },
@@ -162,7 +187,7 @@ def build_inference_service(spec: DeploySpec) -> dict[str, Any]:
             "namespace": spec.namespace,
             "labels": labels_for(spec),
             "annotations": {
-                "serving.kserve.io/deploymentMode": spec.deployment_mode,
+                "serving.kserve.io/deploymentMode": mode_annotation(spec.deployment_mode, spec.kserve_version),
                 "serving.kserve.io/enable-prometheus-scraping": "true",
             },
         },

@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 
 from lulc_core.redaction import RedactingFilter
@@ -33,6 +33,10 @@ LATENCY = Histogram(
 )
 PIXELS = Counter("lulc_pixels_predicted_total", "Pixels predicted (cache hits excluded).")
 UPSTREAM_ERRORS = Counter("lulc_upstream_errors_total", "Failures of imagery/OSM services.", ["service"])
+IN_FLIGHT = Gauge(
+    "lulc_predictions_in_flight",
+    "Predictions running or waiting for a slot (KEDA scales on it: manifests/overlays/keda).",
+)
 CACHE_HITS = Counter("lulc_cache_hits_total", "Predictions answered from the idempotency cache.")
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("lulc_request_id", default="-")

@@ -3,6 +3,13 @@
 `ModelServer.start` binds 0.0.0.0; `LulcModelServer` binds the given host (127.0.0.1 for `lulc serve`, 0.0.0.0
 in the container) and runs only the REST server (no gRPC port). SIGTERM/SIGINT stop it gracefully: uvicorn
 stops accepting connections and lets requests in flight finish within `grace_period_s`.
+
+KServe has no public way to choose the bind address or the InvalidInput handler, so `LulcModelServer` overrides
+`ModelServer.start` and uses members of KServe's server that are not public API. They exist, with these
+signatures, from KServe 0.18 on (read in kserve's source at the tags v0.14.0 … v0.20.0 and in the installed
+0.21: 0.14 lacks the model-readiness check and `RESTServer._add_exception_handlers`, 0.15 to 0.17 lack
+`ModelServer.timeout_keep_alive`), hence `kserve>=0.18,<0.22` in pyproject.toml; `check_kserve()` refuses any
+other version at start-up in one line, and tests/test_serving_units.py checks both bounds and every member used.
 """
 
 from __future__ import annotations
@@ -22,6 +29,27 @@ from serving.predictor import LulcModel
 
 log = logging.getLogger(__name__)
 
+KSERVE_RANGE = ((0, 18), (0, 22))  # [lower, upper) of the kserve versions whose server members are used here
+# ModelServer / RESTServer members used below that are not KServe's public API (checked by the tests).
+PRIVATE_MEMBERS = {
+    "ModelServer": ("_register_and_check_atleast_one_model_is_ready", "_serve", "timeout_keep_alive", "event_loop"),
+    "RESTServer": ("_add_exception_handlers",),
+}
+
+
+def check_kserve(version: str | None = None) -> None:
+    """Refuse a kserve whose server this module does not fit (the range pinned in pyproject.toml)."""
+    from importlib.metadata import version as installed
+
+    text = version or installed("kserve")
+    parts = tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
+    low, high = KSERVE_RANGE
+    if not low <= parts < high:
+        raise RuntimeError(
+            f"kserve {text} is not supported by serving/server.py (needs >={low[0]}.{low[1]},<{high[0]}.{high[1]}): "
+            "install the range pyproject.toml pins"
+        )
+
 
 class LulcRESTServer(RESTServer):
     """KServe's REST server; its InvalidInput handler is replaced by lulc's (field + fix, no traceback log)."""
@@ -37,6 +65,7 @@ class LulcModelServer(ModelServer):
     """ModelServer whose REST server binds `host` (kserve's own binds every interface)."""
 
     def __init__(self, host: str = "127.0.0.1", **kwargs: object) -> None:
+        check_kserve()
         super().__init__(enable_grpc=False, workers=1, **kwargs)  # type: ignore[arg-type]
         self.host = host
 

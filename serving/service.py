@@ -209,11 +209,16 @@ def parse_outputs(value: Any, field: str = "outputs") -> set[str]:
 
 
 class PredictionCache:
-    """A small thread-safe LRU of recent predictions."""
+    """A thread-safe LRU of recent predictions, bounded by the bytes their arrays hold (and by an entry count).
 
-    def __init__(self, size: int, max_pixels: int = 16_000_000) -> None:
+    A 16 Mpx prediction with per-class probabilities holds hundreds of MB, so a count alone cannot keep the pod
+    inside its memory limit; a prediction larger than `max_bytes` is not cached at all.
+    """
+
+    def __init__(self, size: int, max_bytes: int = 256 * 2**20) -> None:
         self.size = size
-        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._items: OrderedDict[str, Prediction] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -225,13 +230,17 @@ class PredictionCache:
             return item
 
     def put(self, key: str, prediction: Prediction) -> None:
-        if self.size <= 0 or prediction.classes.height * prediction.classes.width > self.max_pixels:
+        size = prediction.nbytes
+        if self.size <= 0 or size > self.max_bytes:
             return
         with self._lock:
+            old = self._items.pop(key, None)
+            self.nbytes -= 0 if old is None else old.nbytes
             self._items[key] = prediction
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            self.nbytes += size
+            while len(self._items) > self.size or self.nbytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.nbytes -= evicted.nbytes
 
     def __len__(self) -> int:
         return len(self._items)
@@ -253,7 +262,7 @@ class LulcService:
         self.bundle = bundle
         self.settings = settings or ServingConfig()
         self.timeout_s = timeout_s
-        self.cache = PredictionCache(self.settings.cache_size)
+        self.cache = PredictionCache(self.settings.cache_size, self.settings.cache_max_bytes)
         self._slots = asyncio.Semaphore(max_concurrency)
 
     @property
@@ -267,6 +276,10 @@ class LulcService:
         that outlives its own deadline (a hung data source) is answered in time — 503 with Retry-After — instead
         of waiting for that work to end.
         """
+        with obs.IN_FLIGHT.track_inprogress():  # waiting for a slot counts: it is load the replicas cannot take
+            return await self._run_in_slot(fn, bounded_wait)
+
+    async def _run_in_slot(self, fn: Callable[[], T], bounded_wait: bool) -> T:
         loop = asyncio.get_running_loop()
         started = loop.time()
         if bounded_wait:

@@ -78,7 +78,11 @@ def _substitute(value: str, variables: dict[str, str]) -> str:
 
 
 def stages(instructions: list[Instruction]) -> list[Stage]:
-    """Split into build stages; FROM images get the global ARG defaults substituted."""
+    """Split into build stages; FROM images get the global ARG defaults substituted.
+
+    A stage built FROM an earlier stage (`FROM runtime-base AS predictor`) inherits it: its image is the earlier
+    stage's base image and its instructions begin with the earlier stage's (what the built image really holds).
+    """
     first_from = next((i for i, ins in enumerate(instructions) if ins.keyword == "FROM"), None)
     if first_from is None:
         raise ValueError("the Dockerfile has no FROM instruction")
@@ -89,7 +93,11 @@ def stages(instructions: list[Instruction]) -> list[Stage]:
             words = [w for w in ins.args.split() if not w.startswith("--")]
             image = _substitute(words[0], global_args)
             alias = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
-            result.append(Stage(image, alias, []))
+            parent = next((s for s in result if s.alias == image), None)
+            if parent is not None:
+                result.append(Stage(parent.image, alias, list(parent.instructions)))
+            else:
+                result.append(Stage(image, alias, []))
         else:
             result[-1].instructions.append(ins)
     return result
@@ -234,6 +242,7 @@ def makefile_pip_installs(makefile: str) -> list[tuple[str, ...]]:
         if line.startswith("#"):
             continue
         line = re.sub(r"\$\((BIN)\)/", "", line)
+        line = re.sub(r"\$\((\w+)\)", r"${\1}", line)  # make's $(VAR) is the Dockerfile's ${VAR}
         for part in split_shell(line):
             norm = normalize_pip_install(part)
             if norm:

@@ -114,3 +114,54 @@ def test_onnx_export_has_dynamic_size_and_matches_torch(tmp_path: Path, tiny_bun
     got = session.run(["logits"], {"pixel_values": x.numpy()})[0]
     assert got.shape == (3, 11 - 4, 32, 8)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *sorted(root.rglob("*"))]}
+
+
+def test_bundle_files_get_the_umask_permissions(tiny_bundle: Path) -> None:
+    """save_pretrained writes model.safetensors 0600; a predictor of another UID must still read the bundle."""
+    from lulc_core.raster import DIR_MODE, FILE_MODE
+
+    modes = _modes(tiny_bundle)
+    assert modes["model/model.safetensors"] == FILE_MODE
+    assert all(m == (DIR_MODE if (tiny_bundle / p).is_dir() else FILE_MODE) for p, m in modes.items()), modes
+
+
+def test_bundle_permissions_follow_a_strict_umask(tmp_path: Path) -> None:
+    """Under umask 077 the bundle stays private: the mode comes from the umask, not a hard-coded 0644."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys; os.umask(0o077)\n"
+        "from lulc_core.model import build_segformer\n"
+        "from lulc_core.labels import LabelSet\n"
+        "from lulc_core.bundle import save_bundle\n"
+        "import tests.test_bundle as t\n"
+        "ls = LabelSet.from_yaml('conf/labels/v3.yaml')\n"
+        "save_bundle(sys.argv[1], build_segformer('b0', 4, ls.num_classes), t.metadata(ls))\n"
+    )
+    target = tmp_path / "private"
+    subprocess.run([sys.executable, "-c", script, str(target)], check=True, timeout=120, cwd=Path(__file__).parents[1])
+    modes = _modes(target)
+    assert modes["model/model.safetensors"] == 0o600
+    assert modes["model"] == 0o700 and modes["lulc.json"] == 0o600, modes
+
+
+def test_registry_cache_publishes_downloaded_bundles(tmp_path: Path, tiny_bundle: Path) -> None:
+    """A bundle registered before the fix (0600 weights) is readable once resolved into the cache."""
+    import shutil
+
+    from lulc_core.raster import FILE_MODE
+    from lulc_core.registry import BundleCache
+
+    def download(staging: Path) -> Path:
+        got = staging / "bundle"
+        shutil.copytree(tiny_bundle, got)
+        (got / "model" / "model.safetensors").chmod(0o600)
+        return got
+
+    cached = BundleCache(tmp_path / "cache").fill("m", 1, "k", download)
+    assert _modes(cached)["model/model.safetensors"] == FILE_MODE

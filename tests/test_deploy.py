@@ -103,7 +103,13 @@ def test_bad_spec_names_the_field() -> None:
 
 
 @pytest.mark.parametrize(
-    "kw", [{}, {"gpus": 1, "node_selector": {"gpu": "a100"}}, {"deployment_mode": "RawDeployment"}]
+    "kw",
+    [
+        {},
+        {"gpus": 1, "node_selector": {"gpu": "a100"}},
+        {"deployment_mode": "Standard"},
+        {"deployment_mode": "RawDeployment", "kserve_version": "0.15.2"},
+    ],
 )
 def test_built_object_validates_against_the_crd(kw: dict[str, object]) -> None:
     schema = shared_path("schemas", "jsonschema", "serving.kserve.io", "inferenceservice_v1beta1.json")
@@ -118,3 +124,28 @@ def test_built_object_validates_against_the_crd(kw: dict[str, object]) -> None:
     if kw.get("gpus"):
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert obj["spec"]["predictor"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+@pytest.mark.parametrize(
+    ("mode", "version", "written"),
+    [
+        ("Knative", "0.16", "Knative"),
+        ("Serverless", "0.21.0", "Knative"),  # the deprecated name is upgraded on a current KServe
+        ("RawDeployment", "0.16", "Standard"),
+        ("Standard", "0.20", "Standard"),
+        ("Knative", "0.15.2", "Serverless"),  # an older KServe knows only the old names
+        ("Standard", "0.14", "RawDeployment"),
+        ("RawDeployment", "0.13", "RawDeployment"),
+    ],
+)
+def test_deployment_mode_follows_the_kserve_version(mode: str, version: str, written: str) -> None:
+    obj = build_inference_service(_spec(deployment_mode=mode, kserve_version=version))
+    assert obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == written
+
+
+def test_deploy_step_settings_come_from_the_run_configuration() -> None:
+    from lulc_core.config import ServingConfig
+
+    with pytest.raises(ValueError, match="kserve_version"):
+        ServingConfig(kserve_version="latest")
+    assert ServingConfig().deployment_mode == "Knative" and DeploySpec(storage_uri="s3://m").name == "lulc"

@@ -3,6 +3,7 @@ installs, runs as a fixed non-root UID, bakes in no secret, pins its base, and p
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -34,22 +35,40 @@ def docker_stages():
 
 
 def test_install_steps_equal_make_test(docker_stages) -> None:
-    image_steps = dockerfile_pip_installs(docker_stages)
+    """The full image runs the Makefile's steps; the predictor's venv is the same install with fewer extras first."""
+    builder = [s for s in docker_stages if s.alias == "builder"]
+    image_steps = [s for i, s in enumerate(dockerfile_pip_installs(builder)) if i == 0 or s != _prev(builder, i)]
     make_steps = makefile_pip_installs((REPO / "Makefile").read_text())
     assert make_steps, "the Makefile's venv rule has no pip install step"
     assert image_steps == make_steps, (
         "the Dockerfile's pip install steps differ from the Makefile's venv rule (the one `make test` uses):\n"
         f"  Dockerfile: {image_steps}\n  Makefile:   {make_steps}"
     )
-    assert ("pip", "install", "torch==2.13.0") in image_steps
+    assert (
+        "pip",
+        "install",
+        "--retries",
+        "1",
+        "--timeout",
+        "15",
+        "--index-url",
+        "${TORCH_INDEX}",
+        "torch==2.13.0",
+    ) in image_steps
     assert any("-c" in s and "requirements.lock" in s for s in image_steps), "the image must install with the lock"
 
 
+def _prev(builder, i: int) -> tuple[str, ...]:
+    return dockerfile_pip_installs(builder)[i - 1]
+
+
 def test_dropped_extras_are_only_dev_tools() -> None:
-    """The image leaves out `[dev]` only: every runtime dependency is installed in both."""
+    """The full image leaves out `[dev]` only (every role is installed in both); the predictor has `serve` only."""
     makefile = (REPO / "Makefile").read_text()
-    extras = set(re.findall(r"\.\[([\w,\-]+)\]", makefile))
-    assert extras <= {"dev"}, f"the Makefile installs extras {extras}; the image would miss them"
+    (make_extras,) = re.findall(r"\.\[([\w,\-]+)\]", makefile)
+    image_extras = re.findall(r"'\.\[([\w,\-]+)\]'", DOCKERFILE.read_text())
+    assert image_extras == ["serve", "all"], image_extras
+    assert set(make_extras.split(",")) == {"all", "dev"}, f"the Makefile installs extras {make_extras}"
     dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
     runtime_imports = {"lulc_core", "lulc", "components", "pipelines", "serving"}
     assert not {re.split(r"[<>=\[ ]", d)[0] for d in dev} & runtime_imports
@@ -170,17 +189,40 @@ def test_secret_check_rejects(line: str) -> None:
     assert secret_problems(parse_dockerfile(f"FROM python:3.11.14-slim\n{line}\n"))
 
 
-def test_cuda_variant_is_a_build_arg_of_the_torch_step(docker_stages) -> None:
+def test_torch_index_is_one_variable_for_the_torch_step_only(docker_stages) -> None:
+    """TORCH_INDEX (PyTorch's CPU wheel index by default) in the Dockerfile, the Makefile and CI; `--index-url` on
+    the torch step only, so no other package is looked up on that index."""
+    cpu = "https://download.pytorch.org/whl/cpu"
     text = DOCKERFILE.read_text()
-    assert re.search(r"^ARG TORCH_VARIANT=cpu$", text, re.M)
-    torch_runs = [i for s in docker_stages for i in s.instructions if i.keyword == "RUN" and "torch==" in i.args]
-    assert len(torch_runs) == 1
-    assert "download.pytorch.org/whl/${TORCH_VARIANT}" in torch_runs[0].args
+    assert re.search(rf"^ARG TORCH_INDEX={re.escape(cpu)}$", text, re.M)
+    assert re.search(rf"^TORCH_INDEX \?= {re.escape(cpu)}$", (REPO / "Makefile").read_text(), re.M)
+    runs = [i for s in docker_stages if s.alias == "builder" for i in s.instructions if i.keyword == "RUN"]
+    torch_runs = [i for i in runs if "torch==" in i.args]
+    assert len(torch_runs) == 1 and "--index-url ${TORCH_INDEX}" in torch_runs[0].args
+    assert all("index-url" not in i.args for i in runs if i is not torch_runs[0])
+    assert "INDEX_URL" not in text  # no PIP_(EXTRA_)INDEX_URL for a whole step
     images = yaml.safe_load((REPO / ".github" / "workflows" / "images.yml").read_text())
     variants = images["jobs"]["build"]["strategy"]["matrix"]["include"]
     assert {v["torch_variant"] for v in variants} >= {"cpu"} and any(
         v["torch_variant"].startswith("cu") for v in variants
     )
+    build = images["jobs"]["build"]["steps"]
+    args = next(s["with"]["build-args"] for s in build if "build-push-action" in str(s.get("uses", "")))
+    assert "TORCH_INDEX=https://download.pytorch.org/whl/${{ matrix.torch_variant }}" in args
+    for workflow in ("ci.yml", "retrain.yml"):
+        env = yaml.safe_load((REPO / ".github" / "workflows" / workflow).read_text())
+        flat = json.dumps(env)
+        assert "PIP_EXTRA_INDEX_URL" not in flat and "PIP_INDEX_URL" not in flat, workflow
+        assert f'"TORCH_INDEX": "{cpu}"' in flat, workflow
+
+
+def test_predictor_target_has_only_the_serving_venv(docker_stages) -> None:
+    predictor = next(s for s in docker_stages if s.alias == "predictor")
+    copies = [i.args for i in predictor.instructions if i.keyword == "COPY" and "--from=builder" in i.args]
+    assert copies == ["--from=builder /opt/venv-serve /opt/venv"]
+    assert user_problems(predictor) == []
+    cmd = next(i.args for i in reversed(predictor.instructions) if i.keyword == "CMD")
+    assert json.loads(cmd)[:3] == ["python", "-m", "serving"]
 
 
 def test_no_latest_anywhere() -> None:
@@ -266,3 +308,30 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "DL3007" in result.stdout  # latest tag
     assert "DL3013" in result.stdout  # unpinned pip
+
+
+def test_image_test_runs_the_predictor_as_the_inference_service() -> None:
+    """`make image-test` (not part of `make test`) runs the predictor with the InferenceService's restrictions."""
+    from ops_checks import makefile_recipe
+
+    makefile = (REPO / "Makefile").read_text()
+    assert "image-test" not in re.search(r"^test:(.*)$", makefile, re.M).group(1)  # type: ignore[union-attr]
+    assert any("scripts/image_test.sh" in line for line in makefile_recipe(makefile, "image-test"))
+    script = (REPO / "scripts" / "image_test.sh").read_text()
+    isvc = yaml.safe_load((REPO / "manifests" / "base" / "inferenceservice.yaml").read_text())["spec"]["predictor"]
+    uid, gid = isvc["securityContext"]["runAsUser"], isvc["securityContext"]["runAsGroup"]
+    assert isvc["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    for flag in (
+        "--read-only",
+        f"--user {uid}:{gid}",
+        "--cap-drop ALL",
+        "/mnt/models:ro",
+        "--tmpfs /tmp",
+        "DOCKER_BUILDKIT=0",
+    ):
+        assert flag in script, flag
+    assert "--target predictor" in script or '"$target" == predictor' in script
+    assert not DOCKERFILE.read_text().startswith("# syntax"), "the legacy builder cannot pull a syntax frontend"
+    for name in ("image_test.sh", "debootstrap_base.sh"):
+        result = subprocess.run([str(BIN / "shellcheck"), str(REPO / "scripts" / name)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout

@@ -17,11 +17,11 @@ import yaml
 from shared import shared_path
 
 from lulc_core.config import load_run_config
-from serving.deploy import DeploySpec, build_inference_service
+from serving.deploy import ISVC_NAME, DeploySpec, build_inference_service
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "manifests"
-OVERLAYS = ["cpu", "gpu", "raw-deployment"]
+OVERLAYS = ["cpu", "gpu", "standard", "keda"]
 K8S_VERSION = "1.30"
 SECRETISH = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|CREDENTIAL)", re.I)
 
@@ -58,10 +58,22 @@ def test_overlay_validates_against_crd_and_core_schemas(overlay: str) -> None:
     shared_path("schemas", "jsonschema")
     docs = _render(f"overlays/{overlay}")
     kinds = sorted(d["kind"] for d in docs)
+    extra = ["ScaledObject"] if overlay == "keda" else []
     assert kinds == sorted(
-        ["ConfigMap", "InferenceService", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount", "ServiceAccount"]
-    )
+        [
+            "ConfigMap",
+            "InferenceService",
+            "NetworkPolicy",
+            "Role",
+            "RoleBinding",
+            "ServiceAccount",
+            "ServiceAccount",
+            *extra,
+        ]
+    )  # cluster-settings.yaml (local-config) is not in the output
     for doc in docs:
+        if doc["kind"] == "ScaledObject":
+            continue  # no KEDA schema in ../shared: test_keda_scaled_object checks its structure
         validator = _validator(doc)
         if validator is not None:
             errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
@@ -104,6 +116,12 @@ def test_security_and_labels(overlay: str) -> None:
     assert {"requests", "limits"} <= set(container["resources"])
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/lulc"
     assert container["livenessProbe"]["httpGet"]["port"] == 8080
+    assert "initialDelaySeconds" not in container["livenessProbe"]  # the startupProbe covers loading
+    startup = container["startupProbe"]
+    assert (
+        startup["httpGet"]["path"] == "/v2/health/live"
+        and startup["periodSeconds"] * startup["failureThreshold"] >= 120
+    )
     for env in container["env"]:
         if SECRETISH.search(env["name"]):
             assert "value" not in env and "secretKeyRef" in env["valueFrom"], env["name"]
@@ -117,15 +135,17 @@ def test_security_and_labels(overlay: str) -> None:
 
 
 def test_overlays_differ_as_intended() -> None:
-    cpu, gpu, raw = (_isvc(_render(f"overlays/{o}")) for o in OVERLAYS)
+    cpu, gpu, raw, keda = (_isvc(_render(f"overlays/{o}")) for o in OVERLAYS)
     assert "nvidia.com/gpu" not in cpu["spec"]["predictor"]["containers"][0]["resources"]["limits"]
     gpu_pred = gpu["spec"]["predictor"]
     assert gpu_pred["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert gpu_pred["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert gpu_pred["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert gpu_pred["containers"][0]["image"].endswith("-cuda")
-    assert cpu["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
-    assert raw["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert cpu["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"  # KServe >= 0.16 names
+    assert raw["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert keda["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert keda["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"  # KEDA scales it
     assert raw["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
     assert raw["spec"]["predictor"]["scaleMetric"] == "cpu"
     assert raw["spec"]["predictor"]["minReplicas"] >= 2
@@ -138,14 +158,100 @@ def test_base_matches_the_deploy_step() -> None:
     built = build_inference_service(DeploySpec(storage_uri=uri))
     assert base["spec"] == built["spec"]
     assert base["metadata"]["annotations"] == built["metadata"]["annotations"]
+    assert base["metadata"]["name"] == built["metadata"]["name"] == ISVC_NAME  # the deploy step's name too
+
+
+def test_storage_uri_and_network_settings_come_from_one_place() -> None:
+    """cluster-settings.yaml is the only place the storage URI and the object store/mesh endpoints are written."""
+    settings = yaml.safe_load((MANIFESTS / "base" / "cluster-settings.yaml").read_text())["spec"]
+    files = [p for p in MANIFESTS.rglob("*.yaml") if p.name != "cluster-settings.yaml"]
+    assert not [p for p in files if settings["storageUri"] in p.read_text()]
+    for overlay in OVERLAYS:
+        docs = _render(f"overlays/{overlay}")
+        env = _isvc(docs)["spec"]["predictor"]["containers"][0]["env"]
+        assert {"name": "STORAGE_URI", "value": settings["storageUri"]} in env
+        egress = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]["egress"]
+        reach = {
+            (r["to"][0]["namespaceSelector"]["matchExpressions"][0]["values"][0], r["ports"][0]["port"])
+            for r in egress
+            if "namespaceSelector" in r["to"][0] and "matchExpressions" in r["to"][0]["namespaceSelector"]
+        }
+        assert reach == {
+            (settings["objectStore"]["namespace"], settings["objectStore"]["port"]),
+            (settings["mesh"]["namespace"], settings["mesh"]["port"]),
+        }
+        assert all(isinstance(port, int) for _, port in reach)  # a string port would name a container port
+
+
+def test_keda_scaled_object() -> None:
+    """No KEDA schema in ../shared: the ScaledObject's structure is checked here against KEDA's documented fields."""
+    from serving.observability import IN_FLIGHT
+
+    docs = _render("overlays/keda")
+    (scaled,) = [d for d in docs if d["kind"] == "ScaledObject"]
+    schema = {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "keda.sh/v1alpha1"},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["scaleTargetRef", "triggers"],
+                "properties": {
+                    "scaleTargetRef": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name"],
+                        "properties": {
+                            k: {"type": "string"} for k in ("apiVersion", "kind", "name", "envSourceContainerName")
+                        },
+                    },
+                    "minReplicaCount": {"type": "integer", "minimum": 0},
+                    "maxReplicaCount": {"type": "integer", "minimum": 1},
+                    "pollingInterval": {"type": "integer", "minimum": 1},
+                    "cooldownPeriod": {"type": "integer", "minimum": 0},
+                    "idleReplicaCount": {"type": "integer"},
+                    "advanced": {"type": "object"},
+                    "fallback": {"type": "object"},
+                    "triggers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["type", "metadata"],
+                            "properties": {
+                                "type": {"type": "string"},
+                                # KEDA reads trigger metadata as strings only
+                                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }
+    errors = [f"{list(e.path)}: {e.message}" for e in jsonschema.Draft202012Validator(schema).iter_errors(scaled)]
+    assert errors == []
+    spec = scaled["spec"]
+    isvc = _isvc(docs)
+    # KServe's Standard mode names the Deployment <InferenceService>-predictor
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{ISVC_NAME}-predictor"}
+    assert spec["minReplicaCount"] <= spec["maxReplicaCount"] == isvc["spec"]["predictor"]["maxReplicas"]
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus" and {"serverAddress", "query", "threshold"} <= set(trigger["metadata"])
+    assert IN_FLIGHT._name in trigger["metadata"]["query"]  # the gauge the predictor exports
+    assert float(trigger["metadata"]["threshold"]) > 0
+    assert scaled["metadata"]["namespace"] == isvc["metadata"]["namespace"]
 
 
 def test_rbac_lets_the_deploy_step_apply_and_poll() -> None:
     docs = _render("base")
     role = next(d for d in docs if d["kind"] == "Role")
     verbs = {v for r in role["rules"] if "inferenceservices" in r["resources"] for v in r["verbs"]}
-    assert {"get", "create", "patch"} <= verbs
-    assert "delete" not in verbs and "*" not in verbs
+    # exactly what serving/deploy.py does: apply (PATCH; create when new), create-or-patch, GET while waiting
+    assert verbs == {"get", "create", "patch"}
+    assert [r["resources"] for r in role["rules"]] == [["inferenceservices"]]
     binding = next(d for d in docs if d["kind"] == "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "lulc-pipeline", "namespace": "lulc"}

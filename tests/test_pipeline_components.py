@@ -187,9 +187,11 @@ def test_deploy_component_applies_the_inference_service(
             config=base_json, registration=_registration(tmp_path), target="kserve", namespace="lulc-test",
             image="ghcr.io/lulc/lulc:0.1.0", gpus=1, report=report,
         )  # fmt: skip
-        isvc = api.objects[("lulc-test", "inferenceservices", "lulc-sample")]
-    assert url == "http://lulc-sample.lulc-test.example.com"
+        # named as in manifests/base, not after the registered model (lulc-sample)
+        isvc = api.objects[("lulc-test", "inferenceservices", "lulc")]
+    assert url == "http://lulc.lulc-test.example.com"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"  # serving.* defaults
     predictor = json.dumps(isvc["spec"]["predictor"])
     assert "s3://models/lulc/1/bundle" in predictor and "ghcr.io/lulc/lulc:0.1.0" in predictor
     assert "nvidia.com/gpu" in predictor
-    assert "created `lulc-test/lulc-sample`" in Path(report.path).read_text()
+    assert "created `lulc-test/lulc`" in Path(report.path).read_text()

@@ -86,7 +86,7 @@ def test_lru_cache_evicts_oldest_and_skips_huge(v3_label_set: object) -> None:
         raster = Raster(np.zeros((1, n, n), np.uint8), Affine.identity(), CRS.from_epsg(32632), ["class"])
         return Prediction(classes=raster, label_set=v3_label_set)  # type: ignore[arg-type]
 
-    cache = PredictionCache(size=2, max_pixels=100)
+    cache = PredictionCache(size=2, max_bytes=100)
     cache.put("a", pred(2))
     cache.put("b", pred(2))
     assert cache.get("a") is not None  # a is now the most recent
@@ -97,6 +97,42 @@ def test_lru_cache_evicts_oldest_and_skips_huge(v3_label_set: object) -> None:
     off = PredictionCache(size=0)
     off.put("a", pred(2))
     assert off.get("a") is None
+
+
+def test_cache_is_bounded_by_bytes_not_entries(v3_label_set: object) -> None:
+    """Entries with probabilities are large: eviction follows their bytes, whatever the entry count allows."""
+    import numpy as np
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from lulc_core.raster import Raster
+
+    def pred(n: int, probabilities: bool) -> Prediction:
+        classes = Raster(np.zeros((1, n, n), np.uint8), Affine.identity(), CRS.from_epsg(32632), ["class"])
+        probs = Raster(np.zeros((5, n, n), np.float16), Affine.identity(), CRS.from_epsg(32632), list("abcde"))
+        return Prediction(classes, v3_label_set, probs if probabilities else None)  # type: ignore[arg-type]
+
+    big = pred(100, probabilities=True)  # 10,000 + 5 x 20,000 = 110,000 bytes
+    assert big.nbytes == 110_000
+    cache = PredictionCache(size=100, max_bytes=240_000)
+    for key in "abc":
+        cache.put(key, big)
+    assert len(cache) == 2 and cache.get("a") is None and cache.nbytes == 220_000  # the oldest went, by size
+    small = pred(100, probabilities=False)
+    for i in range(14):
+        cache.put(f"s{i}", small)
+    assert cache.nbytes <= 240_000 and len(cache) == 14 and cache.get("c") is None
+    cache.put("s13", small)  # replacing a key keeps the byte count right
+    assert cache.nbytes == 14 * 10_000
+
+
+def test_cache_bound_comes_from_the_run_configuration() -> None:
+    from lulc_core.config import ServingConfig
+    from serving.service import LulcService
+
+    settings = ServingConfig(cache_max_bytes=12_345, cache_size=3)
+    service = LulcService(predictor=None, bundle=None, settings=settings)  # type: ignore[arg-type]
+    assert (service.cache.max_bytes, service.cache.size) == (12_345, 3)
 
 
 def test_outputs() -> None:
@@ -292,3 +328,49 @@ def test_deadline_is_504_and_the_slot_is_held_until_the_work_ends(tmp_path: Path
 
     waited, result = asyncio.run(scenario())
     assert result == "next" and waited >= 0.3
+
+
+def test_kserve_bounds_match_the_pin_and_the_server_members_exist() -> None:
+    """serving/server.py uses non-public ModelServer/RESTServer members: the installed kserve has each of them, the
+    version range it checks is the one pyproject.toml pins, and versions outside it are refused in one line."""
+    import re
+    import tomllib
+
+    import kserve
+    from kserve.protocol.rest.server import RESTServer
+
+    from serving.server import KSERVE_RANGE, PRIVATE_MEMBERS, check_kserve
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    pins = [d for group in [deps["dependencies"], *deps["optional-dependencies"].values()] for d in group]
+    (pin,) = {d for d in pins if re.match(r"kserve\b", d)}
+    (low, high) = KSERVE_RANGE
+    assert pin.replace(" ", "") == f"kserve>={low[0]}.{low[1]},<{high[0]}.{high[1]}"
+    check_kserve()  # the installed one
+    for inside in (f"{low[0]}.{low[1]}.0", f"{high[0]}.{high[1] - 1}.9"):
+        check_kserve(inside)
+    for outside in ("0.17.1", "0.14.0", f"{high[0]}.{high[1]}.0"):
+        with pytest.raises(RuntimeError, match=rf"kserve {re.escape(outside)} is not supported"):
+            check_kserve(outside)
+    server = kserve.ModelServer(enable_grpc=False, workers=1)
+    for name in PRIVATE_MEMBERS["ModelServer"]:
+        assert hasattr(server, name), f"kserve.ModelServer.{name} is gone"
+    for name in PRIVATE_MEMBERS["RESTServer"]:
+        assert callable(getattr(RESTServer, name, None)), f"RESTServer.{name} is gone"
+
+
+def test_in_flight_gauge_counts_running_predictions() -> None:
+    """The gauge KEDA scales on (manifests/overlays/keda) is up while a prediction runs, back down after it."""
+    import asyncio
+
+    from prometheus_client import REGISTRY
+
+    from serving.service import LulcService
+
+    def gauge() -> float:
+        return REGISTRY.get_sample_value("lulc_predictions_in_flight") or 0.0
+
+    service = LulcService(predictor=None, bundle=None)  # type: ignore[arg-type]
+    before = gauge()
+    seen = asyncio.run(service._run(gauge))
+    assert seen == before + 1 and gauge() == before

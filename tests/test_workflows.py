@@ -95,7 +95,7 @@ def test_ci_runs_make_test_on_pushes_and_pull_requests() -> None:
     assert ci["permissions"] == {"contents": "read"}
     assert "secrets." not in (WORKFLOWS / "ci.yml").read_text(), "tests need no secrets (forks run them too)"
     # torch resolves to the CPU build, as in the CPU image.
-    assert ci["env"]["PIP_EXTRA_INDEX_URL"].endswith("/whl/cpu")
+    assert ci["env"]["TORCH_INDEX"].endswith("/whl/cpu")
 
 
 def test_images_tagged_with_the_git_sha_never_latest() -> None:
@@ -108,7 +108,7 @@ def test_images_tagged_with_the_git_sha_never_latest() -> None:
     assert ":${GITHUB_SHA}${SUFFIX}" in text
     build = next(s for s in _steps(images) if str(s.get("uses", "")).startswith("docker/build-push-action"))
     assert build["with"]["push"] is True and build["with"]["target"] == "runtime"
-    assert "TORCH_VARIANT=${{ matrix.torch_variant }}" in build["with"]["build-args"]
+    assert "TORCH_INDEX=https://download.pytorch.org/whl/${{ matrix.torch_variant }}" in build["with"]["build-args"]
     assert "GIT_SHA=${{ github.sha }}" in build["with"]["build-args"]
     assert "exists" in build["if"], "an existing SHA tag is never rebuilt (immutable tags)"
 
@@ -361,7 +361,9 @@ def test_retrain_fails_when_the_run_fails(tmp_path: Path) -> None:
     [
         ({}, "KFP_HOST is not set"),
         ({"KFP_HOST": "http://127.0.0.1:9", "LULC_CONFIG": "conf/nope.yaml"}, "does not exist"),
-        ({"KFP_HOST": "http://127.0.0.1:9", "MLFLOW_TRACKING_URI": ""}, "set MLFLOW_TRACKING_URI"),
+        ({"KFP_HOST": "http://127.0.0.1:9", "LULC_CONFIG": "conf/run.yaml", "MLFLOW_TRACKING_URI": ""}, "or registry"),
+        # conf/cluster.yaml (the default) names the in-cluster MLflow: CI must be told its external address
+        ({"KFP_HOST": "http://127.0.0.1:9", "MLFLOW_TRACKING_URI": ""}, "in-cluster MLflow server, unreachable"),
     ],
 )
 def test_retrain_refuses_before_submitting(tmp_path: Path, env: dict[str, str], message: str) -> None:

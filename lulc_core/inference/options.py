@@ -84,6 +84,12 @@ class Prediction:
     title: str | None = None
     confidence: Raster | None = None
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays of this prediction (classes, probabilities, uncertainty, validity masks)."""
+        rasters = [r for r in (self.classes, self.probabilities, self.uncertainty) if r is not None]
+        return sum(r.data.nbytes + (0 if r.valid is None else r.valid.nbytes) for r in rasters)
+
     def class_pixel_counts(self) -> dict[str, int]:
         """Pixels per class name (including `unknown`)."""
         counts = np.bincount(self.classes.data[0].ravel(), minlength=self.label_set.num_classes)

@@ -40,6 +40,7 @@ from lulc_core.bundle import METADATA_FILE, BundleMetadata, ModelBundle, Provena
 from lulc_core.config import GateConfig, RegistryConfig
 from lulc_core.errors import InputError, NotFoundError
 from lulc_core.lineage import fingerprint_test_set, lineage_tags
+from lulc_core.raster import publish_tree
 
 if TYPE_CHECKING:
     from lulc_core.registry.gate import GateDecision
@@ -343,6 +344,7 @@ class BundleCache:
             if not (got / METADATA_FILE).is_file():
                 raise NotFoundError(f"{name}@{version}: the downloaded artifact holds no {METADATA_FILE}")
             (got / self.MARKER).write_text(json.dumps({"key": key}))
+            publish_tree(got)  # bundles registered with 0600 files stay readable by a predictor of another UID
             if target.exists():
                 shutil.rmtree(target)
             got.replace(target)
