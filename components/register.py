@@ -29,14 +29,14 @@ def register(
     from components._report import md_table
     from components._runtime import load_config
     from lulc_core.evaluation import EvaluationReport
-    from lulc_core.lineage import registration_info
-    from lulc_core.registry import build_registry
+    from lulc_core.registry import build_registry, registration_info
+    from lulc_core.registry.gate import apply_gate
 
     cfg = load_config(config)
     rep = EvaluationReport.model_validate_json((Path(evaluation.path) / "metrics.json").read_text())
     registry = build_registry(cfg.registry, cfg.work_dir)
     ref = registry.register(Path(bundle.path), registration_info(cfg, rep))
-    decision = registry.apply_gate(ref, cfg.registry.gate)
+    decision = apply_gate(registry, ref, cfg.registry.gate)
     version = registry.get(ref)
     record = {
         "ref": f"{version.name}@{version.version}",

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from lulc_core.errors import InputError, LulcError, NotFoundError, UpstreamError
-from lulc_core.registry import (
+from lulc_core.registry.base import (
     ALIAS_STAGES,
     TAG_STAGE,
     ModelRef,

@@ -38,7 +38,7 @@ from typing import Any
 from lulc_core.bundle import METADATA_FILE
 from lulc_core.config import RegistryConfig
 from lulc_core.errors import InputError, LulcError, NotFoundError, UpstreamError
-from lulc_core.registry import (
+from lulc_core.registry.base import (
     ALIAS_STAGES,
     STAGES,
     TAG_STAGE,
