@@ -45,16 +45,13 @@ def deploy(
         return ""
     if not reg.get("storage_uri"):
         raise InputError(
-            "registry", f"{reg['ref']} has no storage URI KServe can fetch", "use a registry with an object store"
+            "registry", f"{reg['ref']} has no storage URI", "set registry.artifact_root: s3://bucket/prefix (MLflow)"
         )
-    from serving.deploy import DeploySpec
     from serving.deploy import deploy as apply_isvc
 
-    spec = DeploySpec(
-        name=cfg.registry.model_name, namespace=namespace, storage_uri=reg["storage_uri"], image=image, gpus=gpus
-    )
-    result = apply_isvc(spec)
+    spec = {"name": cfg.registry.model_name, "namespace": namespace, "storage_uri": reg["storage_uri"]}
+    result = apply_isvc(spec | {"image": image, "gpus": gpus})
     Path(report.path).write_text(
-        f"# Deployed {reg['ref']}\n\n{result.action} `{namespace}/{spec.name}` -> {result.url}\n"
+        f"# Deployed {reg['ref']}\n\n{result.action} `{namespace}/{result.name}` -> {result.url}\n"
     )
     return result.url

@@ -64,7 +64,8 @@ def build_registry(cfg: RegistryConfig, work_dir: Path) -> ModelRegistry:
         from lulc_core.registry.mlflow_backend import MlflowRegistry
 
         uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(work_dir)
-        return MlflowRegistry(uri, cfg.model_name, cache_dir, artifact_root=work_dir / "mlruns")
+        root = cfg.artifact_root or work_dir / "mlruns"
+        return MlflowRegistry(uri, cfg.model_name, cache_dir, artifact_root=root)
     if cfg.backend == "neptune":
         from lulc_core.registry.neptune_backend import NeptuneRegistry
 

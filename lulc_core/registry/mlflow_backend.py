@@ -7,10 +7,11 @@ source is `runs:/<run_id>/bundle`, tagged with metrics, lineage and later the ga
 in the `lulc.stage` version tag.
 
 KServe: `ModelVersionInfo.storage_uri` is the bundle's underlying artifact location (`<run artifact_uri>/bundle`).
-KServe's storage initializer can fetch it when the tracking server stores artifacts directly in an object store
-(`mlflow server --default-artifact-root s3://bucket/mlflow --no-serve-artifacts` gives `s3://.../bundle`; gs://
-and Azure Blob work alike). It cannot fetch `models:/`, `runs:/`, `mlflow-artifacts:/` (proxied artifacts) or
-`file://` URIs; for those, resolve the bundle (`lulc registry resolve`) and copy it to a bucket or a PVC.
+KServe's storage initializer fetches it when the artifacts live in an object store: `registry.artifact_root:
+s3://bucket/mlflow` (the experiment's artifact location, also with an embedded SQLite store), or a tracking
+server started with `--default-artifact-root s3://bucket/mlflow --no-serve-artifacts`, give `s3://.../bundle`
+(gs:// and Azure Blob work alike). It cannot fetch `models:/`, `runs:/`, `mlflow-artifacts:/` (proxied
+artifacts) or `file://` URIs; `serving.deploy.DeploySpec` refuses those.
 
 Only `MlflowClient` is used (no `mlflow.pyfunc`), and mlflow is imported inside the methods.
 """
@@ -74,7 +75,7 @@ class MlflowRegistry(ModelRegistry):
         model_name: str,
         cache_dir: Path,
         *,
-        artifact_root: Path | None = None,
+        artifact_root: Path | str | None = None,
         registry_uri: str | None = None,
         experiment: str = EXPERIMENT,
     ) -> None:
@@ -97,7 +98,12 @@ class MlflowRegistry(ModelRegistry):
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.remote = scheme in ("http", "https", "databricks")
-        self.artifact_root = None if self.remote else artifact_root
+        # a configured URI (s3://...) always applies; the local default only to a local store (a server has its own)
+        self._explicit_root = isinstance(artifact_root, str)
+        if isinstance(artifact_root, str):
+            self.artifact_location: str | None = artifact_root if "://" in artifact_root else _file_uri(artifact_root)
+        else:
+            self.artifact_location = None if self.remote or artifact_root is None else _file_uri(artifact_root)
         self.experiment = experiment
         self._client: MlflowClient | None = None
 
@@ -151,10 +157,18 @@ class MlflowRegistry(ModelRegistry):
 
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None:
+            wanted = self.artifact_location
+            if self._explicit_root and wanted and exp.artifact_location.rstrip("/") != wanted.rstrip("/"):
+                log.warning(
+                    "experiment %r keeps its artifacts at %s, not %s (registry.artifact_root applies when the "
+                    "experiment is created) — use a new tracking database or experiment for the new location",
+                    self.experiment,
+                    exp.artifact_location,
+                    wanted,
+                )
             return str(exp.experiment_id)
-        location = self.artifact_root.resolve().as_uri() if self.artifact_root is not None else None
         try:
-            return str(self.client.create_experiment(self.experiment, artifact_location=location))
+            return str(self.client.create_experiment(self.experiment, artifact_location=self.artifact_location))
         except MlflowException as exc:  # created concurrently
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
@@ -364,6 +378,10 @@ class MlflowRegistry(ModelRegistry):
             if not info.run_id:
                 raise NotFoundError(f"{info.name}@{info.version} has no run to attach {file.name} to")
             self.client.log_artifact(info.run_id, str(file), "bundle")
+
+
+def _file_uri(path: Path | str) -> str:
+    return Path(path).resolve().as_uri()
 
 
 def _looks_unreachable(text: str) -> bool:
