@@ -72,7 +72,8 @@ def test_register_promote_gate_resolve_predict(neptune_env: NeptuneStandIn, regi
     assert stages == {2: "production", 1: "archived"}
     info = registry.get("LULC@production")
     assert info.version_id == f"{model_id}-2" and info.gate_passed is True
-    assert info.tags["lulc.gate.min_miou"] == "0.5" and info.storage_uri is None
+    assert info.tags["lulc.gate.min_miou"] == "0.5"
+    assert info.storage_uri == f"neptune://{server.project}/{model_id}-2"
 
     path = registry.resolve("@production")
     assert path.name == "2" and (path / "lulc.json").is_file()

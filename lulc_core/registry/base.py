@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import shutil
+import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -398,6 +399,26 @@ class ModelRegistry(ABC):
             return hit
         log.info("%s@%d: downloading %s", info.name, info.version, info.source)
         return self.cache.fill(info.name, info.version, key, lambda staging: self._download(info, staging))
+
+    def pull(self, ref: str | ModelRef, dest: Path) -> Path:
+        """Download the version's bundle into `dest` (lulc.json at its top), past the cache: what KServe's storage
+        initializer does for /mnt/models. Files already in `dest` with the same names are replaced."""
+        info = self.get(ref)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".lulc-pull-", dir=dest) as staging:
+            got = self._download(info, Path(staging))
+            if not (got / METADATA_FILE).is_file():
+                raise NotFoundError(f"{info.name}@{info.version}: the stored bundle holds no {METADATA_FILE}")
+            for child in got.iterdir():
+                target = dest / child.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+                child.replace(target)
+        log.info("%s@%d: pulled into %s", info.name, info.version, dest)
+        return dest
 
     def export_onnx(self, ref: str | ModelRef) -> Path:
         """Export the version's model to ONNX, store it in the version's bundle, return the local file."""

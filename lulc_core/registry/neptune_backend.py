@@ -18,7 +18,9 @@ offline *run* tagged `lulc-model-candidate` with the same fields and the bundle 
 `.neptune/lulc-bundles/`, because offline file sets only reference paths); after `neptune sync`, register the
 bundle online. Reads (`list`, `resolve`, `promote`) need a server.
 
-KServe cannot fetch from Neptune (`storage_uri` is None): resolve the bundle and copy it to object storage.
+KServe: a version's `storage_uri` is `neptune://<workspace>/<project>/<version id>`. KServe fetches it through the
+ClusterStorageContainer of `manifests/cluster/neptune-storage`, whose init container runs `lulc registry pull
+<uri> /mnt/models` with NEPTUNE_API_TOKEN from a Secret (`pull_storage_uri`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ CREDENTIALS_FIX = (
     "export NEPTUNE_API_TOKEN=<API token from your Neptune server> and NEPTUNE_PROJECT=<workspace>/<project> "
     "(or set registry.neptune_project), or use NEPTUNE_MODE=offline to store locally for `neptune sync`"
 )
+SCHEME = "neptune://"
 _KEY = re.compile(r"^[A-Z0-9]{1,10}$")
 _VERSION_ID = re.compile(r"^(?P<model>[A-Z0-9]+-[A-Z0-9]+)-(?P<n>\d+)$")
 # Connection retries of the neptune client (read once, when neptune is first imported): seconds, not minutes.
@@ -214,7 +217,7 @@ class NeptuneRegistry(ModelRegistry):
         return f"{self.project_key()}-{key}"
 
     def _uri(self, version_id: str) -> str:
-        return f"neptune://{self.project}/{version_id}"
+        return f"{SCHEME}{self.project}/{version_id}"
 
     # -- reads ----------------------------------------------------------------------------------------------
 
@@ -265,7 +268,7 @@ class NeptuneRegistry(ModelRegistry):
             run_url=row.get("run_url") or None,
             source=f"{self._uri(version_id)}/bundle",
             uri=self._uri(version_id),
-            storage_uri=None,
+            storage_uri=self._uri(version_id),
         )
 
     def list_versions(self, name: str | None = None) -> list[ModelVersionInfo]:
@@ -470,6 +473,34 @@ class NeptuneRegistry(ModelRegistry):
 
     def _cache_key(self, info: ModelVersionInfo) -> str:
         return f'["neptune", "{self._uri(info.version_id)}", "{info.tags.get("lulc.onnx")}"]'
+
+
+def parse_storage_uri(uri: str) -> tuple[str, str]:
+    """`neptune://<workspace>/<project>/<version id>` -> (project, version id)."""
+    body = uri.removeprefix(SCHEME)
+    project, _, version_id = body.rpartition("/")
+    if not uri.startswith(SCHEME) or project.count("/") != 1 or not _VERSION_ID.match(version_id):
+        raise InputError(
+            "storage_uri",
+            f"{uri!r} is not a Neptune model version URI",
+            "write neptune://<workspace>/<project>/<PROJECT_KEY>-<MODEL_KEY>-<n>, as `lulc registry show` prints it",
+        )
+    return project, version_id
+
+
+def pull_storage_uri(uri: str, dest: Path, cache_dir: Path) -> Path:
+    """Download the bundle of the version `uri` names into `dest` (NEPTUNE_API_TOKEN and NEPTUNE_MODE from the
+    environment; the project comes from the URI)."""
+    project, version_id = parse_storage_uri(uri)
+    m = _VERSION_ID.match(version_id)
+    assert m is not None
+    key = m["model"].rsplit("-", 1)[-1]
+    mode = os.environ.get("NEPTUNE_MODE", "async") or "async"
+    registry = NeptuneRegistry(project, os.environ.get("NEPTUNE_API_TOKEN"), key, cache_dir, mode=mode)
+    info = registry.get(ModelRef(name=key, version=int(m["n"])))
+    if info.version_id != version_id:
+        raise NotFoundError(f"{uri}: no model version {version_id} in {project} (found {info.version_id})")
+    return registry.pull(info.ref, dest)
 
 
 def sync_offline(project: str | None, path: Path = Path()) -> None:
