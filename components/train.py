@@ -16,7 +16,7 @@ def train(
     bundle: Output[Model],
     metrics: Output[Metrics],
 ) -> None:
-    """Train with the run configuration (GPU when the task has one) and write the model bundle.
+    """Train with the run configuration (GPU when the task has one), curves live to the registry's tracker.
 
     Args:
         config: RunConfig JSON.
@@ -32,14 +32,19 @@ def train(
 
     from components._runtime import copy_dir, load_config
     from lulc_core.dataset import TileSplit
+    from lulc_core.registry import build_registry
+    from lulc_core.registry.tracking import tracked
     from lulc_core.stats import DatasetStats
     from lulc_core.training import train as run_training
 
     cfg = load_config(config)
     tile_split = TileSplit.model_validate_json(Path(split.path).read_text())
     ds = DatasetStats.load(Path(stats.path))
-    with tempfile.TemporaryDirectory(prefix="lulc-train-") as work:
-        result = run_training(cfg, Path(imagery.path), Path(labels.path), ds, tile_split, Path(work), progress=False)
+    registry = build_registry(cfg.registry, cfg.work_dir)
+    with tempfile.TemporaryDirectory(prefix="lulc-train-") as work, tracked(registry, cfg) as run:
+        result = run_training(
+            cfg, Path(imagery.path), Path(labels.path), ds, tile_split, Path(work), progress=False, tracking=run
+        )
         copy_dir(result.bundle_dir, bundle.path)
     if result.best_val_loss is not None:
         metrics.log_metric("best_val_loss", float(result.best_val_loss))

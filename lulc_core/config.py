@@ -234,6 +234,11 @@ class RegistryConfig(StrictModel):
     neptune_project: str | None = Field(default=None, description="Neptune project (else NEPTUNE_PROJECT).")
     neptune_model_key: str = Field(default="LULC", description="Neptune model key.")
     cache_dir: Path | None = Field(default=None, description="Where resolved bundles are downloaded.")
+    track_training: bool = Field(
+        default=True,
+        description="Log loss and mIoU per epoch live to the backend's tracker (MLflow run, Neptune run); the "
+        "registered version is made from (MLflow) or linked to (Neptune) that run.",
+    )
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate.")
 
     @field_validator("artifact_root")

@@ -14,7 +14,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +24,9 @@ from lulc_core.config import RunConfig
 from lulc_core.errors import InputError, NotFoundError
 from lulc_core.labels import LabelSet
 from lulc_core.lineage import build_provenance, fingerprint_test_set, lineage_tags
+
+if TYPE_CHECKING:
+    from lulc_core.registry.tracking import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +229,10 @@ def prepare_registration(bundle_dir: Path, info: RegistrationInfo, default_name:
     params.update({"variant": metadata.variant, "bands": ",".join(metadata.bands)})
     params.update({"resolution": str(metadata.resolution), "chip_size": str(metadata.chip_size)})
     provenance = info.provenance or metadata.provenance
+    if info.provenance is not None and provenance.tracking_run is None and metadata.provenance.tracking_run:
+        # a registration built from the run configuration still belongs to the run the bundle was trained in
+        trained_in = {"tracking_run": metadata.provenance.tracking_run, "run_url": metadata.provenance.run_url}
+        provenance = provenance.model_copy(update={k: getattr(provenance, k) or v for k, v in trained_in.items()})
     label_set = metadata.label_set
     tags = {
         TAG_STAGE: "none",
@@ -377,6 +384,10 @@ class ModelRegistry(ABC):
     @abstractmethod
     def set_tags(self, ref: str | ModelRef, tags: Mapping[str, str]) -> None:
         """Set string tags on the version."""
+
+    def start_training_run(self, name: str) -> TrainingRun:
+        """A run of this backend's tracker for training curves (see `lulc_core.registry.tracking`)."""
+        raise InputError("registry.track_training", f"the {self.backend} backend has no tracker", "set it to false")
 
     @abstractmethod
     def _download(self, info: ModelVersionInfo, staging: Path) -> Path:

@@ -41,9 +41,12 @@ from lulc_core.registry.base import (
     parse_stage,
     prepare_registration,
 )
+from lulc_core.registry.tracking import TrainingRun
 
 if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
     from mlflow import MlflowClient
+    from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -287,12 +290,20 @@ class MlflowRegistry(ModelRegistry):
         reg = prepare_registration(Path(bundle_dir), info, self.model_name)
         with self._errors(f"register {reg.name}"):
             exp_id = self._experiment_id()
-            run = self.client.create_run(exp_id, run_name=reg.run_name, tags=reg.version_tags)
+            trained_in = self._training_run(reg.provenance.tracking_run)
+            if trained_in is None:
+                run = self.client.create_run(exp_id, run_name=reg.run_name, tags=reg.version_tags)
+                logged: dict[str, str] = {}
+            else:  # the run holding the training curves becomes the version's run
+                run = trained_in
+                logged = dict(run.data.params)
+                for key, value in reg.version_tags.items():
+                    self.client.set_tag(run.info.run_id, key, value)
             run_id = run.info.run_id
             try:
                 now = int(time.time() * 1000)
                 metrics = [Metric(k, v, now, 0) for k, v in reg.metrics.items()]
-                params = [Param(k, v[:6000]) for k, v in reg.params.items()]
+                params = [Param(k, v[:6000]) for k, v in reg.params.items() if k not in logged]
                 for i in range(0, max(len(metrics), len(params)), 100):
                     self.client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
                 self.client.log_artifacts(run_id, str(reg.bundle_dir), "bundle")
@@ -319,6 +330,26 @@ class MlflowRegistry(ModelRegistry):
         ref = ModelRef(name=reg.name, version=int(mv.version))
         log.info("registered %s (run %s)", ref, run_id)
         return ref
+
+    def _training_run(self, run_id: str | None) -> Run | None:
+        """The training run `run_id` when this store has it (else None: the bundle was trained elsewhere)."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            log.warning("training run %s is not in %s: registering in a new run", run_id, self.tracking_uri)
+            return None
+        return None if run.info.lifecycle_stage == "deleted" else run
+
+    def start_training_run(self, name: str) -> TrainingRun:
+        """A run in the registry's experiment that Lightning's MLFlowLogger logs the training curves into."""
+        with self._errors(f"start training run {name}"):
+            exp_id = self._experiment_id()
+            run = self.client.create_run(exp_id, run_name=name, tags={"lulc.kind": "training"})
+        return MlflowTrainingRun(self, run.info.run_id, self._run_url(exp_id, run.info.run_id))
 
     def get(self, ref: str | ModelRef) -> ModelVersionInfo:
         r = self.ref(ref)
@@ -378,6 +409,27 @@ class MlflowRegistry(ModelRegistry):
             if not info.run_id:
                 raise NotFoundError(f"{info.name}@{info.version} has no run to attach {file.name} to")
             self.client.log_artifact(info.run_id, str(file), "bundle")
+
+
+class MlflowTrainingRun(TrainingRun):
+    """An MLflow run of the registry's experiment; Lightning's MLFlowLogger writes the curves into it."""
+
+    backend = "mlflow"
+
+    def __init__(self, registry: MlflowRegistry, run_id: str, url: str | None) -> None:
+        super().__init__(run_id, url)
+        self.registry = registry
+
+    def logger(self) -> Logger:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return MLFlowLogger(
+            experiment_name=self.registry.experiment, tracking_uri=self.registry.tracking_uri, run_id=self.run_id
+        )
+
+    def close(self, failed: bool = False) -> None:
+        with contextlib.suppress(Exception):
+            self.registry.client.set_terminated(str(self.run_id), status="FAILED" if failed else "FINISHED")
 
 
 def _file_uri(path: Path | str) -> str:

@@ -54,6 +54,7 @@ from lulc_core.registry.base import (
     parse_stage,
     prepare_registration,
 )
+from lulc_core.registry.tracking import NeptuneRunLogger, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,14 @@ CREDENTIALS_FIX = (
     "(or set registry.neptune_project), or use NEPTUNE_MODE=offline to store locally for `neptune sync`"
 )
 SCHEME = "neptune://"
+# Runs record what lulc logs, not the process's console, hardware, sources or git state.
+QUIET_RUN: dict[str, Any] = {
+    "capture_stdout": False,
+    "capture_stderr": False,
+    "capture_hardware_metrics": False,
+    "source_files": [],
+    "git_ref": False,
+}
 _KEY = re.compile(r"^[A-Z0-9]{1,10}$")
 _VERSION_ID = re.compile(r"^(?P<model>[A-Z0-9]+-[A-Z0-9]+)-(?P<n>\d+)$")
 # Connection retries of the neptune client (read once, when neptune is first imported): seconds, not minutes.
@@ -363,13 +372,49 @@ class NeptuneRegistry(ModelRegistry):
                 version_id = str(version["sys/id"].fetch())
                 if not reg.provenance.run_url:
                     version["run_url"] = version.get_url()
+                if reg.provenance.tracking_run:
+                    version["training_run"] = reg.provenance.tracking_run
                 version.wait()
             finally:
                 version.stop()
+        if reg.provenance.tracking_run:
+            self._link_training_run(reg.provenance.tracking_run, version_id)
         m = _VERSION_ID.match(version_id)
         ref = ModelRef(name=key, version=int(m["n"]) if m else None)
         log.info("registered %s (%s)", ref, version_id)
         return ref
+
+    def start_training_run(self, name: str) -> TrainingRun:
+        """A Neptune run for the training curves (offline mode: stored under .neptune/ for `neptune sync`)."""
+        if self.mode == "read-only":
+            raise InputError("NEPTUNE_MODE", "read-only mode cannot log training", "unset NEPTUNE_MODE or set async")
+        neptune = _neptune()
+        with self._errors("start training run"):
+            run = neptune.init_run(
+                project=self.project,
+                api_token=self.api_token,
+                mode=self.mode,
+                name=name,
+                tags=["lulc-training"],
+                **QUIET_RUN,
+            )
+            online = self.mode not in ("offline", "debug")
+            run_id = str(run["sys/id"].fetch()) if online else None
+            url = run.get_url() if online else None
+        return NeptuneTrainingRun(run, run_id, url, self)
+
+    def _link_training_run(self, run_id: str, version_id: str) -> None:
+        """Record the registered version in the training run (the version already records the run)."""
+        try:
+            with self._errors(f"training run {run_id}"):
+                run = _neptune().init_run(with_id=run_id, **self._kwargs("sync"), **QUIET_RUN)
+                try:
+                    run["model_version"] = version_id
+                    run.wait()
+                finally:
+                    run.stop()
+        except LulcError as exc:
+            log.warning("%s is registered, but its training run %s was not updated: %s", version_id, run_id, exc)
 
     def _register_offline(self, key: str, reg: Registration) -> ModelRef:
         """Store the registration as an offline run (bundle copied beside it) for `neptune sync`."""
@@ -473,6 +518,26 @@ class NeptuneRegistry(ModelRegistry):
 
     def _cache_key(self, info: ModelVersionInfo) -> str:
         return f'["neptune", "{self._uri(info.version_id)}", "{info.tags.get("lulc.onnx")}"]'
+
+
+class NeptuneTrainingRun(TrainingRun):
+    """A Neptune run; `NeptuneRunLogger` appends the curves to its `training/*` series."""
+
+    backend = "neptune"
+
+    def __init__(self, run: Any, run_id: str | None, url: str | None, registry: NeptuneRegistry) -> None:
+        super().__init__(run_id, url)
+        self.run = run
+        self.registry = registry
+
+    def logger(self) -> NeptuneRunLogger:
+        return NeptuneRunLogger(self.run)
+
+    def close(self, failed: bool = False) -> None:
+        with contextlib.suppress(Exception), self.registry._errors(f"close training run {self.run_id}"):
+            if failed:
+                self.run["sys/failed"] = True
+            self.run.stop()
 
 
 def parse_storage_uri(uri: str) -> tuple[str, str]:
