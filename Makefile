@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test lint typecheck bench soak clean
+.PHONY: venv demo test lint typecheck docs bench soak clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
+test: $(STAMP) lint typecheck docs
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

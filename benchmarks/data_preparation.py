@@ -8,7 +8,7 @@ stand-in's evalscript runner), labels the v3 label set (one ohsome request per c
 - Baseline: one tile at a time (`fetch_tiles(concurrency=1)`, `label_tiles(concurrency=1)`), as the original.
 - Ours: the default concurrency (`imagery.concurrency` and `labels.concurrency`, 8 each).
 
-The per-source rate limits (Sentinel Hub `max_requests_per_second` 5, ohsome 10 requests/s) protect a real
+The per-source rate limits (`imagery.sentinelhub.max_requests_per_second`, `labels.max_requests_per_second`) protect a real
 account's quota; the stand-ins have none, so both runs lift them to 1,000/s, and what the defaults allow is
 reported beside. Every file is checked afterwards: zero tiles may be lost.
 
@@ -194,7 +194,11 @@ def run(quick: bool = False) -> Section:
     n = len(tiles)
     base_tps = n / base["total_s"]
     lost = sum(n - r["complete"] for r in results.values())
-    default_ceiling = min(5.0 / 1, 10.0 / classes)
+    from lulc_core.config import OHSOME_REQUESTS_PER_SECOND as OHSOME_RPS
+    from lulc_core.config import SentinelHubConfig
+
+    sh_rps = SentinelHubConfig().max_requests_per_second
+    default_ceiling = min(sh_rps / 1, OHSOME_RPS / classes)
     for label, r in (
         ("steps in sequence, as `lulc run`", ours),
         ("imagery and labels side by side, as the KFP pipeline", pipe),
@@ -232,7 +236,8 @@ def run(quick: bool = False) -> Section:
             None,
             "info",
             None,
-            "Sentinel Hub 5 requests/s (1 per tile), ohsome 10 requests/s (6 per tile): against the real services "
+            f"Sentinel Hub {sh_rps:g} requests/s (1 per tile), ohsome {OHSOME_RPS:g} requests/s ({classes} per tile): "
+            "against the real services "
             "the quotas, not the concurrency, bound throughput",
         ),
     ]

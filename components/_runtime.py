@@ -95,6 +95,21 @@ def apply_overrides(
         raise format_validation_error(exc) from exc
 
 
+CONFIGURE_OUTPUTS = ("full", "area_grid", "imagery", "labels", "statistics", "train", "evaluate", "deploy")
+"""The configure step's outputs, in order: the whole configuration, then the slice of each step that takes one."""
+
+
+def configure_run(config_json: str, **overrides: Any) -> tuple[str, ...]:
+    """The configure step: overrides applied, then the whole RunConfig JSON and each step's slice, as
+    `CONFIGURE_OUTPUTS`."""
+    from lulc_core.steps import step_configs
+
+    cfg = apply_overrides(config_json, **overrides)
+    log.info("run %s, config %s", cfg.name, cfg.fingerprint())
+    slices = {"full": cfg.model_dump_json(), **step_configs(cfg)}
+    return tuple(slices[name] for name in CONFIGURE_OUTPUTS)
+
+
 def cache_dir(cfg: RunConfig, kind: str) -> Path:
     """Download cache for `kind` (imagery, osm, labels): the mounted PVC, else the configured cache directory."""
     root = os.environ.get(CACHE_ENV) or cfg.imagery.cache_dir or cfg.work_dir / "cache"

@@ -11,7 +11,7 @@ def area_grid(config: str, tiles: Output[Dataset], preview: Output[HTML]) -> lis
     """Build the tile grid (tiles/tiles.geojson + tiles.png) and return `[0, 1, ..., shards-1]`.
 
     Args:
-        config: RunConfig JSON.
+        config: This step's slice of the RunConfig, as JSON (`lulc_core.steps`).
         tiles: Directory with tiles.geojson (one row per tile) and its preview map.
         preview: The map of the tiles as an HTML page for the KFP UI.
     """

@@ -1,5 +1,7 @@
 """Step 0 — configure: apply the pipeline's typed parameters to the run configuration and validate it once."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 
 from components._image import IMAGE
@@ -16,8 +18,21 @@ def configure(
     model_variant: str,
     epochs: int,
     registry: str,
-) -> str:
-    """Merge the overrides (empty values keep the config) and return the validated RunConfig as JSON.
+) -> NamedTuple(  # type: ignore[valid-type]
+    "StepConfigs",
+    [
+        ("full", str),
+        ("area_grid", str),
+        ("imagery", str),
+        ("labels", str),
+        ("statistics", str),
+        ("train", str),
+        ("evaluate", str),
+        ("deploy", str),
+    ],
+):
+    """Apply the overrides (empty values keep the config), validate once, return the whole RunConfig JSON (`full`)
+    and each step's slice of it (`lulc_core.steps`: it changes only with what its step reads; KFP's cache holds).
 
     Args:
         run_config: RunConfig JSON (the compiled pipeline's default is the configuration it was compiled with).
@@ -30,11 +45,9 @@ def configure(
         epochs: Maximum epochs, or 0 to keep.
         registry: 'mlflow' or 'neptune', or "".
     """
-    import logging
+    from components._runtime import configure_run
 
-    from components._runtime import apply_overrides
-
-    cfg = apply_overrides(
+    return configure_run(
         run_config,
         aoi_bbox=aoi_bbox,
         aoi_file=aoi_file,
@@ -45,5 +58,3 @@ def configure(
         epochs=epochs,
         registry=registry,
     )
-    logging.getLogger("lulc.components").info("run %s, config %s", cfg.name, cfg.fingerprint())
-    return cfg.model_dump_json()

@@ -19,7 +19,7 @@ def deploy(
     """Apply the InferenceService for the registered version and wait until Ready; returns its URL.
 
     Args:
-        config: RunConfig JSON.
+        config: This step's slice of the RunConfig, as JSON (`lulc_core.steps`).
         registration: registration.json of the register step.
         target: 'kserve' applies the InferenceService; 'none' and 'local' skip Kubernetes (a local run).
         namespace: Kubernetes namespace of the InferenceService.

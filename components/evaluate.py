@@ -22,7 +22,7 @@ def evaluate(
     """Evaluate on the test tiles (validation tiles when the split has no test tile); returns the mIoU.
 
     Args:
-        config: RunConfig JSON.
+        config: This step's slice of the RunConfig, as JSON (`lulc_core.steps`).
         bundle: The trained bundle (read only).
         imagery: Every tile's imagery.
         labels: Every tile's labels.

@@ -11,7 +11,7 @@ def imagery(config: str, tiles: Input[Dataset], shard: int, rasters: Output[Data
     """Fetch the imagery of the tiles in `shard` into `rasters/<tile id>.tif` (resumes completed tiles).
 
     Args:
-        config: RunConfig JSON.
+        config: This step's slice of the RunConfig, as JSON (`lulc_core.steps`).
         tiles: The area grid directory.
         shard: Index of the shard (round robin over the tiles).
         rasters: Directory of float32 GeoTIFFs, bands as configured.

@@ -11,7 +11,7 @@ def labels(config: str, tiles: Input[Dataset], shard: int, rasters: Output[Datas
     """Rasterise the label set's classes for the tiles in `shard` into `rasters/<tile id>.tif` (uint8, colour map).
 
     Args:
-        config: RunConfig JSON.
+        config: This step's slice of the RunConfig, as JSON (`lulc_core.steps`).
         tiles: The area grid directory.
         shard: Index of the shard (round robin over the tiles).
         rasters: Directory of uint8 class GeoTIFFs (0 = unknown).
@@ -27,5 +27,12 @@ def labels(config: str, tiles: Input[Dataset], shard: int, rasters: Output[Datas
     subset = read_shard(tiles.path, shard, cfg.pipeline.shards)
     label_set = LabelSet.from_yaml(cfg.labels.label_set)
     source = build_osm_source(cfg.labels, cache_dir=cache_dir(cfg, "osm"))
-    paths = label_tiles(source, label_set, subset, Path(rasters.path), cache_dir=cache_dir(cfg, "labels"))
+    paths = label_tiles(
+        source,
+        label_set,
+        subset,
+        Path(rasters.path),
+        cache_dir=cache_dir(cfg, "labels"),
+        concurrency=cfg.labels.concurrency,
+    )
     rasters.metadata.update({"shard": shard, "tiles": len(paths), "label_set": label_set.name})

@@ -17,25 +17,28 @@ def register(
     """Register always; promote to production only when the gate passes. Returns whether it passed.
 
     Args:
-        config: RunConfig JSON (registry backend, model name, gate thresholds).
+        config: The whole RunConfig JSON (registry, gate thresholds; recorded with the model for lineage).
         bundle: The evaluated bundle (metrics in lulc.json).
         evaluation: The evaluation directory (metrics.json).
         registration: registration.json: ref, version, uri, storage_uri, gate decision.
         report: The gate decision and its numbers.
     """
     import json
+    import tempfile
     from pathlib import Path
 
     from components._report import md_table
-    from components._runtime import load_config
+    from components._runtime import copy_dir, load_config
     from lulc_core.evaluation import EvaluationReport
-    from lulc_core.registry import build_registry, registration_info
-    from lulc_core.registry.gate import apply_gate
+    from lulc_core.lineage import record_run_config
+    from lulc_core.registry import apply_gate, build_registry, registration_info
 
     cfg = load_config(config)
     rep = EvaluationReport.model_validate_json((Path(evaluation.path) / "metrics.json").read_text())
     registry = build_registry(cfg.registry, cfg.work_dir)
-    ref = registry.register(Path(bundle.path), registration_info(cfg, rep))
+    with tempfile.TemporaryDirectory(prefix="lulc-register-") as tmp:  # the bundle with the whole configuration
+        bundle_dir = record_run_config(copy_dir(bundle.path, Path(tmp) / "bundle"), cfg)
+        ref = registry.register(bundle_dir, registration_info(cfg, rep))
     decision = apply_gate(registry, ref, cfg.registry.gate)
     version = registry.get(ref)
     record = {

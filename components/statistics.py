@@ -19,7 +19,7 @@ def statistics(
     """Split the tiles by space (seeded) and compute band mean/std and class weights on the training tiles.
 
     Args:
-        config: RunConfig JSON.
+        config: This step's slice of the RunConfig, as JSON (`lulc_core.steps`).
         tiles: The area grid directory.
         imagery: Every tile's imagery (gathered).
         labels: Every tile's labels (gathered).

@@ -19,7 +19,7 @@ def train(
     """Train with the run configuration (GPU when the task has one), curves live to the registry's tracker.
 
     Args:
-        config: RunConfig JSON.
+        config: This step's slice of the RunConfig, as JSON (`lulc_core.steps`).
         imagery: Every tile's imagery.
         labels: Every tile's labels.
         stats: DatasetStats JSON (normalisation, class weights).
@@ -50,5 +50,5 @@ def train(
         metrics.log_metric("best_val_loss", float(result.best_val_loss))
     metrics.log_metric("epochs_run", int(result.epochs_run))
     bundle.metadata.update(
-        {"architecture": "segformer", "variant": cfg.model.variant, "config_hash": cfg.fingerprint()}
+        {"architecture": "segformer", "variant": cfg.model.variant, "train_config_hash": cfg.fingerprint()}
     )

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from itertools import groupby
 from pathlib import Path
 
 import requests
 from pydantic import BaseModel, Field
 
+from lulc_core.comparison import Agreement, Panel, agreement, on_grid, plot_comparison, reference_mosaic
 from lulc_core.config import RunConfig
 from lulc_core.dataset import TileSplit
-from lulc_core.errors import UpstreamError
-from lulc_core.geo import BBox
+from lulc_core.errors import ConfigError, UpstreamError
+from lulc_core.geo import BBox, Tile
 from lulc_core.grid import read_tiles
-from lulc_core.workflow import test_area
+from lulc_core.labels import LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class DemoResult(BaseModel):
     predict_bbox: BBox
     prediction: Path
     preview: Path
+    comparison: Path
+    agreement: Agreement
+    test_tiles: int
     pipeline_seconds: float
     serving_seconds: float
 
@@ -58,8 +63,29 @@ def _post(url: str, body: Mapping[str, object], target: Path) -> Path:
     return target
 
 
+def held_back_areas(tiles: Sequence[Tile], test_ids: Sequence[str]) -> list[list[Tile]]:
+    """The held-back test tiles grouped into areas one request can cover: same CRS and time frame."""
+    chosen = sorted((t for t in tiles if t.id in set(test_ids)), key=lambda t: (t.crs, t.start, t.end, t.id))
+    return [list(group) for _, group in groupby(chosen, key=lambda t: (t.crs, t.start, t.end))]
+
+
+def area_request(group: Sequence[Tile]) -> tuple[BBox, dict[str, object]]:
+    """The EPSG:4326 box over a group of tiles (one pixel inside their outline) and the /segment/ body for it."""
+    first = group[0]
+    inset = first.resolution
+    bounds = (
+        min(t.bounds[0] for t in group) + inset,
+        min(t.bounds[1] for t in group) + inset,
+        max(t.bounds[2] for t in group) - inset,
+        max(t.bounds[3] for t in group) - inset,
+    )
+    bbox = first.model_copy(update={"bounds": bounds}).bbox_wgs84
+    return bbox, {"area_coords": list(bbox.as_tuple()), "start_date": str(first.start), "end_date": str(first.end)}
+
+
 def run_demo(cfg: RunConfig, config_path: Path, out_dir: Path | None = None) -> DemoResult:
-    """Pipeline (kfp.local) -> registry (production alias) -> KServe predictor -> GeoTIFF + PNG of a test tile."""
+    """Pipeline (kfp.local) -> registry (production alias) -> KServe predictor over the whole held-back test area
+    -> prediction beside the reference labels (one comparison PNG) and their agreement."""
     from lulc_core.registry import build_registry
     from pipelines.local import run_local
     from serving.process import local_server
@@ -68,23 +94,36 @@ def run_demo(cfg: RunConfig, config_path: Path, out_dir: Path | None = None) -> 
     run_dir = run.bundle_dir.parents[1]
     tiles_file = run_dir / "area-grid" / "tiles" / "tiles.geojson"
     split_file = run_dir / "statistics" / "split"
-    bbox, tile = test_area(read_tiles(tiles_file), TileSplit.load(split_file).test)
+    labels_dir = run_dir / "gather-2" / "merged"
+    groups = held_back_areas(read_tiles(tiles_file), TileSplit.load(split_file).test)
+    if not groups:
+        raise ConfigError("data.test_fraction", "the split holds no test tile", "raise it or add tiles to the area")
     registration = run.registration
     ref = f"{registration['name']}@production" if registration.get("passed") else str(registration["ref"])
     bundle = build_registry(cfg.registry, cfg.work_dir).resolve(ref)
+    label_set = LabelSet.from_yaml(cfg.labels.label_set)
 
     out = (out_dir or cfg.work_dir / "demo").resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    body = {"area_coords": list(bbox.as_tuple()), "start_date": str(tile.start), "end_date": str(tile.end)}
+    panels: list[Panel] = []
     with local_server(bundle, config_path) as (url, _pid):
-        prediction = _post(f"{url}/segment/", body, out / "prediction.tif")
-        preview = _post(f"{url}/segment/preview", body, out / "prediction.png")
+        for i, group in enumerate(groups):
+            bbox, body = area_request(group)
+            prediction = _post(f"{url}/segment/", body, out / f"prediction_{i}.tif")
+            if i == 0:
+                first_bbox, first_prediction = bbox, prediction
+                preview = _post(f"{url}/segment/preview", body, out / "prediction_0.png")
+            reference = reference_mosaic([labels_dir / f"{t.id}.tif" for t in group])
+            title = f"{len(group)} test tile(s), {group[0].crs}, {group[0].start}..{group[0].end}"
+            panels.append(Panel(title, on_grid(prediction, reference), reference.data[0]))
+    result = agreement(panels, label_set)
+    comparison = plot_comparison(panels, label_set, result, out / "comparison_prediction_vs_reference.png")
     return DemoResult(
         run_dir=run_dir,
         tiles=tiles_file,
         imagery=run_dir / "gather" / "merged",
-        labels=run_dir / "gather-2" / "merged",
+        labels=labels_dir,
         stats=run_dir / "statistics" / "stats",
         split=split_file,
         bundle=run.bundle_dir,
@@ -95,9 +134,12 @@ def run_demo(cfg: RunConfig, config_path: Path, out_dir: Path | None = None) -> 
         promoted=bool(registration.get("passed")),
         gate_reasons=list(registration.get("reasons", [])),
         metrics=run.metrics,
-        predict_bbox=bbox,
-        prediction=prediction,
+        predict_bbox=first_bbox,
+        prediction=first_prediction,
         preview=preview,
+        comparison=comparison,
+        agreement=result,
+        test_tiles=sum(len(g) for g in groups),
         pipeline_seconds=run.seconds,
         serving_seconds=round(time.perf_counter() - started, 1),
     )
@@ -120,6 +162,11 @@ def summary(result: DemoResult) -> str:
         f"  storage URI     {result.storage_uri}",
         f"  prediction      {result.prediction}  (bbox {', '.join(f'{v:.4f}' for v in result.predict_bbox.as_tuple())})",
         f"  preview         {result.preview}  (served by the KServe predictor in {result.serving_seconds:.0f} s)",
+        f"  comparison      {result.comparison}  (prediction | reference | agreement, {result.test_tiles} test tiles)",
+        "",
+        f"agreement {result.agreement.agreement:.3f} with the reference labels over the held-back test area "
+        f"({result.agreement.pixels:,} labelled pixels)",
+        *(f"  {name:<15} {share:.3f}" for name, share in result.agreement.per_class.items()),
         "",
         "test-split metrics",
         f"  overall accuracy  {m.get('overall_accuracy', float('nan')):.3f}",

@@ -23,6 +23,8 @@ S1_BANDS = ["VV", "VH"]
 DEM_BANDS = ["DEM"]
 DEFAULT_BANDS = [*S2_BANDS, *S1_BANDS, *DEM_BANDS]
 ALL_BANDS = frozenset(DEFAULT_BANDS) | {"SCL", "CLM"}
+OHSOME_REQUESTS_PER_SECOND = 5.0
+"""Default ohsome request rate (starts per second): the public API publishes no numeric quota, so a modest one."""
 
 
 class StrictModel(BaseModel):
@@ -143,6 +145,12 @@ class LabelsConfig(StrictModel):
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(default=5, ge=0, description="Retries for 429/5xx/timeouts.")
     concurrency: int = Field(default=8, ge=1, le=64, description="Tiles labelled in parallel.")
+    max_requests_per_second: float = Field(
+        default=OHSOME_REQUESTS_PER_SECOND,
+        gt=0,
+        description="ohsome requests started per second by one labelling process (all its threads): the public "
+        "API publishes no quota and asks for considerate use; raise it for a self-hosted ohsome API.",
+    )
 
     @model_validator(mode="after")
     def _source(self) -> LabelsConfig:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from lulc_core import __version__
-from lulc_core.bundle import Provenance
+from lulc_core.bundle import METADATA_FILE, ModelBundle, Provenance
 from lulc_core.config import RunConfig
 from lulc_core.labels import LabelSet
+from lulc_core.raster import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,22 @@ def build_provenance(cfg: RunConfig, label_set: LabelSet, run_url: str | None = 
         osm_source=describe_labels(cfg),
         run_url=run_url,
     )
+
+
+def record_run_config(bundle_dir: Path, cfg: RunConfig) -> Path:
+    """Record the run's whole configuration in the bundle's lulc.json (`run_config`, and the provenance built from
+    it), replacing what the train step saw: its slice of the configuration (`lulc_core.steps`).
+
+    The predictor serves with `run_config` when given no configuration, so it must be the whole one.
+    """
+    meta = ModelBundle.read_metadata(bundle_dir)
+    provenance = build_provenance(cfg, meta.label_set, run_url=meta.provenance.run_url)
+    kept = {"created_at": meta.provenance.created_at, "tracking_run": meta.provenance.tracking_run}
+    meta.provenance = provenance.model_copy(update=kept)
+    meta.run_config = cfg.model_dump(mode="json")
+    with atomic_path(Path(bundle_dir) / METADATA_FILE) as tmp:
+        tmp.write_text(meta.model_dump_json(indent=2))
+    return Path(bundle_dir)
 
 
 def lineage_tags(provenance: Provenance) -> dict[str, str]:

@@ -4,7 +4,9 @@ register (quality gate) -> deploy (only when the gate passed).
 Task settings — retries, caching, GPU, resources, node selector, tolerations, secrets, the cache PVC — come from
 the run configuration's `pipeline` section at compile time, so a CPU run and a GPU run differ only there. What a
 user may change per run (AOI, time frames, label set, imagery store, model variant, epochs, registry, deploy
-target, image) are typed pipeline parameters, applied to the run configuration by the `configure` step.
+target, image) are typed pipeline parameters, applied to the run configuration by the `configure` step, which
+hands each step only its slice of the configuration (`lulc_core.steps`): changing `training.epochs` re-runs
+training, not the imagery download. The register step gets the whole configuration and records it with the model.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline signature's annotations as types.
@@ -136,30 +138,31 @@ def build_pipeline(cfg: RunConfig, image: str | None = None) -> GraphComponent:
             ),
             "configure",
         )
-        config = conf.output
-        grid = step(area_grid(config=config), "area grid")
+        part = conf.outputs  # the whole configuration ("full") and each step's slice of it (lulc_core.steps)
+        grid = step(area_grid(config=part["area_grid"]), "area grid")
         with dsl.ParallelFor(grid.outputs["Output"], parallelism=s.parallelism) as shard:
-            img = step(imagery(config=config, tiles=grid.outputs["tiles"], shard=shard), "imagery")
+            img = step(imagery(config=part["imagery"], tiles=grid.outputs["tiles"], shard=shard), "imagery")
             _cache(_secrets(_network(img, s), "lulc-sentinelhub"), s)
-            lab = step(labels(config=config, tiles=grid.outputs["tiles"], shard=shard), "labels")
+            lab = step(labels(config=part["labels"], tiles=grid.outputs["tiles"], shard=shard), "labels")
             _cache(_network(lab, s), s)
         all_imagery = step(gather(shards=dsl.Collected(img.outputs["rasters"])), "gather imagery")
         all_labels = step(gather(shards=dsl.Collected(lab.outputs["rasters"])), "gather labels")
         data: dict[str, Any] = {"imagery": all_imagery.outputs["merged"], "labels": all_labels.outputs["merged"]}
-        st = step(statistics(config=config, tiles=grid.outputs["tiles"], **data), "statistics")
-        tr = step(train(config=config, stats=st.outputs["stats"], split=st.outputs["split"], **data), "train")
+        st = step(statistics(config=part["statistics"], tiles=grid.outputs["tiles"], **data), "statistics")
+        split = st.outputs["split"]
+        tr = step(train(config=part["train"], stats=st.outputs["stats"], split=split, **data), "train")
         _secrets(_gpu(_heavy(tr, s), s), "lulc-neptune", "lulc-mlflow")
-        ev = step(evaluate(config=config, bundle=tr.outputs["bundle"], split=st.outputs["split"], **data), "evaluate")
+        ev = step(evaluate(config=part["evaluate"], bundle=tr.outputs["bundle"], split=split, **data), "evaluate")
         _heavy(ev, s)
         reg = step(
-            register(config=config, bundle=ev.outputs["evaluated"], evaluation=ev.outputs["evaluation"]),
+            register(config=part["full"], bundle=ev.outputs["evaluated"], evaluation=ev.outputs["evaluation"]),
             "register",
             cache=False,
         )
         _secrets(_network(reg, s), "lulc-neptune", "lulc-mlflow")
         with dsl.If(reg.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 — a KFP condition, not a bool
             dep = deploy(
-                config=config,
+                config=part["deploy"],
                 registration=reg.outputs["registration"],
                 target=deploy_target,
                 namespace=deploy_namespace,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -151,8 +152,11 @@ def main() -> None:
     out: Path = args.out
     (out / "imagery").mkdir(parents=True, exist_ok=True)
     (out / "osm").mkdir(parents=True, exist_ok=True)
+    (out / "lulc").mkdir(parents=True, exist_ok=True)
     features, frames = [], []
     for patch, meta in PATCHES.items():
+        # The land-cover map unchanged: the test stand-ins derive SCL and CORINE from it (no ../shared needed).
+        shutil.copyfile(args.source / "LULC" / f"{patch}.tif", out / "lulc" / f"{patch}.tif")
         facts = build_imagery(args.source, out, patch, meta)
         log.info("%s: imagery written (%s, S2 offset removed: %s)", patch, facts["crs"], facts["offset_removed"])
         frames.append(build_osm(args.source, patch))

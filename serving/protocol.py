@@ -5,14 +5,15 @@ fetches the imagery) or as the client's own image tensor (bands x H x W in the b
 response carries the class raster — as an array, or with `format: geotiff` as a base64 Cloud-Optimised GeoTIFF —
 with its georeference, plus probabilities and uncertainty when asked.
 
-V1 instance::
+V1 instance (`edge_buffer_m` and `tta` default to the server's `serving` settings)::
 
     {"area_coords": [W, S, E, N], "start_date": "2023-05-01", "end_date": "2023-05-31", "threshold": 0.3,
-     "fusion_mode": "only_model", "outputs": ["classes", "probabilities"], "format": "array"}
+     "fusion_mode": "only_model", "edge_buffer_m": 100, "tta": true, "outputs": ["classes", "probabilities"],
+     "format": "array"}
     {"image": [[[...]]], "outputs": ["classes"], "crs": "EPSG:32632", "transform": [10, 0, x0, 0, -10, y0]}
 
 V2: input `area_coords` (FP64/FP32, shape [4] or [1, 4]) with request parameters `start_date`, `end_date`,
-`threshold`, `fusion_mode`, `outputs` (comma-separated); or input `image` (shape [bands, H, W] or
+`threshold`, `fusion_mode`, `edge_buffer_m`, `tta`, `outputs` (comma-separated); or input `image` (shape [bands, H, W] or
 [1, bands, H, W]). Outputs `classes` (UINT8 [H, W]), `probabilities` (FP32 [N, H, W]), `uncertainty`
 (FP32 [2, H, W]: variance, entropy); parameters `crs`, `transform`, `bounds`, `class_names`, `colors` (JSON).
 """
@@ -134,6 +135,7 @@ def _options(values: dict[str, Any], outputs: set[str], prefix: str) -> PredictO
     try:
         return PredictOptions.build(
             threshold=values.get("threshold"),
+            tta=values.get("tta"),
             probabilities="probabilities" in outputs,
             uncertainty="uncertainty" in outputs,
         )
@@ -159,7 +161,7 @@ def parse_v1(payload: Any, service: LulcService) -> Batch:
         if fmt not in ("array", "geotiff"):
             raise InputError(f"{prefix}format", f"{fmt!r} is not a format", "use 'array' or 'geotiff'")
         if "image" in values:
-            unknown = sorted(set(values) - {"image", "threshold", "crs", "transform"})
+            unknown = sorted(set(values) - {"image", "threshold", "tta", "crs", "transform"})
             if unknown:
                 raise InputError(f"{prefix}{unknown[0]}", "is not a field of an image instance")
             try:
@@ -203,7 +205,7 @@ def parse_v2(request: Any, service: LulcService) -> Batch:
             f"inputs.{name}", f"data does not match shape {shape}: {exc}", "send prod(shape) values"
         ) from exc
     if name == "image":
-        unknown_params = sorted(set(params) - {"threshold", "crs", "transform"})
+        unknown_params = sorted(set(params) - {"threshold", "tta", "crs", "transform"})
         if unknown_params:
             raise InputError(f"parameters.{unknown_params[0]}", "is not a parameter of an image request")
         raster = _image_raster(array, service, "inputs.image", params.get("crs"), params.get("transform"))

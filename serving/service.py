@@ -104,8 +104,14 @@ class AreaRequest(BaseModel):
         default=None, ge=0, le=1, description="Below this confidence a pixel is unknown (0..1; default: server's)."
     )
     fusion_mode: FusionMode = Field(default=FusionMode.ONLY_MODEL, description="How model and OSM are combined.")
+    edge_buffer_m: float | None = Field(
+        default=None, ge=0, description="Margin (m) predicted around the area, then cropped (default: server's)."
+    )
+    tta: bool | None = Field(
+        default=None, description="Classes averaged over test-time augmentations (default: server's serving.tta)."
+    )
 
-    @field_validator("area_coords", "threshold", mode="before")
+    @field_validator("area_coords", "threshold", "edge_buffer_m", mode="before")
     @classmethod
     def _numbers(cls, v: Any) -> Any:
         return _no_bool(v)
@@ -164,6 +170,8 @@ class AreaJob:
             fusion_mode=request.fusion_mode,
             probabilities=probabilities,
             uncertainty=uncertainty,
+            edge_buffer_m=request.edge_buffer_m,
+            tta=request.tta,
         )
         return cls(request.bbox(), start, end, options)
 
@@ -307,6 +315,7 @@ class LulcService:
                 threshold=threshold,
                 return_probabilities=options.probabilities,
                 uncertainty=options.uncertainty,
+                tta=s.tta if options.tta is None else options.tta,
                 tta_variants=options.tta_variants,
                 progress=False,
             ),

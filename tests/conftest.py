@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE = REPO / "data" / "sample"
 V3_LABELS = REPO / "conf" / "labels" / "v3.yaml"
 
@@ -19,9 +18,9 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"../shared/data is missing beside the repository (expected {SHARED_DATA})")
-    return SHARED_DATA
+    from shared import shared_path
+
+    return shared_path("data")
 
 
 @pytest.fixture(scope="session")

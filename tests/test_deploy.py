@@ -13,13 +13,12 @@ import pytest
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shared import shared_path
 from standins.kubernetes_api import KubeApiStandIn
 
 from lulc_core.errors import InputError, UpstreamError
 from serving.deploy import DeployError, DeploySpec, build_inference_service, deploy
 
-SCHEMA = Path(__file__).resolve().parents[1].parent / "shared" / "schemas" / "jsonschema"
-ISVC_SCHEMA = SCHEMA / "serving.kserve.io" / "inferenceservice_v1beta1.json"
 PATH = "/apis/serving.kserve.io/v1beta1/namespaces/lulc/inferenceservices"
 
 
@@ -107,9 +106,8 @@ def test_bad_spec_names_the_field() -> None:
     "kw", [{}, {"gpus": 1, "node_selector": {"gpu": "a100"}}, {"deployment_mode": "RawDeployment"}]
 )
 def test_built_object_validates_against_the_crd(kw: dict[str, object]) -> None:
-    if not ISVC_SCHEMA.is_file():
-        pytest.fail(f"schema missing: {ISVC_SCHEMA}")
-    validator = jsonschema.Draft202012Validator(json.loads(ISVC_SCHEMA.read_text()))
+    schema = shared_path("schemas", "jsonschema", "serving.kserve.io", "inferenceservice_v1beta1.json")
+    validator = jsonschema.Draft202012Validator(json.loads(schema.read_text()))
     obj = build_inference_service(_spec(**kw))
     errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(obj)]
     assert errors == []

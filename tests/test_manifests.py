@@ -14,13 +14,13 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from shared import shared_path
 
 from lulc_core.config import load_run_config
 from serving.deploy import DeploySpec, build_inference_service
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "manifests"
-SCHEMAS = REPO.parent / "shared" / "schemas" / "jsonschema"
 OVERLAYS = ["cpu", "gpu", "raw-deployment"]
 K8S_VERSION = "1.30"
 SECRETISH = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|CREDENTIAL)", re.I)
@@ -49,13 +49,13 @@ def _isvc(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
 
 def _validator(doc: dict[str, Any]) -> jsonschema.Draft202012Validator | None:
     group, _, version = doc["apiVersion"].rpartition("/")
-    path = SCHEMAS / group / f"{doc['kind'].lower()}_{version}.json"
+    path = shared_path("schemas", "jsonschema") / group / f"{doc['kind'].lower()}_{version}.json"
     return jsonschema.Draft202012Validator(json.loads(path.read_text())) if group and path.is_file() else None
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_validates_against_crd_and_core_schemas(overlay: str) -> None:
-    assert SCHEMAS.is_dir(), f"../shared/schemas is missing ({SCHEMAS})"
+    shared_path("schemas", "jsonschema")
     docs = _render(f"overlays/{overlay}")
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(

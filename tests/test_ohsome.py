@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
+from shared import shared_path
 from standins import RETRIED_FAULTS, Fault
-from standins.ohsome import KOUVOLA_PBF, SAMPLE_OSM, OhsomeStandIn
+from standins.ohsome import KOUVOLA_PBF_PARTS, SAMPLE_OSM, OhsomeStandIn
 from standins.sentinelhub import load_patches
 from typer.testing import CliRunner
 
@@ -31,7 +32,6 @@ from lulc_core.osm.ohsome import OhsomeSource
 
 GEOMETRY = "POST /v1/elements/geometry"
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 KOUVOLA = BBox(west=26.935, south=60.522, east=26.965, north=60.538)
 FARMS = "landuse=farmland or natural=water"
 
@@ -80,7 +80,7 @@ def test_features_match_the_local_extract_and_the_request_is_the_documented_one(
 
 
 def test_stand_in_bodies_have_the_recorded_format(ohsome: OhsomeStandIn):
-    cassette = yaml.safe_load((SHARED / "ohsome" / "test_extra_tags_argument.yaml").read_text())
+    cassette = yaml.safe_load((shared_path("data", "ohsome") / "test_extra_tags_argument.yaml").read_text())
     recorded = json.loads(cassette["interactions"][0]["response"]["body"]["string"])
     source(ohsome).features(sample_bbox(), date(2017, 10, 30), FARMS)
     import requests
@@ -89,9 +89,9 @@ def test_stand_in_bodies_have_the_recorded_format(ohsome: OhsomeStandIn):
     assert set(body) == set(recorded) == {"attribution", "apiVersion", "type", "features"}
     assert {"@osmId", "@snapshotTimestamp"} <= set(body["features"][0]["properties"])
     error = json.loads(
-        yaml.safe_load((SHARED / "ohsome" / "test_timeout_error.yaml").read_text())["interactions"][0]["response"][
-            "body"
-        ]["string"]
+        yaml.safe_load((shared_path("data", "ohsome") / "test_timeout_error.yaml").read_text())["interactions"][0][
+            "response"
+        ]["body"]["string"]
     )
     ohsome.faults.add(GEOMETRY, Fault.http(413))
     answer = requests.post(ohsome.api_url + "/elements/geometry", data=ohsome.forms[-1], timeout=5)
@@ -130,10 +130,11 @@ def test_labels_from_ohsome_equal_labels_from_the_same_local_file(ohsome: Ohsome
 
 
 def test_labels_from_ohsome_equal_labels_from_the_osm_pbf(v3_label_set):
-    with OhsomeStandIn(extracts=[KOUVOLA_PBF]) as server:
+    kouvola_pbf = shared_path(*KOUVOLA_PBF_PARTS)
+    with OhsomeStandIn(extracts=[kouvola_pbf]) as server:
         tile = tile_for_bbox(KOUVOLA, 10.0, date(2023, 6, 1), date(2023, 6, 30), "kouvola")
         a = rasterize_labels(source(server), v3_label_set, tile).data
-    b = rasterize_labels(LocalOsmSource(KOUVOLA_PBF), v3_label_set, tile).data
+    b = rasterize_labels(LocalOsmSource(kouvola_pbf), v3_label_set, tile).data
     assert np.array_equal(a, b)
     assert (a > 0).mean() > 0.2 and len(np.unique(a)) >= 3
 

@@ -104,6 +104,13 @@ def test_registered_version_and_gated_deploy(local_run: tuple[RunConfig, Any, Pa
     production = registry.get(f"{cfg.registry.model_name}@production")
     assert production.version == 1 and production.uri == reg["uri"]
     assert production.metrics["miou"] == pytest.approx(run.metrics["miou"])
+    # the train step saw its slice of the configuration; the registered bundle records the whole one
+    from lulc_core.bundle import ModelBundle
+
+    registered = ModelBundle.read_metadata(registry.resolve(reg["ref"]))
+    assert registered.run_config is not None and registered.run_config["area"] == cfg.model_dump(mode="json")["area"]
+    assert registered.run_config["labels"]["osm_file"] == str(cfg.labels.osm_file)
+    assert registered.provenance.area is not None and registered.provenance.area.startswith(cfg.area.name)
     assert "promoted to **production**" in (run_dir / "register" / "report").read_text()
     deploy = (run_dir / "deploy" / "report").read_text()
     assert "Deploy skipped (target 'local')" in deploy and f"{cfg.registry.model_name}@production" in deploy

@@ -89,15 +89,25 @@ def test_aoi_has_the_three_footprints_with_time_frames(sample: Path):
         assert feat["properties"]["start"] < when < feat["properties"]["end"]
 
 
-def test_make_sample_is_reproducible(repo_root: Path, sample: Path, tmp_path: Path):
+def test_make_sample_is_reproducible(repo_root: Path, sample: Path, tmp_path: Path, shared_data: Path):
+    source = shared_data / "terramind"
     run = subprocess.run(
-        [sys.executable, str(repo_root / "scripts" / "make_sample.py"), "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(repo_root / "scripts" / "make_sample.py"),
+            "--source",
+            str(source),
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=repo_root,
     )
     assert run.returncode == 0, run.stderr
+    for committed in (sample / "lulc").glob("*.tif"):
+        assert (tmp_path / "lulc" / committed.name).read_bytes() == committed.read_bytes()
     for committed in (sample / "imagery").glob("*.tif"):
         with rasterio.open(committed) as a, rasterio.open(tmp_path / "imagery" / committed.name) as b:
             np.testing.assert_array_equal(a.read(), b.read())

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
+from shared import shared_path
 from standins import RETRIED_FAULTS, Fault
-from standins.sentinelhub import PROCESS_PATH, TOKEN_PATH, SentinelHubStandIn, load_patches
+from standins.sentinelhub import PROCESS_PATH, SAMPLE_LULC, TOKEN_PATH, SentinelHubStandIn, load_patches
 from typer.testing import CliRunner
 
 from lulc_core.config import SentinelHubConfig
@@ -45,7 +46,6 @@ CLIENT, SECRET = "lulc-test-client", "lulc-test-secret"
 PROCESS = f"POST {PROCESS_PATH}"
 TOKEN = f"POST {TOKEN_PATH}"
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 SAMPLE_IMAGERY = REPO / "data" / "sample" / "imagery"
 BANDS = ["B02", "B04", "B08", "B11", "SCL", "CLM", "VV", "VH", "DEM"]
 
@@ -108,7 +108,7 @@ def test_fetch_returns_the_bands_on_the_tile_grid(sh: SentinelHubStandIn, caplog
     for i, band in enumerate(local.band_names):
         got = raster.data[BANDS.index(band)]
         assert np.allclose(got, local.data[i], atol=1e-3), band  # same real data as the local store
-    with rasterio.open(SHARED / "terramind" / "LULC" / "637U_59R_1_3.tif") as src:
+    with rasterio.open(SAMPLE_LULC / "637U_59R_1_3.tif") as src:
         esri = src.read(1)
     assert np.array_equal(raster.data[BANDS.index("CLM")], (esri == 8).astype(np.float32))
     assert set(np.unique(raster.data[BANDS.index("SCL")])) <= {4.0, 5.0, 6.0, 9.0, 11.0}
@@ -285,7 +285,7 @@ def test_concurrent_tiles_respect_the_concurrency_and_the_rate_limit(sh: Sentine
 
 
 def test_processing_units_follow_the_recorded_request_and_the_service_header(sh: SentinelHubStandIn):
-    record = json.loads((SHARED / "sentinelhub" / "lulc_utility_request.json").read_text())
+    record = json.loads((shared_path("data", "sentinelhub") / "lulc_utility_request.json").read_text())
     out = record["request"]["payload"]["output"]
     spent = float(record["response"]["headers"]["x-processingunits-spent"])
     # S1 VV, VH + S2 six bands + DEM = 9 input bands; FLOAT32 outputs: factor 2
@@ -298,7 +298,9 @@ def test_processing_units_follow_the_recorded_request_and_the_service_header(sh:
 
 
 def test_requests_have_the_recorded_wire_format(sh: SentinelHubStandIn):
-    record = json.loads((SHARED / "sentinelhub" / "lulc_utility_request.json").read_text())["request"]["payload"]
+    record = json.loads((shared_path("data", "sentinelhub") / "lulc_utility_request.json").read_text())["request"][
+        "payload"
+    ]
     SentinelHubStore(settings(sh), 10.0, None).fetch(patch_tile(size=16), BANDS)
     ours = sh.payloads[-1]
     assert set(ours) == set(record) == {"evalscript", "input", "output"}
@@ -310,7 +312,7 @@ def test_requests_have_the_recorded_wire_format(sh: SentinelHubStandIn):
 
 
 def test_the_real_multipart_response_decodes():
-    body = (SHARED / "sentinelhub" / "img.tar").read_bytes()
+    body = (shared_path("data", "sentinelhub") / "img.tar").read_bytes()
     decoded = decode_outputs(body, ["default"], {"default": (3, 856, 512)})
     array, transform, crs = decoded["default"]
     assert array.dtype == np.uint16 and crs.to_epsg() == 4326
@@ -325,6 +327,9 @@ def test_endpoint_presets_and_credentials(tmp_path: Path):
     custom = resolve_endpoint(SentinelHubConfig(endpoint="cdse", base_url="http://127.0.0.1:1/"))
     assert custom.base_url == "http://127.0.0.1:1" and custom.token_url == cdse.token_url
     assert resolve_endpoint(SentinelHubConfig()) == ENDPOINTS["sentinelhub"]
+    # through JSON (a pipeline step's configuration, a bundle's run_config) every default is explicit
+    again = SentinelHubConfig.model_validate_json(SentinelHubConfig(endpoint="cdse").model_dump_json())
+    assert resolve_endpoint(again) == cdse
     assert credentials_from_env({"SH_CLIENT_ID": "a", "SH_CLIENT_SECRET": "b"}) == ("a", "b")
     (tmp_path / "client_id").write_text("from-secret\n")
     (tmp_path / "client_secret").write_text("s3cret\n")
@@ -389,7 +394,7 @@ def test_corine_labels_map_codes_through_the_label_set(sh: SentinelHubStandIn, v
     tile = patch_tile("433D_629L_3_1", size=96)
     raster = source.rasterize(tile)
     assert raster.band_names == ["class"] and raster.data.dtype == np.uint8
-    with rasterio.open(SHARED / "terramind" / "LULC" / "433D_629L_3_1.tif") as src:
+    with rasterio.open(SAMPLE_LULC / "433D_629L_3_1.tif") as src:
         esri = src.read(1)[:96, :96]
     # stand-in CORINE from ESRI classes: water 512, trees 313, crops 211, built 112, rangeland 231, bare 332
     expected_by_esri = {1: "water", 2: "forest", 4: "farmland", 5: "built-up", 9: "grass", 6: "unknown"}

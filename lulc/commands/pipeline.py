@@ -23,13 +23,18 @@ app = typer.Typer(
 
 DEFAULT_CONFIG = Path("conf/run.yaml")
 CONFIG_OPTION = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Run configuration YAML.")
+COMPILE_CONFIG_OPTION = typer.Option(
+    None, "--config", "-c", help="Run configuration YAML to compile now (default conf/run.yaml; not with --package)."
+)
 PARAM_OPTION = typer.Option(
     None, "--param", "-p", help="Pipeline parameter NAME=VALUE (VALUE parsed as JSON when it can be); repeatable."
 )
 HOST_OPTION = typer.Option(..., "--host", envvar="KFP_HOST", help="KFP API URL, e.g. http://127.0.0.1:8888.")
 PACKAGE_OPTION = typer.Option(None, "--package", help="Compiled pipeline YAML (default: compile --config now).")
 EXPERIMENT_OPTION = typer.Option("lulc", "--experiment", help="Experiment name (created if missing).")
-COMPILE_IMAGE_OPTION = typer.Option(None, "--image", help="Project image when compiling now.")
+COMPILE_IMAGE_OPTION = typer.Option(
+    None, "--image", help="Project image when compiling now (with --package: -p image=REF)."
+)
 NAMESPACE_OPTION = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user).")
 
 
@@ -61,20 +66,28 @@ def check_params(package: Path, params: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _package(package: Path | None, config: Path, image: str | None) -> Iterator[Path]:
-    """The given package, or the pipeline compiled from `config` into a temporary file."""
+def _package(package: Path | None, config: Path | None, image: str | None) -> Iterator[Path]:
+    """The given package, or the pipeline compiled from `config` into a temporary file.
+
+    Raises:
+        InputError: `--config` or `--image` with `--package` (they would be ignored: the package is compiled).
+    """
     if package is not None:
+        if config is not None:
+            raise InputError("--config", "is not used with --package (the package is compiled)", "drop one of them")
+        if image is not None:
+            raise InputError("--image", "is not used with --package (the package is compiled)", "use -p image=REF")
         yield package
         return
     from pipelines.compile import compile_pipeline
 
     with tempfile.TemporaryDirectory(prefix="lulc-pipeline-") as tmp:
-        yield compile_pipeline(load_run_config(config), Path(tmp) / "lulc-training.yaml", image)
+        yield compile_pipeline(load_run_config(config or DEFAULT_CONFIG), Path(tmp) / "lulc-training.yaml", image)
 
 
 @contextmanager
 def _checked_package(
-    package: Path | None, config: Path, image: str | None, param: list[str] | None
+    package: Path | None, config: Path | None, image: str | None, param: list[str] | None
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
     """The package (see `_package`) and the `--param` values, checked against the parameters it declares."""
     params = parse_params(param)
@@ -132,7 +145,7 @@ def submit_cmd(
     experiment: str = EXPERIMENT_OPTION,
     wait: bool = typer.Option(False, "--wait", help="Wait for the run to finish; non-zero exit unless it succeeded."),
     package: Path | None = PACKAGE_OPTION,
-    config: Path = CONFIG_OPTION,
+    config: Path | None = COMPILE_CONFIG_OPTION,
     image: str | None = COMPILE_IMAGE_OPTION,
     param: list[str] | None = PARAM_OPTION,
     run_name: str | None = typer.Option(None, "--run-name", help="Run name."),
@@ -174,7 +187,7 @@ def schedule_cmd(
     name: str = typer.Option("lulc-retrain", "--name", help="Recurring run name."),
     experiment: str = EXPERIMENT_OPTION,
     package: Path | None = PACKAGE_OPTION,
-    config: Path = CONFIG_OPTION,
+    config: Path | None = COMPILE_CONFIG_OPTION,
     image: str | None = COMPILE_IMAGE_OPTION,
     param: list[str] | None = PARAM_OPTION,
     namespace: str | None = NAMESPACE_OPTION,

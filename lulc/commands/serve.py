@@ -86,6 +86,7 @@ def serve(
 
 
 def predict(
+    ctx: typer.Context,
     bbox: Annotated[str, typer.Option("--bbox", help="Area as W,S,E,N in EPSG:4326 degrees.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Class GeoTIFF to write (cloud-optimised).")],
     model: Annotated[
@@ -99,7 +100,12 @@ def predict(
     end: Annotated[str | None, typer.Option("--end", help="Last imagery date YYYY-MM-DD (default: today).")] = None,
     config: Annotated[
         Path,
-        typer.Option("--config", "-c", envvar="LULC_CONFIG", help="Run YAML: imagery store, OSM source, registry."),
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="LULC_CONFIG",
+            help="Run YAML: imagery store, OSM source, registry, serving defaults (with --model; a server uses its own).",
+        ),
     ] = Path("conf/run.yaml"),
     preview: Annotated[Path | None, typer.Option("--preview", help="Also write a PNG preview with legend.")] = None,
     threshold: Annotated[
@@ -114,12 +120,26 @@ def predict(
         typer.Option("--uncertainty", help="Also write <output>.uncertainty.tif (TTA variance, entropy) and PNG."),
     ] = False,
     edge_buffer_m: Annotated[
-        float | None, typer.Option("--edge-buffer-m", help="Margin predicted around the bbox, then cropped (m).")
+        float | None,
+        typer.Option("--edge-buffer-m", help="Margin predicted around the bbox, then cropped (m; default serving's)."),
+    ] = None,
+    tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta",
+            help="Classes averaged over test-time augmentations (default: serving.tta).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Dispatch: `--model` in-process, `--url` to a running server."""
     if (model is None) == (url is None):
         raise InputError("--model/--url", "give exactly one of them", "--model PATH_OR_REF, or --url http://HOST:PORT")
+    given = getattr(ctx.get_parameter_source("config"), "name", "")  # typer's own click: compare by name
+    if url is not None and given == "COMMANDLINE":
+        raise InputError(
+            "--config", "is not used with --url (the server predicts with its own configuration)", "drop it"
+        )
     if url is not None:
         _predict_remote(
             url=url,
@@ -132,6 +152,8 @@ def predict(
             fusion_mode=fusion_mode,
             probabilities=probabilities,
             uncertainty=uncertainty,
+            edge_buffer_m=edge_buffer_m,
+            tta=tta,
         )
         return
     assert model is not None
@@ -148,6 +170,7 @@ def predict(
         probabilities=probabilities,
         uncertainty=uncertainty,
         edge_buffer_m=edge_buffer_m,
+        tta=tta,
     )
 
 
@@ -186,6 +209,7 @@ def _predict_in_process(
     probabilities: bool,
     uncertainty: bool,
     edge_buffer_m: float | None,
+    tta: bool | None,
 ) -> None:
     """Load the bundle (path or registry ref), build the stores from the config, predict and write the files."""
     from lulc_core.bundle import ModelBundle
@@ -209,6 +233,7 @@ def _predict_in_process(
         probabilities=probabilities,
         uncertainty=uncertainty,
         edge_buffer_m=edge_buffer_m,
+        tta=tta,
     )
     cfg = load_run_config(config)
     bundle_dir = Path(model)
@@ -258,6 +283,8 @@ def _predict_remote(
     fusion_mode: str,
     probabilities: bool,
     uncertainty: bool,
+    edge_buffer_m: float | None,
+    tta: bool | None,
 ) -> None:
     """Ask a running predictor's original API (POST /segment/, /segment/preview, /uncertainty/) and write the files."""
     import requests
@@ -276,8 +303,9 @@ def _predict_remote(
         "end_date": end_d.isoformat(),
         "fusion_mode": fusion_mode,
     }
-    if threshold is not None:
-        body["threshold"] = threshold
+    for key, value in (("threshold", threshold), ("edge_buffer_m", edge_buffer_m), ("tta", tta)):
+        if value is not None:  # unset: the server's serving settings
+            body[key] = value
     base = url.rstrip("/")
     jobs = [("/segment/", output)]
     if preview is not None:

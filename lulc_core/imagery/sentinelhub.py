@@ -90,11 +90,14 @@ ENDPOINTS = {
 
 
 def resolve_endpoint(cfg: SentinelHubConfig) -> Endpoint:
-    """The endpoint preset of `cfg.endpoint`, with `base_url`/`token_url` overridden where set explicitly."""
-    preset = ENDPOINTS[cfg.endpoint]
-    explicit = cfg.model_fields_set
-    base = cfg.base_url if "base_url" in explicit or cfg.endpoint == "sentinelhub" else preset.base_url
-    token = cfg.token_url if "token_url" in explicit or cfg.endpoint == "sentinelhub" else preset.token_url
+    """The endpoint preset of `cfg.endpoint`, with `base_url`/`token_url` overridden where given.
+
+    A URL equal to the default (the commercial endpoint's) counts as not given: a configuration that went through
+    JSON (a pipeline step's, a bundle's) carries every default explicitly, and must still reach CDSE.
+    """
+    preset, default = ENDPOINTS[cfg.endpoint], ENDPOINTS["sentinelhub"]
+    base = cfg.base_url if cfg.base_url.rstrip("/") != default.base_url else preset.base_url
+    token = cfg.token_url if cfg.token_url != default.token_url else preset.token_url
     return Endpoint(preset.name, base.rstrip("/"), token)
 
 

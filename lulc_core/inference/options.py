@@ -42,6 +42,11 @@ class PredictOptions(BaseModel):
     edge_buffer_m: float | None = Field(
         default=None, ge=0, description="Margin in metres predicted around the bbox and cropped off afterwards."
     )
+    tta: bool | None = Field(
+        default=None,
+        description="Classes from probabilities averaged over test-time augmentations (None: `serving.tta`); "
+        "`uncertainty` always uses them.",
+    )
     tta_variants: int = Field(
         default=8, ge=2, le=8, description="How many of the 8 flip/rot90 variants test-time augmentation uses."
     )

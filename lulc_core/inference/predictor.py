@@ -111,8 +111,8 @@ def _model_bands(raster: Raster, bands: Sequence[str], field: str) -> Raster:
     return raster if list(raster.band_names) == list(bands) else raster.select(bands)
 
 
-def _batch_predictor(runner: _ModelRunner, uncertainty: bool, tta_variants: int) -> BatchPredictor:
-    if uncertainty:
+def _batch_predictor(runner: _ModelRunner, tta: bool, tta_variants: int) -> BatchPredictor:
+    if tta:
         return tta_predictor(runner, tta_variants)
     return lambda x: (runner(x), None)
 
@@ -221,6 +221,7 @@ def _run_model(
     osm: np.ndarray | None,
     probabilities: bool,
     uncertainty: bool,
+    tta: bool,
     tta_variants: int,
     progress: bool | None,
     runtime: str = "auto",
@@ -241,7 +242,7 @@ def _run_model(
         grid[1],
         runner.n_classes,
         source,
-        _batch_predictor(runner, uncertainty, tta_variants),
+        _batch_predictor(runner, tta or uncertainty, tta_variants),
         assembler,
         window=window,
         overlap=overlap,
@@ -263,6 +264,7 @@ def predict_raster(
     threshold: float = 0.0,
     return_probabilities: bool = False,
     uncertainty: bool = False,
+    tta: bool = False,
     tta_variants: int = 8,
     block_px: int = DEFAULT_BLOCK_PX,
     progress: bool | None = None,
@@ -279,7 +281,8 @@ def predict_raster(
         threshold: below this winning probability a pixel is unknown (0).
         return_probabilities: also return per-class probabilities (float16).
         uncertainty: test-time augmentation -> 2-band variance/entropy raster.
-        tta_variants: number of flip/rot90 variants for `uncertainty` (2..8).
+        tta: classes from the probabilities averaged over test-time augmentations (also without `uncertainty`).
+        tta_variants: number of flip/rot90 variants for `tta` and `uncertainty` (2..8).
         block_px: approximate edge of the blocks of windows processed together.
         progress: show a progress bar (None: only on a terminal).
         runtime: "auto" (the bundle's model.onnx in onnxruntime when present, else torch), "torch" or "onnx";
@@ -315,11 +318,13 @@ def predict_raster(
         osm=None,
         probabilities=return_probabilities,
         uncertainty=uncertainty,
+        tta=tta,
         tta_variants=tta_variants,
         progress=progress,
         runtime=runtime,
     )
     tags = {"THRESHOLD": threshold, "FUSION_MODE": FusionMode.ONLY_MODEL.value, "MODEL": bundle.path.name}
+    tags["TTA_VARIANTS"] = tta_variants if tta or uncertainty else 0
     return _to_prediction(assembler, meta.label_set, raster.transform, raster.crs, tags, None)
 
 
@@ -405,6 +410,7 @@ class Predictor:
         s = self.settings
         threshold = s.threshold if opts.threshold is None else opts.threshold
         buffer_m = s.edge_buffer_m if opts.edge_buffer_m is None else opts.edge_buffer_m
+        tta = s.tta if opts.tta is None else opts.tta
         tile = self.request_tile(bbox, start, end)
         self.check_size(tile, opts)
         res = tile.resolution
@@ -421,6 +427,8 @@ class Predictor:
             "START": start.isoformat(),
             "END": end.isoformat(),
             "BBOX": json.dumps(list(bbox.as_tuple())),
+            "TTA_VARIANTS": opts.tta_variants if tta or opts.uncertainty else 0,
+            "EDGE_BUFFER_M": buffer_m,
         }
         log.info("predicting %s: %d x %d px, %s", tile.id, tile.width, tile.height, mode.value)
 
@@ -448,6 +456,7 @@ class Predictor:
             osm=osm,
             probabilities=opts.probabilities,
             uncertainty=opts.uncertainty,
+            tta=tta,
             tta_variants=opts.tta_variants,
             progress=self.progress,
             runtime=self.runtime,

@@ -46,7 +46,13 @@ def build_osm_source(cfg: LabelsConfig, cache_dir: Path | None = None) -> OsmSou
         return LocalOsmSource(cfg.osm_file)
     if cfg.source == "ohsome":
         module = _backend("lulc_core.osm.ohsome", "ohsome")
-        source: OsmSource = module.OhsomeSource(cfg.ohsome_url, cfg.timeout_s, cfg.max_retries, cache_dir)
+        source: OsmSource = module.OhsomeSource(
+            cfg.ohsome_url,
+            cfg.timeout_s,
+            cfg.max_retries,
+            cache_dir,
+            max_requests_per_second=cfg.max_requests_per_second,
+        )
         return source
     raise InputError(
         "labels.source", f"source {cfg.source!r} is not available as an OSM source", "use 'file' or 'ohsome'"

@@ -30,6 +30,7 @@ from requests.adapters import HTTPAdapter
 from shapely.geometry import shape
 from urllib3 import Retry
 
+from lulc_core.config import OHSOME_REQUESTS_PER_SECOND
 from lulc_core.errors import InputError, TooLargeError
 from lulc_core.geo import BBox
 from lulc_core.http import (
@@ -123,7 +124,7 @@ class OhsomeSource:
         backoff_s: float = 1.0,
         max_split_depth: int = 3,
         max_retry_after_s: float = 120.0,
-        max_requests_per_second: float = 10.0,
+        max_requests_per_second: float = OHSOME_REQUESTS_PER_SECOND,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise InputError("labels.ohsome_url", f"{url!r} is not an http(s) URL", "e.g. https://api.ohsome.org/v1")

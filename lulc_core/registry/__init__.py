@@ -51,6 +51,7 @@ from lulc_core.registry.base import (
     prepare_registration,
     registration_info,
 )
+from lulc_core.registry.gate import GateDecision, apply_gate
 
 
 def build_registry(cfg: RegistryConfig, work_dir: Path) -> ModelRegistry:
@@ -89,12 +90,14 @@ __all__ = [
     "TAG_STAGE",
     "TAG_TEST_SET",
     "BundleCache",
+    "GateDecision",
     "ModelRef",
     "ModelRegistry",
     "ModelVersionInfo",
     "Registration",
     "RegistrationInfo",
     "Stage",
+    "apply_gate",
     "build_registry",
     "default_tracking_uri",
     "flatten_metrics",

@@ -133,6 +133,8 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     fault: str | None
+    at: float = field(default_factory=time.monotonic)
+    """When the request arrived (time.monotonic(); rate tests compare start spacing)."""
 
 
 class StandIn:

@@ -35,7 +35,10 @@ from standins import Fault, Recorded, Reply, StandIn
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_OSM = REPO / "data" / "sample" / "osm" / "sample_osm.geojson"
-KOUVOLA_PBF = REPO.parent / "shared" / "data" / "osm" / "kouvola.osm.pbf"
+KOUVOLA_PBF_PARTS = ("data", "osm", "kouvola.osm.pbf")
+KOUVOLA_PBF = REPO.parent / "shared" / Path(*KOUVOLA_PBF_PARTS)
+"""Real OSM extract of Kouvola beside the repository (../shared); served too when present."""
+DEFAULT_EXTRACTS = (SAMPLE_OSM, KOUVOLA_PBF) if KOUVOLA_PBF.is_file() else (SAMPLE_OSM,)
 API_VERSION = "1.10.1"
 ATTRIBUTION = {"url": "https://ohsome.org/copyrights", "text": "© OpenStreetMap contributors"}
 DATA_START = "2007-10-08T00:00:00Z"
@@ -109,7 +112,7 @@ class OhsomeStandIn(StandIn):
 
     def __init__(
         self,
-        extracts: Sequence[Path] = (SAMPLE_OSM, KOUVOLA_PBF),
+        extracts: Sequence[Path] = DEFAULT_EXTRACTS,
         latency_s: float = 0.0,
         max_features: int | None = None,
         data_end: datetime | None = None,
@@ -267,9 +270,7 @@ def main() -> None:
     parser.add_argument("--max-features", type=int, default=None, help="Answer 413 above this many features.")
     parser.add_argument("--latency", type=float, default=0.0, help="Extra seconds per request.")
     args = parser.parse_args()
-    server = OhsomeStandIn(
-        args.extract or (SAMPLE_OSM, KOUVOLA_PBF), latency_s=args.latency, max_features=args.max_features
-    )
+    server = OhsomeStandIn(args.extract or DEFAULT_EXTRACTS, latency_s=args.latency, max_features=args.max_features)
     server.serve_until_interrupted(args.port, ["labels.ohsome_url: {url}/v1"])
 
 

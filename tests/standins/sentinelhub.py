@@ -50,7 +50,7 @@ from standins import Fault, Recorded, Reply, StandIn
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_IMAGERY = REPO / "data" / "sample" / "imagery"
-TERRAMIND = REPO.parent / "shared" / "data" / "terramind"
+SAMPLE_LULC = REPO / "data" / "sample" / "lulc"
 RUNNER = Path(__file__).with_name("evalscript_runner.js")
 TOKEN_PATH = "/auth/realms/main/protocol/openid-connect/token"
 PROCESS_PATH = "/api/v1/process"
@@ -110,7 +110,7 @@ def load_patches() -> tuple[Patch, ...]:
             rasterio.open(s2_path) as s2,
             rasterio.open(SAMPLE_IMAGERY / f"{pid}_s1.tif") as s1,
             rasterio.open(SAMPLE_IMAGERY / f"{pid}_dem.tif") as dem,
-            rasterio.open(TERRAMIND / "LULC" / f"{pid}.tif") as lulc,
+            rasterio.open(SAMPLE_LULC / f"{pid}.tif") as lulc,
         ):
             patches.append(
                 Patch(

@@ -1,0 +1,31 @@
+"""CLI options that would be accepted and then ignored are refused at parse time, naming the option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lulc.cli import app
+from lulc_core.errors import InputError
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "field"),
+    [
+        (["pipeline", "submit"], ["--image", "ghcr.io/lulc/lulc:9.9.9"], "--image"),
+        (["pipeline", "submit"], ["--config", "conf/run.yaml"], "--config"),
+        (["pipeline", "schedule", "--cron", "0 3 * * 1"], ["-c", "conf/run.yaml"], "--config"),
+        (["pipeline", "schedule", "--cron", "0 3 * * 1"], ["--image", "ghcr.io/lulc/lulc:9.9.9"], "--image"),
+    ],
+)
+def test_compile_options_with_a_compiled_package_are_refused(
+    command: list[str], extra: list[str], field: str, tmp_path: Path
+) -> None:
+    package = tmp_path / "pipeline.yaml"
+    package.write_text("pipelineInfo: {name: lulc-training}\n")
+    args = [*command, "--host", "http://127.0.0.1:9", "--package", str(package), *extra]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, InputError), result.output
+    assert result.exception.field == field and "--package" in str(result.exception)
