@@ -56,10 +56,9 @@ def _storage_container() -> dict[str, Any]:
 @pytest.fixture
 def neptune(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     with NeptuneStandIn() as server:
-        monkeypatch.setenv("NEPTUNE_API_TOKEN", server.api_token)
-        monkeypatch.setenv("NEPTUNE_PROJECT", server.project)
+        for key, value in server.client_env().items():
+            monkeypatch.setenv(key, value)
         monkeypatch.delenv("NEPTUNE_MODE", raising=False)
-        monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the stand-in speaks plain http on 127.0.0.1
         monkeypatch.chdir(tmp_path)  # neptune keeps its queue in ./.neptune
         yield server
 

@@ -50,15 +50,7 @@ def _deploy_step(tmp_path: Path, version: dict[str, Any], monkeypatch: pytest.Mo
     record = {k: version[k] for k in ("name", "version", "backend", "uri", "storage_uri")}
     (tmp_path / "registration.json").write_text(json.dumps(record | {"ref": f"{version['name']}@{version['version']}"}))
     with KubeApiStandIn(ready_after_polls=1) as api:
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "standin", "cluster": {"server": api.url}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "u"}}],
-            "current-context": "standin",
-        }
-        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+        api.write_kubeconfig(tmp_path / "kubeconfig")
         monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
         config = load_run_config(tmp_path / "run.yaml").model_dump_json()
         deploy.python_func(

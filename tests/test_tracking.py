@@ -41,6 +41,7 @@ def _lulc_run(tmp_path: Path, **registry: Any) -> dict[str, Any]:
 def test_lulc_run_logs_curves_into_the_registered_versions_mlflow_run(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     job = _lulc_run(tmp_path)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     name, version = job["model_ref"].split("@")
@@ -57,16 +58,16 @@ def test_lulc_run_logs_curves_into_the_registered_versions_mlflow_run(tmp_path: 
     assert "lulc.json" in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(mv.run_id, "bundle")}
     runs = client.search_runs([run.info.experiment_id])
     assert [r.info.run_id for r in runs] == [mv.run_id]  # no separate registration run
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # Lightning's MLFlowLogger set it; closing restores it
 
 
 def test_lulc_run_logs_curves_to_a_neptune_run_linked_to_the_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with NeptuneStandIn() as server:
-        monkeypatch.setenv("NEPTUNE_API_TOKEN", server.api_token)
-        monkeypatch.setenv("NEPTUNE_PROJECT", server.project)
+        for key, value in server.client_env().items():
+            monkeypatch.setenv(key, value)
         monkeypatch.delenv("NEPTUNE_MODE", raising=False)
-        monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the stand-in speaks plain http on 127.0.0.1
         monkeypatch.chdir(tmp_path)  # neptune keeps its queue in ./.neptune
         job = _lulc_run(tmp_path, backend="neptune")
         (run,) = [c for c in server.containers.values() if c.type == "run"]

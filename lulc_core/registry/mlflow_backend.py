@@ -419,6 +419,9 @@ class MlflowTrainingRun(TrainingRun):
     def __init__(self, registry: MlflowRegistry, run_id: str, url: str | None) -> None:
         super().__init__(run_id, url)
         self.registry = registry
+        # MLFlowLogger sets mlflow's global tracking URI and MLFLOW_TRACKING_URI (inherited by subprocesses):
+        # `close` puts back what the process had, so later registries and steps see their own configuration
+        self._previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
 
     def logger(self) -> Logger:
         from lightning.pytorch.loggers import MLFlowLogger
@@ -428,8 +431,13 @@ class MlflowTrainingRun(TrainingRun):
         )
 
     def close(self, failed: bool = False) -> None:
+        import mlflow
+
         with contextlib.suppress(Exception):
             self.registry.client.set_terminated(str(self.run_id), status="FAILED" if failed else "FINISHED")
+        mlflow.set_tracking_uri(self._previous_uri)  # type: ignore[arg-type]  # None unsets it (mlflow 2.x, 3.x)
+        if self._previous_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def _file_uri(path: Path | str) -> str:

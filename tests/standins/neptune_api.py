@@ -465,6 +465,14 @@ class NeptuneStandIn:
         payload = {"api_address": self.url, "api_url": self.url, "api_key": "stand-in-key"}
         return base64.b64encode(json.dumps(payload).encode()).decode()
 
+    def client_env(self) -> dict[str, str]:
+        """What the neptune client needs to reach this server (plain http on 127.0.0.1 included)."""
+        return {
+            "NEPTUNE_API_TOKEN": self.api_token,
+            "NEPTUNE_PROJECT": self.project,
+            "OAUTHLIB_INSECURE_TRANSPORT": "1",
+        }
+
     def start(self) -> NeptuneStandIn:
         self._thread.start()
         return self
