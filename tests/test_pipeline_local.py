@@ -114,7 +114,7 @@ def test_registered_version_and_gated_deploy(local_run: tuple[RunConfig, Any, Pa
     # the train step logged its curves into the run the register step made the version from
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=registry.tracking_uri)  # type: ignore[attr-defined]
+    client = MlflowClient(tracking_uri=registry.tracking_uri)
     assert registered.provenance.tracking_run == production.run_id
     assert len(client.get_metric_history(str(production.run_id), "train_loss")) == 1  # epochs: 1
     assert "promoted to **production**" in (run_dir / "register" / "report").read_text()
