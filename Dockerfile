@@ -79,4 +79,7 @@ ENV VIRTUAL_ENV=/opt/venv \
 
 USER 10001:10001
 EXPOSE 8080
-CMD ["lulc", "--help"]
+# Serves by default: the model from LULC_MODEL (a bundle directory, NAME@STAGE or a Neptune id such as LULC-SEG-2)
+# or /mnt/models, the port from PORT (8080), ROOT_PATH behind a proxy; `docker run --env-file .env` (.env_template).
+# KServe's InferenceService names its own command; KFP components run `python -m ...` in this image.
+CMD ["python", "-m", "serving", "--host", "0.0.0.0"]

@@ -40,7 +40,7 @@ def configure(
         aoi_file: AOI GeoJSON/GeoPackage path or URL inside the image, or "" to keep.
         time_frames: ['YYYY-MM-DD/YYYY-MM-DD', ...] or [] to keep.
         label_set: Label set YAML path, or "".
-        imagery_store: 'local' or 'sentinelhub', or "".
+        imagery_store: 'local', 'sentinelhub' or 'stac', or "".
         model_variant: SegFormer variant b0..b5, or "".
         epochs: Maximum epochs, or 0 to keep.
         registry: 'mlflow' or 'neptune', or "".

@@ -19,10 +19,12 @@ def imagery(config: str, tiles: Input[Dataset], shard: int, rasters: Output[Data
     from pathlib import Path
 
     from components._runtime import cache_dir, load_config, read_shard
-    from lulc_core.imagery import build_imagery_store, fetch_tiles
+    from lulc_core.imagery import build_imagery_store, fetch_tiles_report
 
     cfg = load_config(config)
     subset = read_shard(tiles.path, shard, cfg.pipeline.shards)
     store = build_imagery_store(cfg.imagery, cache_dir=cache_dir(cfg, "imagery"))
-    paths = fetch_tiles(store, subset, cfg.imagery.bands, Path(rasters.path), concurrency=cfg.imagery.concurrency)
-    rasters.metadata.update({"shard": shard, "tiles": len(paths), "bands": list(cfg.imagery.bands)})
+    im = cfg.imagery
+    report = fetch_tiles_report(store, subset, im.bands, Path(rasters.path), im.concurrency, im.min_valid_share)
+    rasters.metadata.update({"shard": shard, "tiles": len(report.written), "bands": list(im.bands)})
+    rasters.metadata.update(report.metadata())

@@ -1,4 +1,4 @@
-"""Step 3 — labels: OSM polygons rasterised to a class GeoTIFF per tile of one shard, on the imagery grid."""
+"""Step 3 — labels: a class GeoTIFF per tile of one shard on the imagery grid, from OSM polygons or CORINE."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
@@ -19,14 +19,13 @@ def labels(config: str, tiles: Input[Dataset], shard: int, rasters: Output[Datas
     from pathlib import Path
 
     from components._runtime import cache_dir, load_config, read_shard
-    from lulc_core.labelling import label_tiles
+    from lulc_core.labelling import build_label_source, label_tiles
     from lulc_core.labels import LabelSet
-    from lulc_core.osm import build_osm_source
 
     cfg = load_config(config)
     subset = read_shard(tiles.path, shard, cfg.pipeline.shards)
     label_set = LabelSet.from_yaml(cfg.labels.label_set)
-    source = build_osm_source(cfg.labels, cache_dir=cache_dir(cfg, "osm"))
+    source = build_label_source(cfg, label_set, cache_dir=cache_dir(cfg, "osm"))
     paths = label_tiles(
         source,
         label_set,

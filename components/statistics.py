@@ -33,11 +33,12 @@ def statistics(
     from components._runtime import TILES_FILE, load_config
     from lulc_core.dataset import split_tiles
     from lulc_core.grid import read_tiles
+    from lulc_core.imagery import tiles_with_imagery
     from lulc_core.labels import LabelSet
     from lulc_core.stats import compute_stats
 
     cfg = load_config(config)
-    grid = read_tiles(Path(tiles.path) / TILES_FILE)
+    grid = tiles_with_imagery(read_tiles(Path(tiles.path) / TILES_FILE), Path(imagery.path))  # skipped: no file
     tile_split = split_tiles(grid, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     Path(split.path).write_text(tile_split.model_dump_json(indent=2))
     label_set = LabelSet.from_yaml(cfg.labels.label_set)

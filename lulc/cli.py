@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from lulc.commands import data, model, pipeline, registry, run, serve
 from lulc_core.config import RunConfig
 from lulc_core.errors import InputError, LulcError, NotFoundError
+from lulc_core.legacy_env import apply_legacy_env
 from lulc_core.redaction import install_redaction, redact
 
 app = typer.Typer(
@@ -46,6 +47,8 @@ def _main(
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     install_redaction()  # client libraries log credentials at DEBUG (e.g. the OAuth token request body)
+    for notice in apply_legacy_env():  # the original lulc-utility's variable names (SENTINELHUB_API_ID, ...)
+        logging.getLogger("lulc").warning(notice)
 
 
 # Exit codes of `lulc`: bad input 2, something named does not exist 3, other lulc errors and I/O errors 1,

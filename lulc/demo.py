@@ -80,7 +80,9 @@ def area_request(group: Sequence[Tile]) -> tuple[BBox, dict[str, object]]:
         max(t.bounds[3] for t in group) - inset,
     )
     bbox = first.model_copy(update={"bounds": bounds}).bbox_wgs84
-    return bbox, {"area_coords": list(bbox.as_tuple()), "start_date": str(first.start), "end_date": str(first.end)}
+    body: dict[str, object] = {"area_coords": list(bbox.as_tuple()), "start_date": str(first.start)}
+    body |= {"end_date": str(first.end), "grid": "utm"}  # the reference's own grid: no second resampling
+    return bbox, body
 
 
 def run_demo(cfg: RunConfig, config_path: Path, out_dir: Path | None = None) -> DemoResult:

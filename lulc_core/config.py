@@ -82,7 +82,11 @@ class SentinelHubConfig(StrictModel):
         default="https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token",
         description="OAuth2 client-credentials token URL.",
     )
-    evalscript: str = Field(default="lulc_v1", description="Evalscript name in lulc_core/evalscripts/ or a path.")
+    evalscript: str = Field(
+        default="lulc_v2",
+        description="Evalscript name in lulc_core/evalscripts/ or a path (lulc_v2: cloud-masked composites; lulc_v1: "
+        "the first-sample mosaic of earlier versions).",
+    )
     max_pixels_per_request: int = Field(default=2500 * 2500, gt=0, description="Larger tiles are split.")
     mosaicking_order: Literal["leastCC", "mostRecent", "leastRecent"] = Field(
         default="leastCC", description="Sentinel-2 mosaicking order."
@@ -107,12 +111,61 @@ class SentinelHubConfig(StrictModel):
     )
 
 
+class StacConfig(StrictModel):
+    """A public STAC API with Sentinel-2 L2A, Sentinel-1 and Copernicus DEM as cloud-optimised GeoTIFFs."""
+
+    catalog: Literal["earth_search", "planetary_computer"] = Field(
+        default="earth_search",
+        description="Catalogue preset: Element 84 Earth Search (no account, no signing) or Microsoft Planetary "
+        "Computer (no account; asset URLs signed with a SAS token); sets the URL and collections unless given.",
+    )
+    url: str | None = Field(default=None, description="STAC API root URL (default: the preset's).")
+    sign_url: str | None = Field(
+        default=None, description="Planetary Computer SAS token endpoint (default: the preset's; None: no signing)."
+    )
+    s2_collection: str | None = Field(default=None, description="Sentinel-2 L2A collection id (default: preset).")
+    s1_collection: str | None = Field(default=None, description="Sentinel-1 collection id (default: preset).")
+    dem_collection: str | None = Field(default=None, description="Copernicus DEM collection id (default: preset).")
+    max_cloud_cover: float = Field(
+        default=60.0, ge=0, le=100, description="Search only scenes with eo:cloud_cover at most this (%)."
+    )
+    max_items: int = Field(default=12, ge=1, le=200, description="Most Sentinel-2 scenes composited per tile.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout (search and COG reads), seconds.")
+    max_retries: int = Field(default=4, ge=0, description="Retries for 429/5xx/timeouts/truncated reads.")
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry wait in seconds; doubles per attempt.")
+    max_requests_per_second: float = Field(
+        default=10.0, gt=0, description="API requests (searches, tokens) started per second; COG reads are unlimited."
+    )
+
+
 class ImageryConfig(StrictModel):
     """Which imagery store, which bands, at which resolution."""
 
-    store: Literal["local", "sentinelhub"] = Field(default="local", description="Imagery store backend.")
+    store: Literal["local", "sentinelhub", "stac"] = Field(default="local", description="Imagery store backend.")
     local_dir: Path | None = Field(default=None, description="Directory of GeoTIFFs for the local store.")
     sentinelhub: SentinelHubConfig = Field(default_factory=SentinelHubConfig, description="Sentinel Hub settings.")
+    stac: StacConfig = Field(default_factory=StacConfig, description="STAC API settings (store `stac`).")
+    cloud_mask: bool = Field(
+        default=True,
+        description="Treat Sentinel-2 pixels flagged by SCL (1 saturated/defective, 3 cloud shadow, 8/9 cloud "
+        "medium/high probability, 10 thin cirrus) or by the cloud mask CLM as missing.",
+    )
+    composite: Literal["median", "least_cloudy"] = Field(
+        default="median",
+        description="How the valid observations of the time frame become one image: per-band median, or per pixel "
+        "the first valid observation of the least cloudy scene.",
+    )
+    min_valid_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Tiles with a smaller share of pixels having valid data in every band are skipped (counted).",
+    )
+    sensor_normalisation: Literal["none", "per_sensor"] = Field(
+        default="none",
+        description="per_sensor: as the original utility, Sentinel-1 in dB (every store delivers dB) and the DEM "
+        "standardised per tile (tile mean 0, std 1), before the dataset statistics.",
+    )
     bands: list[str] = Field(default_factory=lambda: list(DEFAULT_BANDS), min_length=1, description="Bands.")
     resolution: float = Field(default=10.0, gt=0, description="Pixel size in metres.")
     cache_dir: Path | None = Field(default=None, description="Download cache (default: <work_dir>/cache).")
@@ -139,7 +192,12 @@ class LabelsConfig(StrictModel):
     """Where labels come from and which label set defines the classes."""
 
     label_set: Path = Field(description="Label set YAML (name, osm_filter, color, description per class).")
-    source: Literal["file", "ohsome", "corine"] = Field(default="file", description="OSM source backend.")
+    source: Literal["file", "ohsome", "corine"] = Field(
+        default="file",
+        description="Label source: 'file' (local OSM extract), 'ohsome' (ohsome API) or 'corine' (CORINE Land Cover "
+        "from the Sentinel Hub BYOC collection imagery.sentinelhub.byoc_corine_collection, mapped onto the label "
+        "set by its corine_codes).",
+    )
     osm_file: Path | None = Field(default=None, description="Local OSM extract (.geojson, .gpkg or .osm.pbf).")
     ohsome_url: str = Field(default="https://api.ohsome.org/v1", description="ohsome API base URL.")
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
@@ -274,6 +332,11 @@ class ServingConfig(StrictModel):
     cache_size: int = Field(default=32, ge=0, description="Idempotency cache entries.")
     host: str = Field(default="127.0.0.1", description="Bind address of `lulc serve`.")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of `lulc serve`.")
+    root_path: str = Field(
+        default="",
+        pattern=r"^(/[A-Za-z0-9._~\-]+)*$",
+        description="URL prefix when served behind a proxy, e.g. '/lulc' (OpenAPI and /docs links carry it).",
+    )
 
 
 class PipelineConfig(StrictModel):
@@ -308,6 +371,17 @@ class RunConfig(StrictModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @model_validator(mode="after")
+    def _corine_collection(self) -> RunConfig:
+        if self.labels.source == "corine" and not self.imagery.sentinelhub.byoc_corine_collection:
+            raise ConfigError(
+                "imagery.sentinelhub.byoc_corine_collection",
+                "labels.source corine reads CORINE Land Cover from a Sentinel Hub BYOC collection, and none is set",
+                "set it to the collection id (Sentinel Hub's public CORINE: cbdba844-f86d-41dc-95ad-b3f7f12535e9), "
+                "or use labels.source file or ohsome",
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Hash of the configuration (lineage: which config produced a model)."""

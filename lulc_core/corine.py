@@ -1,53 +1,86 @@
-"""CORINE Land Cover as an optional label source, through a Sentinel Hub BYOC collection.
+"""CORINE Land Cover (CLC): the legend, and how CLC codes become a label set's classes.
 
-Sentinel Hub serves CORINE (editions 1990-2018, 100 m) as BYOC collection `cbdba844-f86d-41dc-95ad-b3f7f12535e9`
-on the CreoDIAS deployment, band `CLC` holding the legend index 1..44 (48 = no data). The label set maps CORINE
-level-3 codes onto its classes (`corine_codes` per class in the label set YAML); codes no class claims become 0
-(`unknown`). Requests, retries, cache and credentials are those of `SentinelHubStore` (evalscript `corine_v1`).
+CLC (editions 1990-2018, 100 m, Europe) is served by Sentinel Hub as a BYOC collection whose band `CLC` holds the
+legend index 1..44 (48 = no data); `lulc_core.imagery.corine` fetches it. This module is the light part every
+entry point shares, without any download client:
+
+- the official level-3 legend (codes, names, colours) from `lulc_core/data/clc_legend.csv` (EEA, attributed there);
+- `corine_lookup`: legend index -> a label set's raster value through each class's `corine_codes` (codes no class
+  claims become 0, `unknown`) — the `corine` label source and the `harmonized_corine` fusion mode;
+- `corine_legend`: the raw CLC classes as a label set (raster value = legend index), so that `only_corine`
+  predictions carry the CLC colours and names in the GeoTIFF colour table, the PNG legend and the API answers;
+- `check_corine_config`: the one configuration check of a CORINE run (collection, credentials, label set).
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import threading
-from collections.abc import Sequence
-from datetime import date
+import csv
+import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import sentinelhub as sh
-from tqdm import tqdm
+from pydantic import Field
 
-from lulc_core.config import SentinelHubConfig
-from lulc_core.errors import ConfigError, LulcError
-from lulc_core.geo import Tile
-from lulc_core.imagery.sentinelhub import ENDPOINTS, SentinelHubStore
-from lulc_core.labels import LabelSet
-from lulc_core.raster import Raster, write_geotiff
+from lulc_core.errors import ConfigError, InputError
+from lulc_core.labels import LabelClass, LabelSet
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from lulc_core.config import RunConfig
 
+LEGEND_FILE = Path(__file__).resolve().parent / "data" / "clc_legend.csv"
 CORINE_COLLECTION_ID = "cbdba844-f86d-41dc-95ad-b3f7f12535e9"
-CORINE_SERVICE_URL = "https://creodias.sentinel-hub.com"
-CORINE_FIRST_EDITION = date(1986, 1, 1)
-# CORINE level-3 codes in legend order: band value i (1..44) is CLC_LEGEND[i - 1].
-CLC_LEGEND = (
-    111, 112, 121, 122, 123, 124, 131, 132, 133, 141, 142,
-    211, 212, 213, 221, 222, 223, 231, 241, 242, 243, 244,
-    311, 312, 313, 321, 322, 323, 324, 331, 332, 333, 334, 335,
-    411, 412, 421, 422, 423,
-    511, 512, 521, 522, 523,
-)  # fmt: skip
-_LOCK = threading.Lock()
+"""Sentinel Hub's public CORINE Land Cover BYOC collection (CreoDIAS deployment)."""
+NODATA_INDEX = 48
+LEGEND_NAME = "corine_clc"
+
+
+@dataclass(frozen=True)
+class ClcClass:
+    """One CLC level-3 class: legend index (the BYOC band value), code, official name and colour."""
+
+    index: int
+    code: int
+    name: str
+    color: str
+
+
+def _read_legend(path: Path = LEGEND_FILE) -> tuple[ClcClass, ...]:
+    with path.open(newline="") as handle:
+        rows = csv.DictReader(line for line in handle if not line.startswith("#"))
+        return tuple(ClcClass(i, int(r["code"]), r["name"], r["color"].upper()) for i, r in enumerate(rows, start=1))
+
+
+CLC_CLASSES = _read_legend()
+CLC_LEGEND = tuple(c.code for c in CLC_CLASSES)
+"""CLC level-3 codes in legend order: band value i (1..44) is CLC_LEGEND[i - 1]."""
+
+
+class LegendClass(LabelClass):
+    """A class of a legend that is not selected from OSM (the raw CORINE classes): no `osm_filter`."""
+
+    osm_filter: str | None = Field(  # type: ignore[assignment]
+        default=None, alias="filter", description="Not used: the class comes from CORINE, not OSM."
+    )
+    code: int = Field(description="CORINE level-3 code, e.g. 311 (broad-leaved forest).")
+
+
+@functools.cache
+def corine_legend() -> LabelSet:
+    """The raw CLC classes as a label set: raster value i is legend index i, named `<code> <name>`."""
+    classes = [
+        LegendClass.model_validate({"name": f"{c.code} {c.name}", "color": c.color, "code": c.code})
+        for c in CLC_CLASSES
+    ]
+    return LabelSet(name=LEGEND_NAME, classes=list(classes))
 
 
 def corine_lookup(label_set: LabelSet) -> np.ndarray:
-    """A 256-entry table from CORINE legend index to the label set's raster value (0 where unmapped).
+    """A 256-entry table from CLC legend index to the label set's raster value (0 where unmapped).
 
     Raises:
-        ConfigError: a code that is not a CORINE level-3 code, or one claimed by two classes.
+        ConfigError: a code that is not a CLC level-3 code, one claimed by two classes, or no `corine_codes` at all.
     """
     table = np.zeros(256, np.uint8)
     owner: dict[int, str] = {}
@@ -57,7 +90,7 @@ def corine_lookup(label_set: LabelSet) -> np.ndarray:
                 raise ConfigError(
                     f"label_set {label_set.name}: {cls.name}.corine_codes",
                     f"{code} is not a CORINE level-3 code",
-                    "use codes like 111, 211, 311 (the CORINE Land Cover legend)",
+                    "use codes like 111, 211, 311 (the CORINE Land Cover legend, see docs/corine.md)",
                 )
             if code in owner:
                 raise ConfigError(
@@ -68,89 +101,65 @@ def corine_lookup(label_set: LabelSet) -> np.ndarray:
             owner[code] = cls.name
             table[CLC_LEGEND.index(code) + 1] = value
     if not owner:
-        raise ConfigError(f"label_set {label_set.name}", "no class has corine_codes", "add corine_codes to the classes")
+        raise ConfigError(
+            "labels.label_set",
+            f"label set {label_set.name!r} has no corine_codes, so CORINE cannot be mapped onto its classes",
+            "add `corine_codes: [...]` (CLC level-3 codes) to its classes, as conf/labels/v3.yaml does",
+        )
     return table
 
 
-class CorineLabelSource(SentinelHubStore):
-    """Class rasters from CORINE Land Cover on a tile's grid.
-
-    Args:
-        cfg: Sentinel Hub settings; `byoc_corine_collection` overrides the public collection id.
-        label_set: classes with their `corine_codes`.
-        cache_dir: response cache directory.
-        credentials: (client id, secret); default from the environment.
-        service_url: deployment serving the collection (default: CreoDIAS for the commercial endpoint with its
-            default URL, else `cfg.base_url`).
-    """
-
-    def __init__(
-        self,
-        cfg: SentinelHubConfig,
-        label_set: LabelSet,
-        cache_dir: Path | None = None,
-        *,
-        credentials: tuple[str, str] | None = None,
-        service_url: str | None = None,
-    ) -> None:
-        # resolution is informational: CORINE is fetched on each tile's own grid
-        super().__init__(cfg, 10.0, cache_dir, credentials=credentials, evalscript="corine_v1")
-        self.label_set = label_set
-        self.lookup = corine_lookup(label_set)
-        if service_url is None:
-            default = self.endpoint.base_url == ENDPOINTS["sentinelhub"].base_url
-            service_url = CORINE_SERVICE_URL if default else self.endpoint.base_url
-        collection_id = cfg.byoc_corine_collection or CORINE_COLLECTION_ID
-        tag = hashlib.sha1(f"{collection_id}@{service_url}".encode()).hexdigest()[:8].upper()
-        with _LOCK:
-            self.collection = sh.DataCollection.define_byoc(
-                collection_id, name=f"LULC_CORINE_{tag}", service_url=service_url.rstrip("/")
-            )
-
-    def __repr__(self) -> str:
-        return f"CorineLabelSource({self.collection.service_url!r}, label_set={self.label_set.name!r})"
-
-    def _input_data(self, tile: Tile) -> dict[str, Any]:
-        return {
-            "corine": sh.SentinelHubRequest.input_data(
-                self.collection,
-                identifier="corine",
-                time_interval=(CORINE_FIRST_EDITION, tile.end),
-                mosaicking_order=sh.MosaickingOrder.MOST_RECENT,
-            )
-        }
-
-    def rasterize(self, tile: Tile, when: date | None = None) -> Raster:
-        """The class raster of `tile` (one uint8 band "class", 0 = unknown) from the newest edition up to `when`.
-
-        Raises:
-            NotCoveredError: CORINE has no data for the tile (outside Europe or before the first edition).
-            UpstreamError: Sentinel Hub still fails after the retries.
-        """
-        dated = tile if when is None else tile.model_copy(update={"end": when})
-        raster = self.fetch(dated, ["CLC"])
-        index = np.where(raster.valid_mask, raster.data[0], 0).astype(np.uint8)
-        classes = self.lookup[index][None]
-        tags = {**raster.tags, "label_set": self.label_set.name, "label_source": "corine"}
-        return Raster(classes, raster.transform, raster.crs, ["class"], None, tags)
+def codes_of(index: np.ndarray) -> np.ndarray:
+    """CLC level-3 codes (uint16) of legend indices; 0 where the index is no data (0, 48 or out of range)."""
+    table = np.zeros(256, np.uint16)
+    table[1 : len(CLC_LEGEND) + 1] = CLC_LEGEND
+    return table[np.clip(index, 0, 255).astype(np.uint8)]
 
 
-def corine_label_tiles(source: CorineLabelSource, tiles: Sequence[Tile], out_dir: Path) -> list[Path]:
-    """Write `<out_dir>/<tile.id>.tif` (uint8 classes with the label set's colour map) for every tile.
+def legend_values(codes: np.ndarray) -> np.ndarray:
+    """Legend indices 1..44 (uint8, the `corine_legend` raster values) of CLC codes; 0 for anything else."""
+    out = np.zeros(codes.shape, np.uint8)
+    for c in CLC_CLASSES:
+        out[codes == c.code] = c.index
+    return out
+
+
+def harmonize_corine(codes: np.ndarray, label_set: LabelSet) -> np.ndarray:
+    """CLC codes -> the label set's raster values via `corine_lookup` (unmapped codes -> 0)."""
+    return corine_lookup(label_set)[legend_values(codes)]
+
+
+def check_corine_config(cfg: RunConfig, *, credentials: bool = True) -> None:
+    """Refuse a CORINE run that cannot work, before any step starts, in one line naming the field and the fix.
+
+    Checks (when `labels.source` is corine): the label set maps CLC codes (`corine_codes`), and — with
+    `credentials` — that Sentinel Hub OAuth credentials are in the environment. The BYOC collection id is checked
+    by the RunConfig validator.
 
     Raises:
-        The source's error (NotCoveredError, UpstreamError, ...) with the tile id in its message; no partial file.
+        ConfigError: the field and the fix.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for tile in tqdm(tiles, desc="corine labels", unit="tile", leave=False):
+    if cfg.labels.source != "corine":
+        return
+    corine_lookup(LabelSet.from_yaml(cfg.labels.label_set))
+    if credentials:
+        from lulc_core.imagery.sentinelhub import credentials_from_env
+
         try:
-            raster = source.rasterize(tile)
-        except LulcError as exc:
-            if tile.id not in str(exc):
-                exc.args = (f"tile {tile.id}: {exc}", *exc.args[1:])
-            raise
-        paths.append(write_geotiff(out / f"{tile.id}.tif", raster, colormap=source.label_set.colormap(), dtype="uint8"))
-    log.info("corine labels: %d tiles in %s", len(paths), out)
-    return paths
+            credentials_from_env()
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.field, f"labels.source corine reads CORINE from Sentinel Hub: {exc.message}", exc.fix
+            ) from None
+
+
+def require_corine_codes(label_set: LabelSet) -> None:
+    """InputError (field fusion_mode) when a model's label set cannot take harmonised CORINE."""
+    try:
+        corine_lookup(label_set)
+    except ConfigError as exc:
+        raise InputError(
+            "fusion_mode",
+            f"harmonized_corine maps CORINE onto the model's label set, but {exc.message}",
+            "use fusion_mode only_corine (the raw CORINE classes), or a model whose label set has corine_codes",
+        ) from None

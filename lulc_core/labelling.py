@@ -4,6 +4,10 @@ Polygons of all classes are burnt largest first, so smaller polygons lie on top 
 area stays a park); pixels are burnt only when their centre is inside a polygon (all_touched off); pixels without
 a polygon are 0 (`unknown`). `label_tiles` writes one uint8 GeoTIFF per tile with the label set's colour map and
 reuses earlier results keyed by tile grid, date, label-set fingerprint and source.
+
+A label source is either an `OsmSource` (polygons per class filter, burnt here) or a `RasterLabelSource` that
+gives the class raster itself (CORINE through Sentinel Hub, `lulc_core.imagery.corine`); `build_label_source`
+picks it from `labels.source`, and `tile_labels` is the one call every step and the predictor use.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 import geopandas as gpd
 import numpy as np
@@ -27,12 +32,56 @@ from tqdm import tqdm
 from lulc_core.errors import InputError, LulcError
 from lulc_core.geo import Tile
 from lulc_core.labels import LabelSet
-from lulc_core.osm import OsmSource
+from lulc_core.osm import OsmSource, build_osm_source
 from lulc_core.raster import Raster, atomic_path, write_geotiff
+
+if TYPE_CHECKING:
+    from lulc_core.config import RunConfig
 
 log = logging.getLogger(__name__)
 
 KEY_TAG = "LULC_LABEL_KEY"
+
+
+@runtime_checkable
+class RasterLabelSource(Protocol):
+    """A label source that gives a tile's class raster directly, for the label set it was built with."""
+
+    label_set: LabelSet
+
+    def rasterize(self, tile: Tile, when: date | None = None) -> Raster:
+        """One uint8 band "class" on the tile grid, 0 = unknown."""
+        ...
+
+
+LabelSource: TypeAlias = OsmSource | RasterLabelSource
+
+
+def build_label_source(cfg: RunConfig, label_set: LabelSet, cache_dir: Path | None = None) -> LabelSource:
+    """The label source of `cfg.labels.source`: a local OSM extract, the ohsome API, or CORINE (Sentinel Hub BYOC
+    collection `imagery.sentinelhub.byoc_corine_collection`, mapped onto `label_set` by its `corine_codes`).
+
+    Raises:
+        ConfigError: missing credentials, a label set without corine_codes, a missing OSM file.
+    """
+    if cfg.labels.source == "corine":
+        from lulc_core.imagery.corine import CorineLabelSource
+
+        return CorineLabelSource(cfg.imagery.sentinelhub, label_set, cache_dir)
+    return build_osm_source(cfg.labels, cache_dir=cache_dir)
+
+
+def tile_labels(source: LabelSource, label_set: LabelSet, tile: Tile, when: date | None = None) -> Raster:
+    """The class raster of `tile` at `when` (default `tile.end`) from any label source."""
+    if isinstance(source, RasterLabelSource):
+        if source.label_set != label_set:
+            raise InputError(
+                "labels.label_set",
+                f"the label source was built for label set {source.label_set.name!r}, not {label_set.name!r}",
+                "build the label source with the label set being labelled",
+            )
+        return source.rasterize(tile, when or tile.end)
+    return rasterize_labels(source, label_set, tile, when)
 
 
 def rasterize_labels(source: OsmSource, label_set: LabelSet, tile: Tile, when: date | None = None) -> Raster:
@@ -71,7 +120,7 @@ def rasterize_labels(source: OsmSource, label_set: LabelSet, tile: Tile, when: d
     return Raster(out[None], transform, crs, ["class"], None, tags)
 
 
-def source_key(source: OsmSource) -> str:
+def source_key(source: LabelSource) -> str:
     """A stable identity of a source for cache keys (its `cache_key`, else class and path/url)."""
     key = getattr(source, "cache_key", None)
     if isinstance(key, str) and key:
@@ -83,7 +132,7 @@ def source_key(source: OsmSource) -> str:
     return f"{type(source).__name__}:{where}"
 
 
-def label_key(source: OsmSource, label_set: LabelSet, tile: Tile, when: date) -> str:
+def label_key(source: LabelSource, label_set: LabelSet, tile: Tile, when: date) -> str:
     """The cache key of one tile's labels: tile grid, date, label-set fingerprint and source."""
     parts = [tile.id, tile.crs, repr(tile.bounds), repr(tile.resolution), str(when), label_set.fingerprint()]
     parts.append(source_key(source))
@@ -100,7 +149,7 @@ def _stored_key(path: Path) -> str | None:
 
 
 def label_tiles(
-    source: OsmSource,
+    source: LabelSource,
     label_set: LabelSet,
     tiles: Sequence[Tile],
     out_dir: Path,
@@ -137,7 +186,7 @@ def label_tiles(
                 shutil.copyfile(cached, tmp)
             return True
         try:
-            raster = rasterize_labels(source, label_set, tile, when)
+            raster = tile_labels(source, label_set, tile, when)
         except LulcError as exc:
             if tile.id not in str(exc):
                 exc.args = (f"tile {tile.id}: {exc}", *exc.args[1:])

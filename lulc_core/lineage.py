@@ -77,13 +77,14 @@ def describe_imagery(cfg: RunConfig) -> str:
 
 
 def describe_labels(cfg: RunConfig) -> str:
-    """The OSM label source."""
+    """The label source: an OSM extract, the ohsome API or the CORINE BYOC collection."""
     lb = cfg.labels
     if lb.source == "ohsome":
         return f"ohsome {lb.ohsome_url}"
     if lb.source == "file":
         return f"file {lb.osm_file}"
-    return lb.source
+    sh = cfg.imagery.sentinelhub
+    return f"corine byoc-{sh.byoc_corine_collection} {sh.base_url}"
 
 
 def build_provenance(cfg: RunConfig, label_set: LabelSet, run_url: str | None = None) -> Provenance:

@@ -178,3 +178,37 @@ def read_geotiff(path: str | os.PathLike[str]) -> Raster:
         names = [d or f"band_{i}" for i, d in enumerate(src.descriptions, start=1)]
         valid = src.dataset_mask() > 0 if src.nodata is not None else None
         return Raster(data, src.transform, src.crs, names, valid, dict(src.tags()))
+
+
+def warp_to_bounds(
+    raster: Raster,
+    bounds: tuple[float, float, float, float],
+    crs: str = "EPSG:4326",
+    *,
+    resampling: Resampling = Resampling.nearest,
+) -> Raster:
+    """`raster` reprojected with GDAL's warper onto `crs`, its grid spanning exactly `bounds` (W, S, E, N in `crs`).
+
+    The grid has as many pixels across `bounds` as the source grid has across the same area (as the original
+    utility sized its EPSG:4326 answers), so pixels keep about the source's ground size. Pixels without a source
+    value are 0 (integers) or NaN (floats), and invalid when the source has a validity mask.
+    """
+    from rasterio.transform import from_bounds
+    from rasterio.warp import reproject, transform_bounds
+
+    dst_crs = CRS.from_user_input(crs)
+    west, south, east, north = bounds
+    x0, y0, x1, y1 = transform_bounds(dst_crs, raster.crs, west, south, east, north)
+    width = max(1, round((x1 - x0) / abs(raster.transform.a)))
+    height = max(1, round((y1 - y0) / abs(raster.transform.e)))
+    transform = from_bounds(west, south, east, north, width, height)
+    fill = np.nan if np.issubdtype(raster.data.dtype, np.floating) else 0
+    data = np.full((raster.data.shape[0], height, width), fill, raster.data.dtype)
+    common = {"src_transform": raster.transform, "src_crs": raster.crs, "dst_transform": transform, "dst_crs": dst_crs}
+    reproject(raster.data, data, resampling=resampling, **common)
+    valid = None
+    if raster.valid is not None:  # (no mask: the source's grid covers `bounds`, as a request's grid does)
+        mask = np.zeros((height, width), np.uint8)
+        reproject(raster.valid.astype(np.uint8), mask, resampling=Resampling.nearest, dst_nodata=0, **common)
+        valid = mask.astype(bool)
+    return Raster(data, transform, dst_crs, list(raster.band_names), valid, dict(raster.tags))

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from lulc_core.config import RunConfig
+from lulc_core.errors import InputError
 from lulc_core.geo import BBox, Tile
 
 log = logging.getLogger(__name__)
@@ -63,16 +64,19 @@ def test_area(tiles: list[Tile], test_ids: list[str]) -> tuple[BBox, Tile]:
 
 def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox | None = None) -> JobOutputs:
     """Run every step of the platform on `cfg` and return where the outputs are."""
+    from lulc_core.corine import check_corine_config
+    from lulc_core.imagery.corine import build_corine_source
+
+    check_corine_config(cfg)  # before the heavy imports: a misconfigured run is refused at once
     from lulc_core.bundle import ModelBundle
     from lulc_core.dataset import split_tiles
     from lulc_core.evaluation import evaluate
     from lulc_core.grid import build_grid, plot_tiles, write_tiles
-    from lulc_core.imagery import build_imagery_store, fetch_tiles
+    from lulc_core.imagery import REPORT_FILE, build_imagery_store, fetch_tiles, tiles_with_imagery
     from lulc_core.inference import PredictOptions, Predictor, write_prediction, write_preview_png
-    from lulc_core.labelling import label_tiles
+    from lulc_core.labelling import build_label_source, label_tiles
     from lulc_core.labels import LabelSet
     from lulc_core.lineage import fingerprint_test_set
-    from lulc_core.osm import build_osm_source
     from lulc_core.registry import RegistrationInfo, build_registry
     from lulc_core.registry.gate import apply_gate
     from lulc_core.registry.tracking import tracked
@@ -92,9 +96,24 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         plot_tiles(tiles, out / "tiles.png")
     with _step("imagery", seconds):
         store = build_imagery_store(cfg.imagery, cache_dir=cache / "imagery")
-        fetch_tiles(store, tiles, cfg.imagery.bands, out / "imagery", concurrency=cfg.imagery.concurrency)
+        fetch_tiles(
+            store,
+            tiles,
+            cfg.imagery.bands,
+            out / "imagery",
+            concurrency=cfg.imagery.concurrency,
+            min_valid_share=cfg.imagery.min_valid_share,
+            report_path=out / REPORT_FILE,
+        )
+        tiles = tiles_with_imagery(tiles, out / "imagery")
+        if not tiles:
+            raise InputError(
+                "imagery.min_valid_share",
+                f"no tile has at least {cfg.imagery.min_valid_share:g} valid pixels (see imagery_report.json)",
+                "widen area.time_frames, raise the store's cloud limit or lower imagery.min_valid_share",
+            )
     with _step("labels", seconds):
-        source = build_osm_source(cfg.labels, cache_dir=cache / "osm")
+        source = build_label_source(cfg, label_set, cache_dir=cache / "osm")
         label_tiles(
             source, label_set, tiles, out / "labels", cache_dir=cache / "labels", concurrency=cfg.labels.concurrency
         )
@@ -135,7 +154,8 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         if predict_bbox is not None:
             bbox, start, end = predict_bbox, cfg.area.time_frames[0].start, cfg.area.time_frames[0].end
         bundle = ModelBundle.load(registry.resolve(ref))
-        predictor = Predictor(bundle, store, source, cfg.serving)
+        corine = None if cfg.labels.source == "corine" else build_corine_source(cfg, cache / "osm")  # source has it
+        predictor = Predictor(bundle, store, source, cfg.serving, corine=corine)
         prediction = predictor.predict(bbox, start, end, PredictOptions())
         outputs.prediction = write_prediction(prediction, out / "prediction.tif")
         outputs.preview = write_preview_png(prediction, out / "prediction.png")

@@ -85,7 +85,10 @@ def run_local(
     """
     from kfp import local
 
+    from lulc_core.corine import check_corine_config
     from pipelines.training import build_pipeline
+
+    check_corine_config(cfg)  # the steps inherit this environment: refuse missing credentials before any step
 
     if deploy_target not in LOCAL_TARGETS:
         raise InputError(

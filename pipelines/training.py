@@ -144,7 +144,7 @@ def build_pipeline(cfg: RunConfig, image: str | None = None) -> GraphComponent:
             img = step(imagery(config=part["imagery"], tiles=grid.outputs["tiles"], shard=shard), "imagery")
             _cache(_secrets(_network(img, s), "lulc-sentinelhub"), s)
             lab = step(labels(config=part["labels"], tiles=grid.outputs["tiles"], shard=shard), "labels")
-            _cache(_network(lab, s), s)
+            _cache(_secrets(_network(lab, s), "lulc-sentinelhub"), s)  # labels.source corine reads Sentinel Hub
         all_imagery = step(gather(shards=dsl.Collected(img.outputs["rasters"])), "gather imagery")
         all_labels = step(gather(shards=dsl.Collected(lab.outputs["rasters"])), "gather labels")
         data: dict[str, Any] = {"imagery": all_imagery.outputs["merged"], "labels": all_labels.outputs["merged"]}

@@ -1,8 +1,8 @@
 """The KServe custom predictor: one `kserve.Model` serving a lulc model bundle.
 
 `load()` runs once: resolve the bundle (a directory such as KServe's /mnt/models, or a registry reference such as
-`lulc-segformer@production`), load it, build the imagery store and OSM source from the run configuration, warm
-up with one forward pass, then set `ready`. `preprocess` decodes V1 `instances` or a V2 InferRequest (bad
+`lulc-segformer@production`), load it, build the imagery store, the label source and CORINE (when configured)
+from the run configuration, warm up with one forward pass, then set `ready`. `preprocess` decodes V1 `instances` or a V2 InferRequest (bad
 requests raise `InvalidInput`), `predict` runs `lulc_core.inference` through the shared `LulcService`, and
 `postprocess` encodes the V1 dict or V2 InferResponse.
 """
@@ -44,12 +44,15 @@ def resolve_source(source: str | Path, config: RunConfig | None) -> tuple[Path, 
     """
     path = Path(source)
     if not path.is_dir():
-        if "@" not in str(source):
-            raise NotFoundError(f"model {str(source)!r} is neither a bundle directory nor a registry ref (name@stage)")
-        from lulc_core.registry import build_registry
+        from lulc_core.registry import build_registry, is_model_ref
 
+        if not is_model_ref(str(source)):
+            raise NotFoundError(
+                f"model {str(source)!r} is neither a bundle directory nor a registry ref (name@stage, or a Neptune "
+                "version id such as LULC-SEG-2)"
+            )
         cfg = config or _default_config()
-        path = build_registry(cfg.registry, cfg.work_dir).resolve(str(source))
+        path = build_registry(cfg.registry, cfg.work_dir, ref=str(source)).resolve(str(source))
     if config is not None:
         return path, config
     meta = ModelBundle.read_metadata(path)
@@ -92,19 +95,22 @@ class LulcModel(Model):
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.service: LulcService | None = None
+        self.root_path = ""  # the run configuration's serving.root_path, known once loaded
 
     def load(self) -> bool:
         """Load the bundle and data sources once, warm up, then become ready."""
         from lulc_core.imagery import build_imagery_store
         from lulc_core.inference import Predictor
-        from lulc_core.osm import build_osm_source
+        from lulc_core.inference.fusion import build_fusion_sources
 
         bundle_dir, cfg = resolve_source(self.source, self.config)
-        bundle = ModelBundle.load(bundle_dir, device=_device(self.device))
         cache_dir = cfg.work_dir / "cache"
+        label_set = ModelBundle.read_metadata(bundle_dir).label_set
+        labels, corine = build_fusion_sources(cfg, label_set, cache_dir)  # a config mistake before the weights load
+        bundle = ModelBundle.load(bundle_dir, device=_device(self.device))
         store = build_imagery_store(cfg.imagery, cache_dir=cfg.imagery.cache_dir or cache_dir)
-        osm = build_osm_source(cfg.labels, cache_dir=cache_dir) if cfg.labels.source != "corine" else None
-        predictor = Predictor(bundle, store, osm, cfg.serving)
+        predictor = Predictor(bundle, store, labels, cfg.serving, corine=corine)
+        self.root_path = cfg.serving.root_path
         self.service = LulcService(
             predictor, bundle, cfg.serving, max_concurrency=self.max_concurrency, timeout_s=self.timeout_s
         )

@@ -63,6 +63,18 @@ class LulcModelServer(ModelServer):
         asyncio.run(self._serve())
 
 
+def checked_root_path(value: str) -> str:
+    """`value` without a trailing slash ('/' -> ''), or ConfigError naming `root_path` when it is not a URL path."""
+    from pydantic import ValidationError
+
+    from lulc_core.config import ServingConfig, format_validation_error
+
+    try:
+        return ServingConfig(root_path=value.strip().rstrip("/")).root_path
+    except ValidationError as exc:
+        raise format_validation_error(exc, "serving") from exc
+
+
 def run_server(
     model: LulcModel,
     *,
@@ -70,11 +82,17 @@ def run_server(
     port: int = 8080,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     grace_period_s: int = 30,
+    root_path: str | None = None,
 ) -> None:
-    """Load `model` (if not yet), mount the original API on KServe's app and serve (blocks)."""
+    """Load `model` (if not yet), mount the original API on KServe's app and serve (blocks).
+
+    `root_path` (else the run configuration's `serving.root_path`) is the URL prefix a proxy in front adds: the
+    OpenAPI document and /docs name it, requests arrive with or without it.
+    """
     from kserve.model_server import app
 
     if not model.ready:
         model.load()
-    install_api(app, model, max_body_bytes)
+    root = checked_root_path(model.root_path if root_path is None else root_path)
+    install_api(app, model, max_body_bytes, root_path=root)
     LulcModelServer(host=host, http_port=port, grace_period=grace_period_s).start([model])

@@ -81,7 +81,7 @@ def prefixed(exc: InputError, prefix: str) -> InputError:
     return with_fix(exc)
 
 
-def _no_bool(value: Any) -> Any:
+def no_bool(value: Any) -> Any:
     """JSON true/false are not numbers (pydantic would read them as 1.0/0.0)."""
     items = value if isinstance(value, list) else [value]
     if any(isinstance(v, bool) for v in items):
@@ -114,7 +114,7 @@ class AreaRequest(BaseModel):
     @field_validator("area_coords", "threshold", "edge_buffer_m", mode="before")
     @classmethod
     def _numbers(cls, v: Any) -> Any:
-        return _no_bool(v)
+        return no_bool(v)
 
     @field_validator("area_coords")
     @classmethod
@@ -338,21 +338,41 @@ class LulcService:
         return time.monotonic() - started
 
     def describe(self) -> dict[str, Any]:
-        """The label set and the model's inputs (GET /segment/describe)."""
+        """The label set, the model's inputs and the CORINE legend when CORINE is served (GET /segment/describe).
+
+        The original utility's keys `osm` and `corine` are added by the route (`serving.compat.original_labels`).
+        """
         meta = self.bundle.metadata
+        corine = None
+        if self.predictor.corine is not None:
+            from lulc_core.corine import CLC_CLASSES
+
+            corine = {
+                "source": repr(self.predictor.corine),
+                "classes": [{"value": c.index, "code": c.code, "name": c.name, "color": c.color} for c in CLC_CLASSES],
+                "attribution": "CORINE Land Cover, (c) European Union, Copernicus Land Monitoring Service, EEA",
+            }
         return {
             "label_set": meta.label_set.name,
             "classes": [
                 {"value": 0, "name": "unknown", "color": "#000000", "description": "No data or below the threshold."}
             ]
             + [
-                {"value": i, "name": c.name, "color": c.color, "description": c.description, "osm_filter": c.osm_filter}
+                {
+                    "value": i,
+                    "name": c.name,
+                    "color": c.color,
+                    "description": c.description,
+                    "osm_filter": c.osm_filter,
+                    "corine_codes": c.corine_codes,
+                }
                 for i, c in enumerate(meta.label_set.classes, start=1)
             ],
             "bands": meta.bands,
             "resolution_m": meta.resolution,
             "fusion_modes": [m.value for m in FusionMode],
             "max_pixels": self.settings.max_pixels,
+            "corine_legend": corine,  # `corine` is the original utility's key (serving.compat.original_labels)
         }
 
 

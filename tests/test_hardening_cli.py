@@ -363,7 +363,7 @@ def test_the_installed_entry_point(env: Env, lulc_script: str) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: imagery.bandz: Extra inputs are not permitted (got ['B02']) — remove it or correct its spelling "
-        "(did you mean `bands`?); imagery takes store, local_dir, sentinelhub, bands, resolution, cache_dir, "
-        "concurrency"
+        "(did you mean `bands`?); imagery takes store, local_dir, sentinelhub, stac, cloud_mask, composite, "
+        "min_valid_share, sensor_normalisation, bands, resolution, cache_dir, concurrency"
     ]
     assert not env.out.exists()

@@ -427,7 +427,7 @@ def test_predictor_fusion_modes_need_their_sources(bundle: ModelBundle, store: _
         predictor.predict(_bbox_inside(), START, END, PredictOptions(fusion_mode=FusionMode.FAVOUR_OSM))
     with pytest.raises(InputError, match="BYOC"):
         predictor.predict(_bbox_inside(), START, END, PredictOptions(fusion_mode=FusionMode.HARMONIZED_CORINE))
-    with pytest.raises(InputError, match="label set"):
+    with pytest.raises(InputError, match="byoc_corine_collection"):
         predictor.predict(_bbox_inside(), START, END, PredictOptions(fusion_mode=FusionMode.ONLY_CORINE))
 
 

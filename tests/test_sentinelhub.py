@@ -22,6 +22,7 @@ import rasterio
 import yaml
 from shared import shared_path
 from standins import RETRIED_FAULTS, Fault
+from standins.sentinelhub import CORINE_COLLECTION as CORINE
 from standins.sentinelhub import PROCESS_PATH, SAMPLE_LULC, TOKEN_PATH, SentinelHubStandIn, load_patches
 from typer.testing import CliRunner
 
@@ -114,7 +115,8 @@ def test_fetch_returns_the_bands_on_the_tile_grid(sh: SentinelHubStandIn, caplog
     assert set(np.unique(raster.data[BANDS.index("SCL")])) <= {4.0, 5.0, 6.0, 9.0, 11.0}
     # the real request: evalscript file, UTM bounds, data fusion inputs, processing options, tar of 4 outputs
     payload = sh.payloads[-1]
-    assert payload["evalscript"] == load_evalscript("lulc_v1").text
+    assert payload["evalscript"] == store.evalscript.text and '"composite": "median"' in store.evalscript.text
+    assert load_evalscript("lulc_v2").inputs == store.evalscript.inputs
     assert payload["input"]["bounds"]["properties"]["crs"] == "http://www.opengis.net/def/crs/EPSG/0/32632"
     assert payload["input"]["bounds"]["bbox"] == pytest.approx(list(tile.bounds))
     data = {d["id"]: d for d in payload["input"]["data"]}
@@ -388,7 +390,8 @@ def test_cli_data_imagery_with_the_sentinelhub_store(sh: SentinelHubStandIn, tmp
 
 
 def test_corine_labels_map_codes_through_the_label_set(sh: SentinelHubStandIn, v3_label_set):
-    from lulc_core.corine import CorineLabelSource, corine_lookup
+    from lulc_core.corine import corine_lookup
+    from lulc_core.imagery.corine import CorineLabelSource
 
     source = CorineLabelSource(settings(sh), v3_label_set, None)
     tile = patch_tile("433D_629L_3_1", size=96)
@@ -413,8 +416,8 @@ def test_corine_labels_map_codes_through_the_label_set(sh: SentinelHubStandIn, v
 
 def test_cli_data_labels_from_corine(sh: SentinelHubStandIn, tmp_path: Path, v3_label_set):
     from lulc.cli import app
-    from lulc_core.corine import CorineLabelSource
     from lulc_core.grid import write_tiles
+    from lulc_core.imagery.corine import CorineLabelSource
 
     tiles = [patch_tile("433D_629L_3_1", size=48)]
     write_tiles(tiles, tmp_path / "tiles.geojson")
@@ -422,7 +425,10 @@ def test_cli_data_labels_from_corine(sh: SentinelHubStandIn, tmp_path: Path, v3_
         "name": "corine-cli",
         "work_dir": str(tmp_path / "work"),
         "area": {"bbox": [-72.0, -39.0, -71.9, -38.9], "time_frames": [{"start": "2020-04-03", "end": "2020-04-16"}]},
-        "imagery": {"store": "sentinelhub", "sentinelhub": {"base_url": sh.url, "token_url": sh.token_url}},
+        "imagery": {
+            "store": "sentinelhub",
+            "sentinelhub": {"base_url": sh.url, "token_url": sh.token_url, "byoc_corine_collection": CORINE},
+        },
         "labels": {"label_set": str(REPO / "conf" / "labels" / "v3.yaml"), "source": "file", "osm_file": "x.gpkg"},
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))

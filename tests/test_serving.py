@@ -34,6 +34,7 @@ from lulc_core.geo import BBox, tile_for_bbox
 from lulc_core.labels import LabelSet
 
 BODY = {"area_coords": BBOX, **DATES}
+UTM = BODY | {"grid": "utm"}  # lulc's native grid (the default answer is the original's EPSG:4326 box)
 LABELS = LabelSet.from_yaml(REPO / "conf" / "labels" / "v3.yaml")
 GRID = tile_for_bbox(BBox.from_sequence(BBOX), 10.0, date(2017, 10, 25), date(2017, 11, 4))
 PY = str(Path(sys.executable))
@@ -95,7 +96,7 @@ def _tif(content: bytes) -> rasterio.io.MemoryFile:
 
 def test_ready_only_after_load_and_health(server: Server) -> None:
     assert server.get("/v1/models/lulc").json() == {"name": "lulc", "ready": True}
-    assert server.get("/health").json() == {"status": "ok", "model": "lulc", "ready": True}
+    assert server.get("/health").json() == {"status": "ok"}  # the original's answer
     assert server.get("/v2/models/lulc").status_code == 200
     assert server.get("/v1/models/nope").status_code == 404
     log = server.log.read_text()
@@ -106,7 +107,7 @@ def test_openapi_documents_the_original_api(server: Server) -> None:
     spec = server.get("/openapi.json").json()
     for path in ("/segment/", "/segment/preview", "/segment/describe", "/uncertainty/", "/uncertainty/preview"):
         assert path in spec["paths"], path
-    body_schema = spec["components"]["schemas"]["AreaRequest"]
+    body_schema = spec["components"]["schemas"]["OriginalRequest"]
     assert {"area_coords", "start_date", "end_date", "threshold", "fusion_mode"} <= set(body_schema["properties"])
     assert "swagger" in server.get("/docs").text.lower()
 
@@ -123,9 +124,9 @@ def test_describe_is_the_label_set(server: Server) -> None:
 
 
 def test_segment_geotiff_georeference_colormap_clipping_and_cache(server: Server) -> None:
-    r = server.post("/segment/", BODY, headers={"X-Request-ID": "test-segment-1"})
+    r = server.post("/segment/", UTM, headers={"X-Request-ID": "test-segment-1"})
     assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "image/tiff"
+    assert r.headers["content-type"] == "image/geotiff"
     assert r.headers["x-request-id"] == "test-segment-1"
     assert r.headers["x-cache"] == "miss"
     with _tif(r.content) as mem, mem.open() as src:
@@ -141,7 +142,7 @@ def test_segment_geotiff_georeference_colormap_clipping_and_cache(server: Server
         for value, rgba in LABELS.colormap().items():
             assert cmap[value] == rgba
         assert src.overviews(1) == [] or src.is_tiled  # a COG
-    again = server.post("/segment/", BODY)
+    again = server.post("/segment/", UTM)
     assert again.headers["x-cache"] == "hit" and again.content == r.content
     assert len(again.headers["x-request-id"]) == 32  # a fresh id when the client sends none
     assert "test-segment-1" in server.log.read_text()  # structured log lines carry the id
@@ -154,7 +155,7 @@ def test_segment_preview_png(server: Server) -> None:
 
 
 def test_uncertainty_geotiff_and_preview(server: Server) -> None:
-    r = server.post("/uncertainty/", BODY)
+    r = server.post("/uncertainty/", UTM)
     assert r.status_code == 200, r.text
     with _tif(r.content) as mem, mem.open() as src:
         assert src.count == 2 and src.descriptions == ("variance", "entropy")
@@ -168,7 +169,7 @@ def test_uncertainty_geotiff_and_preview(server: Server) -> None:
 
 @pytest.mark.parametrize("mode", ["favour_osm", "mean_mixin", "only_osm"])
 def test_fusion_modes_with_the_sample_osm(server: Server, mode: str) -> None:
-    r = server.post("/segment/", BODY | {"fusion_mode": mode, "threshold": 0.5})
+    r = server.post("/segment/", UTM | {"fusion_mode": mode, "threshold": 0.5})
     assert r.status_code == 200, r.text
     with _tif(r.content) as mem, mem.open() as src:
         assert (src.width, src.height) == (GRID.width, GRID.height)
@@ -232,8 +233,8 @@ def test_v2_area_and_image(server: Server) -> None:
 FUTURE = (date.today() + timedelta(days=3)).isoformat()
 V2_AREA = {"name": "area_coords", "shape": [4], "datatype": "FP64", "data": BBOX}
 BAD: list[tuple[str, Any, int, str]] = [
-    ("/segment/", {"area_coords": [10, 50, 9, 51]}, 422, "area_coords"),
-    ("/segment/", {"area_coords": [179, 50, -179, 51]}, 422, "antimeridian"),
+    ("/v1/models/lulc:predict", {"instances": [{"area_coords": [10, 50, 9, 51]}]}, 400, "area_coords"),
+    ("/v1/models/lulc:predict", {"instances": [{"area_coords": [179, 50, -179, 51]}]}, 400, "antimeridian"),
     ("/segment/", {"area_coords": [10, 50, 10, 51]}, 422, "area_coords"),
     ("/segment/", {"area_coords": [-200, 50, 11, 51]}, 422, "area_coords"),
     ("/segment/", {"area_coords": [10, 50, 11]}, 422, "area_coords"),
@@ -248,10 +249,10 @@ BAD: list[tuple[str, Any, int, str]] = [
     ("/segment/", BODY | {"fusion_mode": "only_corine"}, 422, "fusion_mode"),
     ("/segment/", BODY | {"threshold": 1.5}, 422, "threshold"),
     ("/segment/", BODY | {"threshold": -0.1}, 422, "threshold"),
-    ("/segment/", BODY | {"colour": "red"}, 422, "colour"),
+    ("/v1/models/lulc:predict", {"instances": [BODY | {"colour": "red"}]}, 400, "colour"),
     ("/segment/", {"area_coords": [9.0, 56.0, 10.0, 57.0], **DATES}, 413, "bbox"),
     ("/segment/", {"area_coords": [20.0, 10.0, 20.01, 10.01], **DATES}, 404, "imagery"),
-    ("/uncertainty/", BODY | {"fusion_mode": "only_osm"}, 422, "uncertainty"),
+    ("/uncertainty/", BODY | {"fusion_mode": "only_osm"}, 400, "uncertainty"),
     ("/v1/models/lulc:predict", {"instances": "x"}, 400, "instances"),
     ("/v1/models/lulc:predict", {"instances": []}, 400, "instances"),
     ("/v1/models/lulc:predict", {"instances": [BODY | {"outputs": ["rgb"]}]}, 400, "outputs"),

@@ -225,7 +225,7 @@ def test_upstream_faults_through_the_api(tmp_path: Path, monkeypatch: pytest.Mon
             assert r.headers.get("retry-after") == retry_after
             assert "Sentinel Hub" in r.json()["error"]
         assert obs.UPSTREAM_ERRORS.labels(service="Sentinel Hub")._value.get() == before + 3
-        assert client.get("/health").json()["ready"] is True
+        assert client.get("/health").json() == {"status": "ok"}
 
 
 def test_model_source_is_a_path_or_a_registry_ref(tmp_path: Path) -> None:

@@ -54,9 +54,12 @@ def imagery(
     config: Path = CONFIG_OPTION,
     tiles: Path = TILES_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="Directory for <tile id>.tif (float32, band names)."),
-    store: str | None = typer.Option(None, "--store", help="Override imagery.store: local or sentinelhub."),
+    store: str | None = typer.Option(None, "--store", help="Override imagery.store: local, sentinelhub or stac."),
     concurrency: int | None = typer.Option(None, "--concurrency", "-j", help="Override imagery.concurrency."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Download cache (remote stores)."),
+    report: Path | None = typer.Option(
+        None, "--report", help="Write a JSON report: valid share per tile, skipped and failed tiles."
+    ),
 ) -> None:
     """Fetch the configured bands for every tile; tiles already complete are skipped (resumable).
 
@@ -65,9 +68,15 @@ def imagery(
       lulc data imagery --config conf/run.yaml --tiles tiles.geojson -o out/imagery
 
       lulc data imagery -c conf/run.yaml -t tiles.geojson -o out/imagery --store sentinelhub -j 4
+
+      lulc data imagery -c conf/examples/heidelberg.yaml -t tiles.geojson -o out/imagery --store stac
+
+    Tiles below imagery.min_valid_share are skipped and counted; a tile the store cannot serve (no scene under the
+    cloud limit, a band the catalogue lacks) is logged in one line while the others finish, then the command fails
+    naming the first (and how many more).
     """
     from lulc_core.grid import read_tiles
-    from lulc_core.imagery import build_imagery_store, fetch_tiles
+    from lulc_core.imagery import build_imagery_store, fetch_tiles_report
 
     overrides: dict[str, Any] = {}
     if store is not None:
@@ -75,8 +84,17 @@ def imagery(
     cfg = _config(config, overrides)
     tile_list = read_tiles(tiles)
     backend = build_imagery_store(cfg.imagery, cache_dir=cache_dir or cfg.imagery.cache_dir)
-    paths = fetch_tiles(backend, tile_list, cfg.imagery.bands, out, concurrency or cfg.imagery.concurrency)
-    typer.echo(f"{len(paths)} tiles ({', '.join(cfg.imagery.bands)}) -> {out}")
+    done = fetch_tiles_report(
+        backend,
+        tile_list,
+        cfg.imagery.bands,
+        out,
+        concurrency or cfg.imagery.concurrency,
+        cfg.imagery.min_valid_share,
+        raise_failed=True,
+        report_path=report,
+    )
+    typer.echo(f"{done.summary()} ({', '.join(cfg.imagery.bands)}) -> {out}")
 
 
 def _source_overrides(source: str | None) -> dict[str, Any]:
@@ -113,7 +131,7 @@ def labels(
     label_set: Path | None = typer.Option(None, "--label-set", help="Override labels.label_set (YAML)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Label cache reused across runs."),
 ) -> None:
-    """Rasterise the label set's OSM polygons onto every tile (larger polygons first, 0 = unknown).
+    """Label every tile with the label set's classes: OSM polygons (larger first) or CORINE (0 = unknown).
 
     Examples:
 
@@ -125,10 +143,10 @@ def labels(
 
       lulc data labels -c conf/run.yaml -t tiles.geojson -o out/labels --source corine
     """
+    from lulc_core.corine import check_corine_config
     from lulc_core.grid import read_tiles
-    from lulc_core.labelling import label_tiles
+    from lulc_core.labelling import build_label_source, label_tiles
     from lulc_core.labels import LabelSet
-    from lulc_core.osm import build_osm_source
 
     overrides = _source_overrides(source)
     if label_set is not None:
@@ -136,19 +154,13 @@ def labels(
     cfg = _config(config, overrides)
     labels_cfg = cfg.labels
     classes = LabelSet.from_yaml(labels_cfg.label_set)
+    check_corine_config(cfg)
     if labels_cfg.source != "corine":
         _check_filters(classes, labels_cfg.label_set)
     tile_list = read_tiles(tiles)
-    if labels_cfg.source == "corine":  # CORINE through Sentinel Hub BYOC (corine_codes of the label set)
-        from lulc_core.corine import CorineLabelSource, corine_label_tiles
-
-        corine = CorineLabelSource(cfg.imagery.sentinelhub, classes, cache_dir)
-        written = corine_label_tiles(corine, tile_list, out)
-        typer.echo(f"{len(written)} CORINE label rasters ({classes.name}) -> {out}")
-        return
-    osm = build_osm_source(labels_cfg, cache_dir=cache_dir)
-    paths = label_tiles(osm, classes, tile_list, out, cache_dir=cache_dir, concurrency=labels_cfg.concurrency)
-    typer.echo(f"{len(paths)} label rasters ({classes.name}: {', '.join(classes.names)}) -> {out}")
+    label_source = build_label_source(cfg, classes, cache_dir=cache_dir)
+    paths = label_tiles(label_source, classes, tile_list, out, cache_dir=cache_dir, concurrency=labels_cfg.concurrency)
+    typer.echo(f"{len(paths)} label rasters ({classes.name}: {', '.join(classes.names)}, {labels_cfg.source}) -> {out}")
 
 
 @app.command("stats")

@@ -40,6 +40,9 @@ def split_cmd(
     tiles: Path = typer.Option(..., "--tiles", "-t", help="Tiles file written by `lulc data grid`."),
     out: Path = typer.Option(Path("split.json"), "--out", "-o", help="Split JSON to write."),
     block_tiles: int | None = typer.Option(None, "--block-tiles", help="Block edge in tiles (default: automatic)."),
+    imagery: Path | None = typer.Option(
+        None, "--imagery", help="Imagery directory: split only tiles with a raster there (skipped tiles have none)."
+    ),
 ) -> None:
     """Split tiles into train/val/test by spatial blocks (data.val_fraction, test_fraction, split_seed).
 
@@ -47,14 +50,18 @@ def split_cmd(
 
       lulc model split -c conf/run.yaml -t tiles.geojson -o split.json
 
-      lulc model split -c conf/run.yaml -t tiles.geojson --block-tiles 2
+      lulc model split -c conf/run.yaml -t tiles.geojson --block-tiles 2 --imagery out/imagery
     """
     from lulc_core.dataset import split_tiles
     from lulc_core.grid import read_tiles
+    from lulc_core.imagery import tiles_with_imagery
 
     cfg = load_run_config(config)
+    grid = read_tiles(tiles)
+    if imagery is not None:
+        grid = tiles_with_imagery(grid, imagery)
     result = split_tiles(
-        read_tiles(tiles), cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed, block_tiles=block_tiles
+        grid, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed, block_tiles=block_tiles
     )
     result.save(out)
     typer.echo(f"{len(result.train)} train, {len(result.val)} val, {len(result.test)} test tiles -> {out}")

@@ -63,6 +63,10 @@ def serve(
     name: Annotated[str, typer.Option("--name", help="Model name on /v1/models/<name>.")] = "lulc",
     device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda.")] = "auto",
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body (MB).")] = 32.0,
+    root_path: Annotated[
+        str | None,
+        typer.Option("--root-path", envvar="ROOT_PATH", help="URL prefix behind a proxy (default: serving.root_path)."),
+    ] = None,
 ) -> None:
     """Load the model once and serve until Ctrl-C / SIGTERM (graceful shutdown)."""
     from lulc_core.config import load_run_config
@@ -82,6 +86,7 @@ def serve(
         host=host or (settings.host if settings else "127.0.0.1"),
         port=port or (settings.port if settings else 8080),
         max_body_bytes=int(max_body_mb * 1024 * 1024),
+        root_path=root_path or None,
     )
 
 
@@ -223,7 +228,7 @@ def _predict_in_process(
         write_preview_png,
         write_uncertainty_preview_png,
     )
-    from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES
+    from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES, build_fusion_sources
 
     area = parse_bbox(bbox)
     start_d, end_d = date_range(start, end)
@@ -242,17 +247,16 @@ def _predict_in_process(
             raise NotFoundError(f"--model: bundle directory {model!r} does not exist (nor is it NAME@<alias|version>)")
         from lulc_core.registry import build_registry
 
-        bundle_dir = build_registry(cfg.registry, cfg.work_dir).resolve(model)
+        bundle_dir = build_registry(cfg.registry, cfg.work_dir, ref=model).resolve(model)
         log.info("resolved %s to %s", model, bundle_dir)
     bundle = ModelBundle.load(bundle_dir)
     cache = (cfg.imagery.cache_dir or cfg.work_dir / "cache").resolve()
     store = build_imagery_store(cfg.imagery, cache_dir=cache / "imagery")
-    source = None
+    source, corine = None, None
     if options.fusion_mode in OSM_MODES or options.fusion_mode in CORINE_MODES:
-        from lulc_core.osm import build_osm_source
-
-        source = build_osm_source(cfg.labels, cache_dir=cache / "osm")
-    predictor = Predictor(bundle, store, source, cfg.serving)
+        labels = options.fusion_mode in OSM_MODES
+        source, corine = build_fusion_sources(cfg, bundle.metadata.label_set, cache / "osm", labels=labels)
+    predictor = Predictor(bundle, store, source, cfg.serving, corine=corine)
     prediction = predictor.predict(area, start_d, end_d, options)
     written = [write_prediction(prediction, output)]
     paths = prediction_paths(output)
@@ -302,6 +306,7 @@ def _predict_remote(
         "start_date": start_d.isoformat(),
         "end_date": end_d.isoformat(),
         "fusion_mode": fusion_mode,
+        "grid": "utm",  # the same grid as `lulc predict --model` (the API's default is the original's EPSG:4326)
     }
     for key, value in (("threshold", threshold), ("edge_buffer_m", edge_buffer_m), ("tta", tta)):
         if value is not None:  # unset: the server's serving settings

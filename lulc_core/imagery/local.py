@@ -6,6 +6,10 @@ and by the `ACQUISITION_DATE` tag (ISO date; `DATETIME`/`datetime` are read too)
 in [tile.start, tile.end] come first, undated files (a DEM) count as in range, then the others by distance in days.
 `fetch` reads only the window of each file that covers the tile, warps it onto the tile grid and mosaics files in
 that order (a later file fills only pixels still empty).
+
+Files that carry `SCL` and/or `CLM` bands are Sentinel-2 observations: with cloud masking on, their flagged pixels
+are invalid and the observations of the nearest dates (those inside the time frame when there are any) become one
+image by `lulc_core.imagery.clouds.composite` (median or least cloudy) instead of the first-file mosaic.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from shapely.geometry import box
 
 from lulc_core.errors import InputError, NotCoveredError
 from lulc_core.geo import Tile
+from lulc_core.imagery.clouds import cloud_invalid, composite, mask_observation
 from lulc_core.raster import Raster
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module=r"rasterio\.warp")
 
 DATE_TAGS = ("ACQUISITION_DATE", "DATETIME", "datetime")
+CLOUD_BANDS = ("SCL", "CLM")
 SUFFIXES = (".tif", ".tiff")
 
 
@@ -77,13 +83,19 @@ class LocalGeoTiffStore:
     Args:
         directory: the directory.
         resampling: rasterio resampling name used when warping ("nearest" keeps values exact).
+        cloud_mask: mask SCL/CLM-flagged pixels of files that carry those bands and composite their observations.
+        composite: "median" or "least_cloudy" (see `lulc_core.imagery.clouds`).
 
     Raises:
         InputError: the directory does not exist or holds no GeoTIFF (field `imagery.local_dir`).
     """
 
-    def __init__(self, directory: str | Path, resampling: str = "nearest") -> None:
+    def __init__(
+        self, directory: str | Path, resampling: str = "nearest", *, cloud_mask: bool = True, composite: str = "median"
+    ) -> None:
         self.directory = Path(directory)
+        self.cloud_mask = cloud_mask
+        self.composite = composite
         if not self.directory.is_dir():
             raise InputError(
                 "imagery.local_dir", f"directory {str(self.directory)!r} does not exist", "give a folder of GeoTIFFs"
@@ -168,10 +180,21 @@ class LocalGeoTiffStore:
         dst_transform = from_origin(tile.bounds[0], tile.bounds[3], tile.resolution, tile.resolution)
         dst_crs = CRS.from_user_input(tile.crs)
         out = np.full((len(names), height, width), np.nan, dtype=np.float32)
-        for f in self.candidates(tile, names):
+        candidates = self.candidates(tile, names)
+        observations = [f for f in candidates if self.cloud_mask and set(CLOUD_BANDS) & set(f.band_names)]
+        if observations:
+            self._composite_into(observations, tile, names, out, dst_transform, dst_crs)
+        for f in candidates:
+            if f in observations:
+                continue
             todo = [b for b in names if b in f.band_names and np.isnan(out[names.index(b)]).any()]
             if todo:
-                self._warp_into(f, tile, todo, names, out, dst_transform, dst_crs)
+                fresh = self._warp(f, tile, todo, (height, width), dst_transform, dst_crs)
+                for k, band in enumerate(todo):
+                    target = out[names.index(band)]
+                    gap = np.isnan(target)
+                    target[gap] = fresh[k][gap]
+                log.debug("tile %s: %s from %s", tile.id, todo, f.path.name)
         valid = np.isfinite(out)
         missing = [b for i, b in enumerate(names) if not valid[i].any()]
         if missing:
@@ -181,41 +204,87 @@ class LocalGeoTiffStore:
             )
         return Raster(out, dst_transform, dst_crs, names, np.asarray(valid.all(axis=0)))
 
-    def _warp_into(
+    def _composite_into(
         self,
-        f: IndexedFile,
+        files: list[IndexedFile],
         tile: Tile,
-        todo: list[str],
         names: list[str],
         out: np.ndarray,
         dst_transform: rasterio.Affine,
         dst_crs: CRS,
     ) -> None:
+        """Cloud-masked observations of the nearest dates composited into the bands of `out` they hold."""
+        nearest = min(_days_outside(f.acquired, tile.start, tile.end) for f in files)
+        files = [f for f in files if _days_outside(f.acquired, tile.start, tile.end) == nearest]
+        shape = out.shape[1:]
+        stack = np.full((len(files), len(names), *shape), np.nan, dtype=np.float32)
+        cloudiness = []
+        for i, f in enumerate(files):
+            bands = [b for b in names if b in f.band_names]
+            flags = [b for b in CLOUD_BANDS if b in f.band_names]
+            if not bands:
+                continue
+            warped = self._warp(f, tile, bands + flags, shape, dst_transform, dst_crs)
+            by_name = dict(zip(bands + flags, warped, strict=True))
+            invalid = cloud_invalid(by_name.get("SCL"), by_name.get("CLM"))
+            invalid &= ~np.isnan(warped[0])
+            masked = mask_observation(warped[: len(bands)], invalid)
+            for k, band in enumerate(bands):
+                if band in CLOUD_BANDS:  # flags themselves are delivered unmasked
+                    masked[k] = warped[k]
+                stack[i, names.index(band)] = masked[k]
+            cloudiness.append((float(invalid.mean()), i))
+        order = [i for _, i in sorted(cloudiness)]
+        fresh = composite(stack, self.composite, order)
+        gap = np.isnan(out)
+        out[gap] = fresh[gap]
+        log.debug("tile %s: %s composite of %d observations", tile.id, self.composite, len(files))
+
+    def _warp(
+        self,
+        f: IndexedFile,
+        tile: Tile,
+        bands: list[str],
+        shape: tuple[int, int],
+        dst_transform: rasterio.Affine,
+        dst_crs: CRS,
+    ) -> np.ndarray:
+        """`bands` of file `f` warped onto the tile grid (NaN outside the file or where it has no data)."""
         with rasterio.open(f.path) as src:
-            window = _source_window(src, tile)
-            if window is None:
-                return
-            indexes = [f.band_names.index(b) + 1 for b in todo]
-            data = src.read(indexes, window=window, out_dtype="float32")
-            masks = src.read_masks(indexes, window=window)
-            data[masks == 0] = np.nan
-            fresh = np.full((len(todo), out.shape[1], out.shape[2]), np.nan, dtype=np.float32)
-            reproject(
-                source=data,
-                destination=fresh,
-                src_transform=src.window_transform(window),
-                src_crs=src.crs,
-                src_nodata=np.nan,
-                dst_transform=dst_transform,
-                dst_crs=dst_crs,
-                dst_nodata=np.nan,
-                resampling=self.resampling,
-            )
-        for k, band in enumerate(todo):
-            target = out[names.index(band)]
-            gap = np.isnan(target)
-            target[gap] = fresh[k][gap]
-        log.debug("tile %s: %s from %s", tile.id, todo, f.path.name)
+            indexes = [f.band_names.index(b) + 1 for b in bands]
+            return warp_onto_tile(src, indexes, tile, shape, dst_transform, dst_crs, self.resampling)
+
+
+def warp_onto_tile(
+    src: rasterio.io.DatasetReader,
+    indexes: list[int],
+    tile: Tile,
+    shape: tuple[int, int],
+    dst_transform: rasterio.Affine,
+    dst_crs: CRS,
+    resampling: Resampling = Resampling.nearest,
+) -> np.ndarray:
+    """Bands `indexes` of an open dataset (local file or a COG over HTTP) read in the window covering the tile and
+    warped onto its grid: float32 (len(indexes), *shape), NaN outside the dataset or where it has no data."""
+    fresh = np.full((len(indexes), *shape), np.nan, dtype=np.float32)
+    window = _source_window(src, tile)
+    if window is None:
+        return fresh
+    data = src.read(indexes, window=window, out_dtype="float32")
+    masks = src.read_masks(indexes, window=window)
+    data[masks == 0] = np.nan
+    reproject(
+        source=data,
+        destination=fresh,
+        src_transform=src.window_transform(window),
+        src_crs=src.crs,
+        src_nodata=np.nan,
+        dst_transform=dst_transform,
+        dst_crs=dst_crs,
+        dst_nodata=np.nan,
+        resampling=resampling,
+    )
+    return fresh
 
 
 def _source_window(src: rasterio.io.DatasetReader, tile: Tile, pad: int = 2) -> Window | None:

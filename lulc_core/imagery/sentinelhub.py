@@ -42,7 +42,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from sentinelhub.download.models import DownloadResponse
 
-from lulc_core.config import SentinelHubConfig
+from lulc_core.config import ImageryConfig, SentinelHubConfig
 from lulc_core.errors import ConfigError, InputError, NotCoveredError, TooLargeError
 from lulc_core.geo import Tile
 from lulc_core.http import (
@@ -182,7 +182,7 @@ _SPEC = re.compile(r"const\s+LULC_SPEC\s*=\s*(\{.*?\});\s*$", re.DOTALL | re.MUL
 
 
 def load_evalscript(name_or_path: str) -> Evalscript:
-    """An evalscript by name (`lulc_v1` in lulc_core/evalscripts/) or path, with its `LULC_SPEC` parsed.
+    """An evalscript by name (`lulc_v2` in lulc_core/evalscripts/) or path, with its `LULC_SPEC` parsed.
 
     Raises:
         ConfigError: no such file, or no valid `const LULC_SPEC = {...};` JSON block in it.
@@ -209,12 +209,29 @@ def load_evalscript(name_or_path: str) -> Evalscript:
         raise ConfigError(
             "imagery.sentinelhub.evalscript",
             f"{path} declares no `const LULC_SPEC = {{...}};` block",
-            "declare inputs and outputs as strict JSON (see lulc_v1.js)",
+            "declare inputs and outputs as strict JSON (see lulc_v2.js)",
         )
     for spec_out in outputs.values():
         if spec_out.bands[-1] != "dataMask":
             raise ConfigError("imagery.sentinelhub.evalscript", f"output {spec_out.id!r} must end with dataMask")
     return Evalscript(path.stem, text, inputs, outputs)
+
+
+def with_cloud_settings(script: Evalscript, composite: str, cloud_mask: bool) -> Evalscript:
+    """`script` with `composite` and `cloud_mask` written into its LULC_SPEC (scripts without them: unchanged).
+
+    The settings travel inside the evalscript text, so the request hash (and the response cache) follows them.
+    """
+    match = _SPEC.search(script.text)
+    if match is None:
+        return script
+    spec = json.loads(match.group(1))
+    if "composite" not in spec:
+        return script
+    spec.update({"composite": composite, "cloud_mask": cloud_mask})
+    block = "const LULC_SPEC = " + json.dumps(spec, indent=2) + ";"
+    text = script.text[: match.start()] + block + script.text[match.end() :]
+    return Evalscript(script.name, text, script.inputs, script.outputs)
 
 
 # --- sizes and costs ------------------------------------------------------------------------------------------
@@ -440,6 +457,8 @@ class SentinelHubStore:
         cache_dir: response cache directory (None: no cache).
         credentials: (client id, secret); default from the environment (`credentials_from_env`).
         evalscript: evalscript name or path overriding `cfg.evalscript`.
+        composite: "median" or "least_cloudy", written into evalscripts that declare it (lulc_v2).
+        cloud_mask: mask SCL/CLM-flagged Sentinel-2 pixels (evalscripts that declare it).
 
     Raises:
         ConfigError: missing credentials or an unknown evalscript.
@@ -453,11 +472,13 @@ class SentinelHubStore:
         *,
         credentials: tuple[str, str] | None = None,
         evalscript: str | None = None,
+        composite: str = "median",
+        cloud_mask: bool = True,
     ) -> None:
         self.cfg = cfg
         self.resolution = resolution
         self.endpoint = resolve_endpoint(cfg)
-        self.evalscript = load_evalscript(evalscript or cfg.evalscript)
+        self.evalscript = with_cloud_settings(load_evalscript(evalscript or cfg.evalscript), composite, cloud_mask)
         self._sh_config = build_sh_config(cfg, self.endpoint, credentials or credentials_from_env())
         self._collections = define_collections(self.endpoint.base_url)
         self._client = _DownloadClient(self._sh_config)
@@ -638,3 +659,10 @@ class SentinelHubStore:
             info={"tile": tile.id, "crs": tile.crs, "start": tile.start, "end": tile.end, "outputs": list(outputs)},
         )
         return arrays, sum(pu_spent)
+
+
+def build_store(cfg: ImageryConfig, cache_dir: Path | None = None) -> SentinelHubStore:
+    """The Sentinel Hub store of an imagery configuration (`imagery.store: sentinelhub`)."""
+    return SentinelHubStore(
+        cfg.sentinelhub, cfg.resolution, cache_dir, composite=cfg.composite, cloud_mask=cfg.cloud_mask
+    )

@@ -12,27 +12,45 @@ All functions work on arrays of one region: class probabilities (N, h, w) of cla
   then winner and threshold as in only_model; where OSM has no label the model alone decides (the original mixed
   a "background" channel in there, which turned every unlabelled pixel into unknown); where the imagery has no
   data, OSM decides.
-- harmonized_corine: CORINE Land Cover codes mapped onto the label set via each class's `corine_codes`; needs a
-  label source that provides CORINE (`CorineSource`).
-- only_corine: raw CORINE classes are not in this model's label set and cannot be written with its colour map:
-  refused with an explanation.
+- harmonized_corine: CORINE Land Cover codes mapped onto the label set via each class's `corine_codes` (the model
+  is not run); needs a `CorineSource` (`lulc_core.imagery.corine`, the Sentinel Hub BYOC collection).
+- only_corine: the raw CORINE classes (the model is not run), written with the CORINE legend
+  (`lulc_core.corine.corine_legend`: CLC colours and names) instead of the model's label set, as the original did.
+
+The OSM modes fuse with the configured label source — OSM polygons, or CORINE mapped onto the label set when
+`labels.source` is corine.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from lulc_core.corine import harmonize_corine, require_corine_codes
 from lulc_core.errors import InputError
 from lulc_core.geo import Tile
 from lulc_core.inference.options import FusionMode
 from lulc_core.labels import LabelSet
 from lulc_core.raster import Raster
 
+if TYPE_CHECKING:
+    from lulc_core.config import RunConfig
+    from lulc_core.labelling import LabelSource
+
 OSM_MODES = frozenset({FusionMode.ONLY_OSM, FusionMode.FAVOUR_MODEL, FusionMode.FAVOUR_OSM, FusionMode.MEAN_MIXIN})
 CORINE_MODES = frozenset({FusionMode.ONLY_CORINE, FusionMode.HARMONIZED_CORINE})
 MODES = ", ".join(m.value for m in FusionMode)
+__all__ = [
+    "CorineSource",
+    "build_fusion_sources",
+    "check_fusion",
+    "fuse",
+    "harmonize_corine",
+    "model_classes",
+    "one_hot",
+]
 
 
 @runtime_checkable
@@ -44,23 +62,48 @@ class CorineSource(Protocol):
         ...
 
 
-def check_fusion(mode: FusionMode, osm_source: object | None) -> None:
-    """Refuse a fusion mode the configured sources cannot serve, with the reason and the fix."""
-    if mode == FusionMode.ONLY_CORINE:
-        raise InputError(
-            "fusion_mode",
-            "only_corine would return raw CORINE Land Cover classes, which are not this model's label set and have "
-            "no colour map here",
-            "use harmonized_corine (CORINE mapped onto the label set) with a CORINE label source, or another mode",
-        )
-    if mode == FusionMode.HARMONIZED_CORINE and not isinstance(osm_source, CorineSource):
-        raise InputError(
-            "fusion_mode",
-            "harmonized_corine needs CORINE Land Cover labels, which come from the Sentinel Hub BYOC CORINE "
-            "collection (imagery.sentinelhub.byoc_corine_collection); the configured label source does not "
-            "provide CORINE",
-            f"configure a CORINE-capable label source, or choose one of {MODES} without CORINE",
-        )
+def build_fusion_sources(
+    cfg: RunConfig, label_set: LabelSet, cache_dir: Path | None, *, labels: bool = True
+) -> tuple[LabelSource | None, CorineSource | None]:
+    """The sources a predictor fuses with: the configured label source (when `labels`) and a CORINE source.
+
+    The label source is built for `label_set` (the model's); CORINE comes from the label source itself when
+    `labels.source` is corine, else from `imagery.sentinelhub.byoc_corine_collection` when that is set.
+
+    Raises:
+        ConfigError: missing credentials, a label set without corine_codes, a missing OSM file.
+    """
+    from lulc_core.imagery.corine import build_corine_source
+    from lulc_core.labelling import build_label_source
+
+    source = build_label_source(cfg, label_set, cache_dir) if labels else None
+    if isinstance(source, CorineSource):
+        return source, None
+    return source, build_corine_source(cfg, cache_dir)
+
+
+def check_fusion(
+    mode: FusionMode, osm_source: object | None, corine: object | None = None, label_set: LabelSet | None = None
+) -> None:
+    """Refuse a fusion mode the configured sources cannot serve, with the reason and the fix.
+
+    Args:
+        mode: the requested fusion mode.
+        osm_source: the label source for the OSM modes (None: not configured).
+        corine: the CORINE source (None: not configured; a label source that is a `CorineSource` counts).
+        label_set: the model's label set (harmonized_corine needs its `corine_codes`).
+    """
+    if mode in CORINE_MODES:
+        if not isinstance(corine, CorineSource) and not isinstance(osm_source, CorineSource):
+            raise InputError(
+                "fusion_mode",
+                f"{mode.value} needs CORINE Land Cover, which comes from the Sentinel Hub BYOC CORINE collection "
+                "(imagery.sentinelhub.byoc_corine_collection), and none is configured",
+                "set imagery.sentinelhub.byoc_corine_collection and Sentinel Hub credentials (SH_CLIENT_ID, "
+                f"SH_CLIENT_SECRET), or choose one of {MODES} without CORINE",
+            )
+        if mode == FusionMode.HARMONIZED_CORINE and label_set is not None:
+            require_corine_codes(label_set)
     if mode in OSM_MODES and osm_source is None:
         raise InputError(
             "fusion_mode",
@@ -127,12 +170,3 @@ def fuse(
         classes = model_classes(mixed, valid | (osm > 0), threshold)
         return classes, mixed
     raise ValueError(f"unsupported fusion mode {mode.value}")
-
-
-def harmonize_corine(codes: np.ndarray, label_set: LabelSet) -> np.ndarray:
-    """Map CLC codes onto label-set values via `LabelClass.corine_codes` (unmapped codes -> 0)."""
-    out = np.zeros(codes.shape, np.uint8)
-    for value, cls in enumerate(label_set.classes, start=1):
-        if cls.corine_codes:
-            out[np.isin(codes, cls.corine_codes)] = value
-    return out

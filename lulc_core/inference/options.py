@@ -71,8 +71,8 @@ class Prediction:
         classes: 1 band uint8 "class": 0 unknown (nodata, below threshold), 1..N the label set's classes.
         label_set: the classes, names and colours.
         probabilities: N bands (one per class, `unknown` excluded), float16 in memory to halve its size.
-        uncertainty: 2 bands float32 "variance" (of the winning class's probability across augmentations,
-            0..0.25) and "entropy" (Shannon entropy of the mean probabilities, normalised to 0..1).
+        uncertainty: 2 bands float32 "variance" (the largest per-class probability variance across
+            augmentations, 0..0.25) and "entropy" (Shannon entropy of the mean probabilities, normalised to 0..1).
         title: a human-readable description of the area and dates (PNG titles).
     """
 

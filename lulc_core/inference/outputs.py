@@ -20,6 +20,8 @@ from lulc_core.raster import Raster, atomic_path, write_geotiff
 
 PREVIEW_MAX_PX = 2048
 """Previews of larger areas are subsampled to at most this many pixels per side."""
+LEGEND_ALL_MAX = 16
+"""A legend of more classes (the 44 CORINE classes) lists only the classes present in the area."""
 
 
 def _sibling(path: Path, suffix: str) -> Path:
@@ -91,7 +93,8 @@ def _save(fig: Figure, path: str | Path) -> Path:
 def write_preview_png(
     prediction: Prediction, path: str | Path, *, title: str | None = None, max_px: int = PREVIEW_MAX_PX
 ) -> Path:
-    """A PNG of the class raster in the label set's colours with a legend (class, share of the area)."""
+    """A PNG of the class raster in the label set's colours with a legend (class, share of the area; for legends
+    of more than 16 classes only those present)."""
     label_set = prediction.label_set
     classes = _subsample(prediction.classes.data[0], max_px)
     colors = [(r / 255, g / 255, b / 255, a / 255) for _, (r, g, b, a) in sorted(label_set.colormap().items())]
@@ -108,9 +111,10 @@ def write_preview_png(
     ax.set_xlabel(f"x ({crs.to_string() if crs else 'pixels'})")
     ax.set_ylabel("y")
     ax.ticklabel_format(style="plain", useOffset=False)
+    shown = [i for i in range(label_set.num_classes) if counts[i] or label_set.num_classes <= LEGEND_ALL_MAX]
     handles = [
-        Patch(facecolor=colors[i], edgecolor="0.3", label=f"{name} ({100 * counts[i] / total:.1f}%)")
-        for i, name in enumerate(label_set.names)
+        Patch(facecolor=colors[i], edgecolor="0.3", label=f"{label_set.names[i]} ({100 * counts[i] / total:.1f}%)")
+        for i in shown
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title="classes")
     return _save(fig, path)

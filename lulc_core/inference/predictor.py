@@ -23,9 +23,10 @@ from rasterio.crs import CRS
 
 from lulc_core.bundle import BundleMetadata, ModelBundle
 from lulc_core.config import ServingConfig
+from lulc_core.corine import corine_legend, harmonize_corine, legend_values
 from lulc_core.errors import ConfigError, InputError, TooLargeError, UpstreamError
 from lulc_core.geo import BBox, Tile, TimeRange, tile_for_bbox
-from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES, check_fusion, fuse, harmonize_corine, one_hot
+from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES, CorineSource, check_fusion, fuse, one_hot
 from lulc_core.inference.options import FusionMode, Prediction, PredictOptions
 from lulc_core.inference.runtime import logits_function, resolve_runtime
 from lulc_core.inference.uncertainty import tta_predictor, variance_and_entropy
@@ -35,7 +36,7 @@ from lulc_core.raster import Raster
 
 if TYPE_CHECKING:
     from lulc_core.imagery import ImageryStore
-    from lulc_core.osm import OsmSource
+    from lulc_core.labelling import LabelSource
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ def _to_prediction(
             ["variance", "entropy"],
             np.isfinite(assembler.uncertainty[1]),
             {
-                "VARIANCE": "of the winning class probability across test-time augmentations",
+                "VARIANCE": "largest per-class probability variance across test-time augmentations",
                 "ENTROPY": "Shannon entropy of the mean probabilities / ln(number of classes)",
             },
         )
@@ -329,18 +330,29 @@ def predict_raster(
 
 
 class Predictor:
-    """Predicts any bbox and date range: imagery per block from a store, OSM fusion, bounded memory.
+    """Predicts any bbox and date range: imagery per block from a store, OSM/CORINE fusion, bounded memory.
 
-    Used by the KServe predictor (serving/) and by `lulc predict --model`.
+    Used by the KServe predictor (serving/), by `lulc predict --model` and by `lulc run`.
+
+    Args:
+        bundle: the loaded model bundle.
+        store: imagery store.
+        osm_source: the label source of the OSM fusion modes (OSM, or CORINE mapped onto the label set).
+        settings: serving settings.
+        corine: CORINE source of the CORINE modes (default: `osm_source` when it gives CORINE).
+        block_px: edge of the blocks of windows imagery is fetched for.
+        progress: show a progress bar (None: only on a terminal).
+        runtime: "auto", "torch" or "onnx".
     """
 
     def __init__(
         self,
         bundle: ModelBundle,
         store: ImageryStore,
-        osm_source: OsmSource | None = None,
+        osm_source: LabelSource | None = None,
         settings: ServingConfig | None = None,
         *,
+        corine: CorineSource | None = None,
         block_px: int = DEFAULT_BLOCK_PX,
         progress: bool | None = None,
         runtime: str = "auto",
@@ -348,10 +360,17 @@ class Predictor:
         self.bundle = bundle
         self.store = store
         self.osm_source = osm_source
+        if corine is None and isinstance(osm_source, CorineSource):
+            corine = osm_source
+        self.corine = corine
         self.settings = settings or ServingConfig()
         self.block_px = block_px
         self.progress = progress
         self.runtime = resolve_runtime(bundle, runtime)
+        from lulc_core.imagery import sensor_normalisation_of, with_sensor_normalisation
+
+        mode = sensor_normalisation_of(bundle.metadata.run_config)
+        self.store = with_sensor_normalisation(store, mode)  # as the training tiles were
         check_window(self.settings.window, self.settings.overlap)
         self._normalise = _Normaliser(bundle.metadata)
 
@@ -399,7 +418,7 @@ class Predictor:
         opts = options or PredictOptions()
         TimeRange(start=start, end=end)
         mode = opts.fusion_mode
-        check_fusion(mode, self.osm_source)
+        check_fusion(mode, self.osm_source, self.corine, self.label_set)
         model_free = mode in (FusionMode.ONLY_OSM, *CORINE_MODES)
         if opts.uncertainty and model_free:
             raise InputError(
@@ -432,6 +451,8 @@ class Predictor:
         }
         log.info("predicting %s: %d x %d px, %s", tile.id, tile.width, tile.height, mode.value)
 
+        if mode == FusionMode.ONLY_CORINE:
+            return self._raw_corine(tile, opts, transform, crs, tags, title)
         osm = self._reference_labels(mode, tile)
         if model_free:
             assert osm is not None
@@ -466,14 +487,33 @@ class Predictor:
     def _reference_labels(self, mode: FusionMode, tile: Tile) -> np.ndarray | None:
         """OSM (or harmonised CORINE) labels on the request grid, for the modes that use them."""
         if mode == FusionMode.HARMONIZED_CORINE:
-            codes = self.osm_source.corine_codes(tile)  # type: ignore[union-attr]
+            assert self.corine is not None
+            codes = self.corine.corine_codes(tile)
             return _on_grid(harmonize_corine(codes.data[0], self.label_set), tile, "CORINE source")
         if mode in OSM_MODES:
-            from lulc_core.labelling import rasterize_labels
+            from lulc_core.labelling import tile_labels
 
-            labels = rasterize_labels(self.osm_source, self.label_set, tile, when=tile.end)  # type: ignore[arg-type]
+            assert self.osm_source is not None
+            labels = tile_labels(self.osm_source, self.label_set, tile, when=tile.end)
             return _on_grid(np.asarray(labels.data[0], np.uint8), tile, "OSM labels")
         return None
+
+    def _raw_corine(
+        self, tile: Tile, opts: PredictOptions, transform: Affine, crs: CRS, tags: dict[str, Any], title: str
+    ) -> Prediction:
+        """only_corine: the CORINE classes themselves, with the CORINE legend (CLC colours and names)."""
+        if opts.probabilities:
+            raise InputError(
+                "options.probabilities",
+                "only_corine returns the CORINE classes, which have no probabilities",
+                "ask for the classes only, or use harmonized_corine (one-hot over the model's classes)",
+            )
+        assert self.corine is not None
+        codes = self.corine.corine_codes(tile)
+        values = _on_grid(legend_values(codes.data[0]), tile, "CORINE source")
+        legend = corine_legend()
+        classes = Raster(values[None], transform, crs, ["class"], None, _class_tags(legend, tags))
+        return Prediction(classes=classes, label_set=legend, title=title.replace(self.label_set.name, "CORINE", 1))
 
     def _labels_only(
         self,

@@ -3,7 +3,8 @@
 Every window is predicted under several of the 8 dihedral transforms (rot90 x flip), each prediction is mapped
 back, and the mean probability and mean squared probability are kept. From those, per pixel:
 
-- variance: of the winning class's probability across the augmentations (0..0.25);
+- variance: the largest, over the classes, of a class probability's variance across the augmentations (0..0.25;
+  the original utility's `max(var(p, axis=augmentations), axis=classes)`);
 - entropy: Shannon entropy of the mean probabilities, divided by ln(N) so that it lies in 0..1 (as the
   original utility's `entropy(p, base=N)`).
 """
@@ -75,11 +76,8 @@ def tta_predictor(
 
 
 def variance_and_entropy(mean: np.ndarray, mean_squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel variance of the winning class and normalised entropy, from (N, h, w) moments."""
-    winner = np.argmax(mean, axis=0)[None]
-    m = np.take_along_axis(mean, winner, axis=0)[0]
-    s = np.take_along_axis(mean_squares, winner, axis=0)[0]
-    variance = np.clip(s - m * m, 0.0, 0.25).astype(np.float32)
+    """Per-pixel variance (the largest over the classes) and normalised entropy, from (N, h, w) moments."""
+    variance = np.clip((mean_squares - mean * mean).max(axis=0), 0.0, 0.25).astype(np.float32)
     return variance, normalised_entropy(mean)
 
 

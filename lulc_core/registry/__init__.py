@@ -9,6 +9,8 @@ References (`ModelRef.parse`)::
                                 give the latest version in that stage)
     models:/lulc-segformer@production, models:/lulc-segformer/3   MLflow model URIs are accepted too
     @production                 the configured model name (CLI shorthand)
+    LULC-SEG-2                  a Neptune model-version id (project key, model key, number), as the original
+                                lulc-utility's MODEL_VERSION named them: model SEG, version 2, on Neptune
 
 Stages: `none`, `staging`, `production`, `archived`. One version holds `staging` and one `production` at a time:
 promoting a version displaces the previous holder (production -> archived, staging -> none).
@@ -22,6 +24,7 @@ version's bundle to a directory, as KServe's storage initializer does).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -46,6 +49,8 @@ from lulc_core.registry.base import (
     Stage,
     flatten_metrics,
     flatten_params,
+    is_model_ref,
+    is_neptune_version_id,
     metrics_from_tags,
     parse_stage,
     prepare_registration,
@@ -53,13 +58,19 @@ from lulc_core.registry.base import (
 )
 from lulc_core.registry.gate import GateDecision, apply_gate
 
+log = logging.getLogger(__name__)
 
-def build_registry(cfg: RegistryConfig, work_dir: Path) -> ModelRegistry:
+
+def build_registry(cfg: RegistryConfig, work_dir: Path, ref: str | None = None) -> ModelRegistry:
     """The registry backend of `cfg`; MLflow defaults to `sqlite:///<work_dir>/mlflow.db` (or MLFLOW_TRACKING_URI).
 
-    Resolved bundles are cached under `cfg.cache_dir` or `<work_dir>/registry-cache`.
+    Resolved bundles are cached under `cfg.cache_dir` or `<work_dir>/registry-cache`. A `ref` that is a Neptune
+    model-version id (`LULC-SEG-2`) selects the Neptune backend whatever `cfg.backend` says.
     """
     work_dir = Path(work_dir)
+    if ref is not None and cfg.backend != "neptune" and is_neptune_version_id(ref):
+        log.info("%s is a Neptune model-version id: resolving it on Neptune", ref)
+        cfg = cfg.model_copy(update={"backend": "neptune"})
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else work_dir / "registry-cache"
     if cfg.backend == "mlflow":
         from lulc_core.registry.mlflow_backend import MlflowRegistry
@@ -102,6 +113,8 @@ __all__ = [
     "default_tracking_uri",
     "flatten_metrics",
     "flatten_params",
+    "is_model_ref",
+    "is_neptune_version_id",
     "metrics_from_tags",
     "parse_stage",
     "prepare_registration",

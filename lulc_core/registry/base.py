@@ -36,6 +36,7 @@ ALIAS_STAGES: tuple[Stage, ...] = ("staging", "production")
 REF_HELP = "write NAME, NAME@latest, NAME@<version number> or NAME@<staging|production|archived|none>"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
+_NEPTUNE_VERSION_ID = re.compile(r"^(?P<model>[A-Z0-9]{1,10}-[A-Z0-9]{1,10})-(?P<n>[1-9][0-9]*)$")
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-./ :]")
 
 # Tags every backend writes on a version.
@@ -71,6 +72,9 @@ class ModelRef(BaseModel):
         raw = (text or "").strip()
         if not raw:
             raise InputError("ref", "the model reference is empty", REF_HELP)
+        neptune_id = _NEPTUNE_VERSION_ID.match(raw)
+        if neptune_id:
+            return cls(name=neptune_id["model"], version=int(neptune_id["n"]))
         body = raw.removeprefix("models:/")
         if body != raw and "@" not in body and "/" in body:
             body = "@".join(body.rsplit("/", 1))
@@ -98,6 +102,16 @@ class ModelRef(BaseModel):
         if not _ALIAS.match(selector):
             raise InputError("ref", f"{selector!r} is neither a version number nor an alias", REF_HELP)
         return cls(name=name, alias=selector.lower())
+
+
+def is_neptune_version_id(text: str) -> bool:
+    """Whether `text` is a Neptune model-version id such as `LULC-SEG-2` (always resolved on Neptune)."""
+    return bool(_NEPTUNE_VERSION_ID.match(str(text).strip()))
+
+
+def is_model_ref(text: str) -> bool:
+    """Whether `text` (not a directory) names a registered model: NAME@SELECTOR or a Neptune version id."""
+    return "@" in str(text) or is_neptune_version_id(text)
 
 
 def parse_stage(value: str) -> Stage:

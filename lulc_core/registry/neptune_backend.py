@@ -302,6 +302,12 @@ class NeptuneRegistry(ModelRegistry):
         self._online_mode()
         r = self.ref(ref)
         key = self._key_of(r.name)
+        prefix = r.name.rsplit("-", 1)[0] if "-" in r.name and r.name not in self.aliases else None
+        if prefix is not None and prefix != self.project_key():
+            raise NotFoundError(
+                f"{r.name} belongs to the Neptune project with key {prefix!r}; {self.project} has key "
+                f"{self.project_key()!r} — set NEPTUNE_PROJECT to the model's project"
+            )
         if r.alias is not None and r.alias not in STAGES:
             raise InputError("ref", f"Neptune has no alias {r.alias!r}", f"use a version number or a stage {STAGES}")
         versions = self.list_versions(key)

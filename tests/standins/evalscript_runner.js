@@ -1,7 +1,10 @@
 // Runs a Sentinel Hub V3 evalscript over per-pixel samples, for the Sentinel Hub stand-in (tests only).
 //
-// stdin:  uint32 LE header length, JSON header {evalscript, npix, sources: {id: {bands: [...], reflectance: [...]}},
-//         fusion}, then float64 LE arrays (npix each) for every source band in header order.
+// stdin:  uint32 LE header length, JSON header {evalscript, npix, sources: {id: {bands: [...], reflectance: [...],
+//         observations: n}}, fusion}, then float64 LE arrays (npix each) for every observation of every source, band
+//         by band in header order. Observations come in the request's mosaicking order.
+// Mosaicking SIMPLE (default): one sample per source and pixel — the first observation with dataMask 1 (else the
+// first). ORBIT/TILE: every observation is a sample (dataMask 0 where it has no data), as Sentinel Hub gives them.
 // stdout: uint32 LE header length, JSON {setup: {input, output}, outputs: [{id, bands, sampleType}]} or {error},
 //         then float64 LE arrays (bands x npix) per output in header order.
 "use strict";
@@ -23,13 +26,18 @@ function run(buf) {
   const header = JSON.parse(buf.subarray(4, 4 + hlen).toString("utf8"));
   const npix = header.npix;
   let offset = 4 + hlen;
-  const data = {};
+  const data = {};  // id -> list of observations, each {band: Float64Array}
   for (const id of Object.keys(header.sources)) {
-    data[id] = {};
-    for (const band of header.sources[id].bands) {
-      const bytes = buf.subarray(offset, offset + npix * 8);
-      data[id][band] = new Float64Array(Uint8Array.from(bytes).buffer);
-      offset += npix * 8;
+    data[id] = [];
+    const count = header.sources[id].observations || 1;
+    for (let o = 0; o < count; o++) {
+      const obs = {};
+      for (const band of header.sources[id].bands) {
+        const bytes = buf.subarray(offset, offset + npix * 8);
+        obs[band] = new Float64Array(Uint8Array.from(bytes).buffer);
+        offset += npix * 8;
+      }
+      data[id].push(obs);
     }
   }
   const context = {
@@ -56,28 +64,42 @@ function run(buf) {
     }
     const reflectance = new Set(header.sources[id].reflectance || []);
     for (const band of input.bands) {
-      if (!(band in data[id])) {
+      if (!(band in data[id][0])) {
         throw new Error("band '" + band + "' is not available in datasource '" + id + "'");
       }
       const scale = reflectance.has(band) && input.units !== "DN" ? 1e-4 : 1;
       plan.push([id, band, scale]);
     }
   }
+  const multi = setup.mosaicking === "ORBIT" || setup.mosaicking === "TILE";
   const result = outputs.map(function (o) { return new Float64Array(o.bands * npix); });
+  const sampleOf = function (id, obs, p) {
+    const sample = {};
+    for (const [sid, band, scale] of plan) {
+      if (sid === id) {
+        sample[band] = obs[band][p] * scale;
+      }
+    }
+    return sample;
+  };
+  const ids = Array.from(new Set(plan.map(function (x) { return x[0]; })));
   for (let p = 0; p < npix; p++) {
     const perSource = {};
-    for (const [id, band, scale] of plan) {
-      perSource[id] = perSource[id] || {};
-      perSource[id][band] = data[id][band][p] * scale;
+    for (const id of ids) {
+      const list = data[id];
+      if (multi) {
+        perSource[id] = list.map(function (obs) { return sampleOf(id, obs, p); });
+      } else {
+        const hit = list.find(function (obs) { return !("dataMask" in obs) || obs.dataMask[p] > 0; }) || list[0];
+        perSource[id] = [sampleOf(id, hit, p)];
+      }
     }
     let samples;
     if (fusion) {
-      samples = {};
-      for (const id of Object.keys(perSource)) {
-        samples[id] = [perSource[id]];
-      }
+      samples = perSource;
     } else {
-      samples = perSource[Object.keys(perSource)[0]];
+      const only = perSource[ids[0]];
+      samples = multi ? only : only[0];
     }
     let value = context.evaluatePixel(samples);
     if (Array.isArray(value)) {

@@ -16,8 +16,9 @@ samples taken from real rasters — the bundled sample patches (data/sample/imag
 ../shared/data/terramind, harmonised like Sentinel Hub's default `harmonizeValues`) warped onto the requested grid
 with nearest-neighbour resampling; outside the patches, or outside a source's acquisition date, `dataMask` is 0.
 SCL and CLM are derived from the patches' ESRI land-cover map (water 6, vegetation 4, built/bare 5, snow 11,
-cloud 9); a CORINE BYOC collection (`byoc-<id>`, band `CLC`, legend index 1..44, 48 = no data, edition 2018) is
-derived from it as well.
+cloud 9); a CORINE BYOC collection (`byoc-<id>`, band `CLC`, legend index 1..44, 48 = no data; editions 2012 and
+2018, identical) is derived from it as well, by `ESRI_TO_CLC_INDEX` (docs/corine.md lists the mapping). Unlike the
+real CLC (Europe only) it covers every sample patch.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, reproject, transform_bounds
 
-from standins import Fault, Recorded, Reply, StandIn
+from standins import Fault, Recorded, Reply, StandIn, cloudy
+from standins.cloudy import PATCH as CLOUDY_PATCH
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_IMAGERY = REPO / "data" / "sample" / "imagery"
@@ -55,7 +57,7 @@ RUNNER = Path(__file__).with_name("evalscript_runner.js")
 TOKEN_PATH = "/auth/realms/main/protocol/openid-connect/token"
 PROCESS_PATH = "/api/v1/process"
 CORINE_COLLECTION = "cbdba844-f86d-41dc-95ad-b3f7f12535e9"
-CORINE_EDITION = date(2018, 1, 1)
+CORINE_EDITIONS = (date(2012, 1, 1), date(2018, 1, 1))  # both derived from the same ESRI map (see docstring)
 S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 ESRI_TO_SCL = {0: 0, 1: 6, 2: 4, 3: 4, 4: 4, 5: 5, 6: 5, 7: 11, 8: 9, 9: 4}
 # ESRI LULC -> CORINE legend index (water bodies 512, mixed forest 313, inland marshes 411, non-irrigated arable
@@ -166,6 +168,8 @@ class SentinelHubStandIn(StandIn):
         clients: accepted OAuth clients {client_id: client_secret}.
         latency_s: extra time per request (makes concurrent requests overlap measurably).
         token_lifetime_s: `expires_in` of issued tokens.
+        cloudy_observations: also serve the four cloudy Sentinel-2 observations of `standins.cloudy` (real cloud
+            shapes over the Danish patch); `clear_cloudy_patch=False` leaves out that patch's clear scene.
     """
 
     name = "sentinelhub-standin"
@@ -175,8 +179,12 @@ class SentinelHubStandIn(StandIn):
         clients: dict[str, str] | None = None,
         latency_s: float = 0.0,
         token_lifetime_s: int = 3600,
+        cloudy_observations: bool = False,
+        clear_cloudy_patch: bool = True,
     ) -> None:
         super().__init__(latency_s=latency_s)
+        self.cloudy_observations = cloudy_observations
+        self.clear_cloudy_patch = clear_cloudy_patch
         self.clients = clients or {"lulc-test-client": "lulc-test-secret"}
         self.token_lifetime_s = token_lifetime_s
         self.tokens: set[str] = set()
@@ -294,7 +302,7 @@ class SentinelHubStandIn(StandIn):
         if not data:
             raise BadRequestError("input.data must not be empty.")
         fusion = len(data) > 1
-        sources: dict[str, dict[str, np.ndarray]] = {}
+        sources: dict[str, list[dict[str, np.ndarray]]] = {}
         reflectance: dict[str, list[str]] = {}
         for datum in data:
             ident = datum.get("id") or ("default" if not fusion else None)
@@ -330,7 +338,7 @@ class SentinelHubStandIn(StandIn):
 
     def _source(
         self, datum: dict[str, Any], crs: CRS, transform: Affine, width: int, height: int
-    ) -> tuple[dict[str, np.ndarray], list[str]]:
+    ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
         kind = datum.get("type", "")
         data_filter = datum.get("dataFilter", {})
         patches = load_patches()
@@ -362,7 +370,7 @@ class SentinelHubStandIn(StandIn):
         elif kind.startswith("byoc-"):
             if kind != f"byoc-{CORINE_COLLECTION}":
                 raise BadRequestError(f"Collection {kind} not found.")
-            use = list(patches) if _in_range(CORINE_EDITION, data_filter) else []
+            use = list(patches) if any(_in_range(e, data_filter) for e in CORINE_EDITIONS) else []
             names, reflect = ["CLC"], []
 
             def stack(p: Patch) -> np.ndarray:
@@ -370,34 +378,67 @@ class SentinelHubStandIn(StandIn):
 
         else:
             raise BadRequestError(f"Unknown collection type {kind!r}.")
-        values = np.zeros((len(names), height, width), np.float64)
-        mask = np.zeros((height, width), np.float64)
+        observations: list[tuple[float, date, np.ndarray, np.ndarray]] = []  # (cloud %, date, values, cover)
         for patch in use:
             if not _overlaps(patch, crs, transform, width, height):
                 continue
-            src = stack(patch)
-            warped = np.zeros_like(values)
-            cover = np.zeros((height, width), np.uint8)
-            common = {
-                "src_transform": patch.transform,
-                "src_crs": patch.crs,
-                "dst_transform": transform,
-                "dst_crs": crs,
-                "resampling": Resampling.nearest,
-            }
-            reproject(src, warped, **common)
-            reproject(np.ones((patch.height, patch.width), np.uint8), cover, **common)
-            take = (cover > 0) & (mask == 0)
-            values[:, take] = warped[:, take]
-            mask[take] = 1
-        arrays = {name: values[i] for i, name in enumerate(names)}
-        arrays["dataMask"] = mask
-        return arrays, reflect
+            if kind == "sentinel-2-l2a" and patch.id == CLOUDY_PATCH and not self.clear_cloudy_patch:
+                continue
+            when = patch.s1_date if kind == "sentinel-1-grd" else patch.s2_date
+            cc = patch.cloud_percent if kind == "sentinel-2-l2a" else 0.0
+            observations.append(
+                (*self._warp(stack(patch), patch.crs, patch.transform, crs, transform, width, height, cc), when)
+            )
+        if kind == "sentinel-2-l2a" and self.cloudy_observations:
+            max_cc = float(data_filter.get("maxCloudCoverage", 100))
+            for obs in cloudy.observations():
+                if _in_range(obs.day, data_filter) and obs.cloud_percent <= max_cc:
+                    src = np.concatenate([obs.s2, obs.scl[None], obs.clm[None]])
+                    warped = self._warp(src, obs.crs, obs.transform, crs, transform, width, height, obs.cloud_percent)
+                    observations.append((*warped, obs.day))
+        order = data_filter.get("mosaickingOrder", "mostRecent")
+        if order == "leastCC":
+            observations.sort(key=lambda o: (o[0], o[3]))
+        else:
+            observations.sort(key=lambda o: o[3], reverse=order == "mostRecent")
+        if not observations:
+            observations = [(0.0, np.zeros((len(names), height, width)), np.zeros((height, width)), date.min)]
+        out = []
+        for _, values, cover, _ in observations:
+            arrays = {name: values[i] for i, name in enumerate(names)}
+            arrays["dataMask"] = cover
+            out.append(arrays)
+        return out, reflect
+
+    @staticmethod
+    def _warp(
+        src: np.ndarray,
+        src_crs: CRS,
+        src_transform: Affine,
+        crs: CRS,
+        transform: Affine,
+        width: int,
+        height: int,
+        cloud_percent: float = 0.0,
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """One observation on the request grid: (cloud %, values, coverage 0/1) by nearest neighbour."""
+        warped = np.zeros((src.shape[0], height, width), np.float64)
+        cover = np.zeros((height, width), np.uint8)
+        common = {
+            "src_transform": src_transform,
+            "src_crs": src_crs,
+            "dst_transform": transform,
+            "dst_crs": crs,
+            "resampling": Resampling.nearest,
+        }
+        reproject(src, warped, **common)
+        reproject(np.ones(src.shape[1:], np.uint8), cover, **common)
+        return cloud_percent, warped, (cover > 0).astype(np.float64)
 
     def _run_evalscript(
         self,
         evalscript: str,
-        sources: dict[str, dict[str, np.ndarray]],
+        sources: dict[str, list[dict[str, np.ndarray]]],
         reflectance: dict[str, list[str]],
         fusion: bool,
         npix: int,
@@ -408,12 +449,16 @@ class SentinelHubStandIn(StandIn):
             "evalscript": evalscript,
             "npix": npix,
             "fusion": fusion,
-            "sources": {k: {"bands": list(v), "reflectance": reflectance[k]} for k, v in sources.items()},
+            "sources": {
+                k: {"bands": list(v[0]), "reflectance": reflectance[k], "observations": len(v)}
+                for k, v in sources.items()
+            },
         }
         head = json.dumps(header).encode()
         chunks = [len(head).to_bytes(4, "little"), head]
-        for arrays in sources.values():
-            chunks.extend(np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays.values())
+        for observations in sources.values():
+            for arrays in observations:
+                chunks.extend(np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays.values())
         proc = subprocess.run([self.node, str(RUNNER)], input=b"".join(chunks), capture_output=True, timeout=60)
         if proc.returncode != 0 or len(proc.stdout) < 4:
             raise RuntimeError(f"evalscript runner failed: {proc.stderr.decode()[-500:]}")

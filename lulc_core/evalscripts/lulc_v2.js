@@ -1,0 +1,100 @@
+//VERSION=3
+// lulc evalscript v2 — cloud-masked composites; one Process API request per tile, four outputs as a multi-part tar:
+//   s2    Sentinel-2 L2A surface reflectance x 10000 (DN, harmonised), composite of the valid observations  UINT16
+//   cloud SCL and CLM of the observation the composite took first (least cloudy / first valid)              UINT8
+//   s1    Sentinel-1 GRD VV/VH backscatter in dB (median of the time frame's observations)                    FLOAT32
+//   dem   Copernicus DEM GLO-30 height in metres                                                               FLOAT32
+// The last band of every output is 1 where the output has a valid value, 0 where not (for s2: no observation
+// of the time frame is cloud-free at this pixel -> nodata, never a class).
+// A Sentinel-2 observation is invalid when dataMask is 0, SCL is 1 (saturated/defective), 3 (cloud shadow),
+// 8/9 (cloud medium/high probability) or 10 (thin cirrus), or CLM is 1 — when LULC_SPEC.cloud_mask is true.
+// LULC_SPEC.composite:
+//   "median"       ORBIT mosaicking: every observation of the time frame is a sample; per band the median of the
+//                  valid ones (the same rule as the local and STAC stores, lulc_core/imagery/clouds.py).
+//   "least_cloudy" SIMPLE mosaicking in the request's mosaickingOrder (leastCC): Sentinel Hub's least-cloudy
+//                  mosaic, its flagged pixels masked (no gap filling from other dates).
+// LULC_SPEC is strict JSON: lulc reads it to name the bands of each output, and writes its configured
+// composite/cloud_mask into it before sending, so a cached response always matches its settings.
+const LULC_SPEC = {
+  "version": "lulc_v2",
+  "composite": "median",
+  "cloud_mask": true,
+  "inputs": {
+    "s2": ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "SCL", "CLM", "dataMask"],
+    "s1": ["VV", "VH", "dataMask"],
+    "dem": ["DEM", "dataMask"]
+  },
+  "outputs": {
+    "s2": {
+      "bands": ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "dataMask"],
+      "sampleType": "UINT16"
+    },
+    "cloud": {"bands": ["SCL", "CLM", "dataMask"], "sampleType": "UINT8"},
+    "s1": {"bands": ["VV", "VH", "dataMask"], "sampleType": "FLOAT32"},
+    "dem": {"bands": ["DEM", "dataMask"], "sampleType": "FLOAT32"}
+  }
+};
+
+const S2_BANDS = LULC_SPEC.outputs.s2.bands.slice(0, -1);
+const SCL_INVALID = [1, 3, 8, 9, 10];
+const MEDIAN = LULC_SPEC.composite === "median";
+
+function setup() {
+  return {
+    input: Object.keys(LULC_SPEC.inputs).map(function (id) {
+      const input = {datasource: id, bands: LULC_SPEC.inputs[id]};
+      if (id === "s2") {
+        input.units = "DN";
+      }
+      return input;
+    }),
+    output: Object.keys(LULC_SPEC.outputs).map(function (id) {
+      return {id: id, bands: LULC_SPEC.outputs[id].bands.length, sampleType: LULC_SPEC.outputs[id].sampleType};
+    }),
+    mosaicking: MEDIAN ? Mosaicking.ORBIT : Mosaicking.SIMPLE
+  };
+}
+
+function clearView(s) {
+  if (s.dataMask !== 1) {
+    return false;
+  }
+  return !LULC_SPEC.cloud_mask || (SCL_INVALID.indexOf(s.SCL) < 0 && s.CLM !== 1);
+}
+
+function median(samples, value) {
+  if (samples.length === 1) {
+    return value(samples[0]);  // the common case of one clear look: no sorting
+  }
+  const v = samples.map(value).sort(function (a, b) { return a - b; });
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+function toDb(linear) {
+  return 10 * Math.log(Math.max(linear, 1e-10)) / Math.LN10;
+}
+
+function evaluatePixel(samples) {
+  const s2 = (samples.s2 || []).filter(clearView);
+  const s1 = (samples.s1 || []).filter(function (s) { return s.dataMask === 1; });
+  const dem = (samples.dem || []).filter(function (s) { return s.dataMask === 1; });
+  const s2Ok = s2.length > 0;
+  const s1Ok = s1.length > 0;
+  const s2Values = S2_BANDS.map(function (band) {
+    if (!s2Ok) {
+      return 0;
+    }
+    return MEDIAN ? median(s2, function (s) { return s[band]; }) : s2[0][band];
+  });
+  return {
+    s2: s2Values.concat([s2Ok ? 1 : 0]),
+    cloud: [s2Ok ? s2[0].SCL : 0, s2Ok ? s2[0].CLM : 0, s2Ok ? 1 : 0],
+    s1: [
+      s1Ok ? median(s1, function (s) { return toDb(s.VV); }) : 0,
+      s1Ok ? median(s1, function (s) { return toDb(s.VH); }) : 0,
+      s1Ok ? 1 : 0
+    ],
+    dem: [dem.length ? dem[0].DEM : 0, dem.length ? 1 : 0]
+  };
+}

@@ -1,0 +1,286 @@
+"""The path matrix: every entry point a user calls x every label source x every registry backend.
+
+Entry points: `lulc run`, the training pipeline under kfp.local (`lulc pipeline run --local`), `lulc predict`, and
+`lulc serve` answering V1, V2 and the original REST API. Label sources: a local OSM file, the ohsome API (its
+stand-in), CORINE from Sentinel Hub BYOC (its stand-in). Registries: MLflow (embedded SQLite) and Neptune (its
+stand-in). Every cell runs end to end here; none is refused. A combination that cannot work is refused when the
+configuration is validated (one line naming the field and the fix) — `test_refused_at_configuration_time` holds
+the cases that exist, and no cell may fail deep inside a step.
+
+The training cells (run, pipeline) use one sample patch (North Jutland, 9 tiles of 64 px) and one epoch; the
+prediction cells share one registered model per registry (random weights: the cells prove the joints, not skill).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NEPTUNE_RETRIES_TIMEOUT", "2")  # read once when neptune is imported: keep failures short
+
+import numpy as np
+import pytest
+import rasterio
+import requests
+import yaml
+from conftest import make_registry_bundle
+from standins.neptune_api import NeptuneStandIn
+from standins.ohsome import OhsomeStandIn
+from standins.sentinelhub import CORINE_COLLECTION, SentinelHubStandIn
+from typer.testing import CliRunner
+
+from lulc.cli import app
+from lulc_core.config import load_run_config
+from lulc_core.errors import ConfigError
+from lulc_core.registry import build_registry
+from serving.process import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+START, END = "2017-10-25", "2017-11-04"  # selects the North Jutland part of the sample AOI only
+BBOX = [9.8300, 57.2240, 9.8420, 57.2320]  # inside that patch
+SOURCES = ["file", "ohsome", "corine"]
+REGISTRIES = ["mlflow", "neptune"]
+CELLS = [(s, r) for s in SOURCES for r in REGISTRIES]
+CLIENT, SECRET = "lulc-matrix-client", "lulc-matrix-secret"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The three stand-ins, and the environment a user would set for them (credentials, plain http)."""
+    if shutil.which("node") is None:
+        pytest.skip("the Sentinel Hub stand-in runs evalscripts with node (not installed)")
+    neptune_dir = tmp_path_factory.mktemp("neptune-queue")
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        OhsomeStandIn() as ohsome,
+        SentinelHubStandIn({CLIENT: SECRET}) as sh,
+        NeptuneStandIn() as neptune,
+    ):
+        mp.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+        mp.setenv("SH_CLIENT_ID", CLIENT)
+        mp.setenv("SH_CLIENT_SECRET", SECRET)
+        mp.delenv("SH_CREDENTIALS_DIR", raising=False)
+        mp.setenv("NEPTUNE_API_TOKEN", neptune.api_token)
+        mp.setenv("NEPTUNE_PROJECT", neptune.project)
+        mp.delenv("NEPTUNE_MODE", raising=False)
+        mp.chdir(neptune_dir)  # neptune keeps its queue in ./.neptune
+        yield {"ohsome": ohsome, "sh": sh, "neptune": neptune}
+
+
+def labels_section(source: str, services: dict[str, Any]) -> dict[str, Any]:
+    label_set = str(REPO / "conf" / "labels" / "v3.yaml")
+    if source == "file":
+        return {"label_set": label_set, "source": "file", "osm_file": str(SAMPLE / "osm" / "sample_osm.geojson")}
+    if source == "ohsome":
+        return {"label_set": label_set, "source": "ohsome", "ohsome_url": services["ohsome"].api_url}
+    return {"label_set": label_set, "source": "corine"}
+
+
+def write_config(tmp: Path, source: str, registry: str, services: dict[str, Any], model_name: str) -> Path:
+    """A user's run YAML for one cell: the sample patch, local imagery, the cell's label source and registry."""
+    sh = services["sh"]
+    cfg = {
+        "name": f"matrix-{source}-{registry}",
+        "work_dir": str(tmp / "work"),
+        "area": {
+            "name": "sample",
+            "aoi": str(SAMPLE / "aoi.geojson"),
+            "time_frames": [{"start": START, "end": END}],
+            "tile_size_m": 640,
+            "min_land_share": 0.9,
+        },
+        "imagery": {
+            "store": "local",
+            "local_dir": str(SAMPLE / "imagery"),
+            "concurrency": 2,
+            "sentinelhub": {
+                "base_url": sh.url,
+                "token_url": sh.token_url,
+                "byoc_corine_collection": CORINE_COLLECTION,
+                "max_retries": 2,
+                "backoff_s": 0.01,
+                "timeout_s": 20,
+            },
+        },
+        "labels": labels_section(source, services),
+        "training": {"epochs": 1, "batch_size": 8, "accelerator": "cpu", "num_workers": 0},
+        "registry": {"backend": registry, "model_name": model_name, "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"},
+        "serving": {"window": 64, "overlap": 16, "batch_size": 4, "edge_buffer_m": 0, "cache_size": 0},
+        "pipeline": {"shards": 1, "parallelism": 1},
+    }
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def invoke(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def registered(config: Path) -> Path:
+    """The bundle of the cell's newest registered version, resolved through the cell's registry."""
+    cfg = load_run_config(config)
+    return build_registry(cfg.registry, cfg.work_dir).resolve(f"{cfg.registry.model_name}@latest")
+
+
+def assert_classes(tif: Path | bytes) -> None:
+    with rasterio.MemoryFile(tif if isinstance(tif, bytes) else Path(tif).read_bytes()) as mem, mem.open() as src:
+        data = src.read(1)
+        assert src.count == 1 and src.crs is not None and data.size > 0
+        assert int(data.max()) <= 6 and src.colormap(1)  # v3 classes with the colour table
+
+
+# --- training entry points: lulc run, the pipeline under kfp.local ---------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "registry"), CELLS)
+def test_lulc_run(source: str, registry: str, services: dict[str, Any], tmp_path: Path) -> None:
+    config = write_config(tmp_path, source, registry, services, f"matrix-run-{source}")
+    invoke("run", "--config", str(config), "--epochs", "1")
+    bundle = registered(config)
+    assert (bundle / "lulc.json").is_file()
+    provenance = (bundle / "lulc.json").read_text()
+    assert source in provenance or (source == "file" and "sample_osm" in provenance)
+
+
+@pytest.mark.parametrize(("source", "registry"), CELLS)
+def test_pipeline_local(source: str, registry: str, services: dict[str, Any], tmp_path: Path) -> None:
+    config = write_config(tmp_path, source, registry, services, f"matrix-kfp-{source}")
+    invoke("pipeline", "run", "--local", "--config", str(config), "--epochs", "1", "--deploy-target", "none")
+    assert (registered(config) / "lulc.json").is_file()
+
+
+# --- prediction entry points: lulc predict, lulc serve (V1, V2, original API) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def production(services: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One model per registry, registered and promoted with the CLI; returns each registry's run YAML per source."""
+    configs: dict[str, Path] = {}
+    bundle = make_registry_bundle(tmp_path_factory.mktemp("matrix-bundle") / "bundle")
+    for registry in REGISTRIES:
+        root = tmp_path_factory.mktemp(f"matrix-{registry}")
+        for source in SOURCES:
+            (root / source).mkdir()
+            configs[f"{source}-{registry}"] = write_config(root / source, source, registry, services, "matrix")
+            # the three sources of one registry share its store (same tracking URI / Neptune project)
+            text = configs[f"{source}-{registry}"].read_text().replace(str(root / source), str(root))
+            configs[f"{source}-{registry}"].write_text(text)
+        config = str(configs[f"file-{registry}"])
+        invoke("registry", "register", str(bundle), "--config", config)
+        invoke("registry", "promote", "matrix@latest", "--stage", "production", "--config", config)
+    return configs
+
+
+def predict_args(fusion: str = "favour_osm") -> list[str]:
+    bbox = ",".join(f"{v:.4f}" for v in BBOX)
+    return ["--bbox", bbox, "--start", START, "--end", END, "--fusion-mode", fusion]
+
+
+@pytest.mark.parametrize(("source", "registry"), CELLS)
+def test_lulc_predict(source: str, registry: str, production: dict[str, Path], tmp_path: Path) -> None:
+    config = production[f"{source}-{registry}"]
+    out = tmp_path / "pred.tif"
+    invoke("predict", "--model", "matrix@production", "--config", str(config), *predict_args(), "-o", str(out))
+    assert_classes(out)
+
+
+@contextlib.contextmanager
+def lulc_serve(model: str, config: Path) -> Iterator[str]:
+    """`lulc serve --model REF --config FILE --port P` as a user starts it; yields the URL once the model is up."""
+    port = free_port()
+    lulc = Path(sys.executable).with_name("lulc")
+    cmd = [str(lulc), "serve", "--model", model, "--config", str(config), "--port", str(port)]
+    with (config.parent / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{url}/v2/models/lulc/ready", timeout=5).status_code == 200:
+                    break
+            assert proc.poll() is None, (config.parent / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "lulc serve was not ready in 240 s"
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def servers(production: dict[str, Path]) -> Iterator[dict[str, str]]:
+    """One `lulc serve` per cell (label source x registry), each with that cell's run YAML."""
+    with contextlib.ExitStack() as stack:
+        yield {cell: stack.enter_context(lulc_serve("matrix@production", cfg)) for cell, cfg in production.items()}
+
+
+AREA = {"area_coords": BBOX, "start_date": START, "end_date": END, "fusion_mode": "favour_osm"}
+
+
+@pytest.mark.parametrize(("source", "registry"), CELLS)
+def test_serve_original_api(source: str, registry: str, servers: dict[str, str]) -> None:
+    response = requests.post(f"{servers[f'{source}-{registry}']}/segment/", json=AREA, timeout=120)
+    assert response.status_code == 200, response.text
+    assert_classes(response.content)
+
+
+@pytest.mark.parametrize(("source", "registry"), CELLS)
+def test_serve_v1(source: str, registry: str, servers: dict[str, str]) -> None:
+    url = f"{servers[f'{source}-{registry}']}/v1/models/lulc:predict"
+    instance = {"area_coords": BBOX, "start_date": START, "end_date": END, "fusion_mode": "favour_osm"}
+    response = requests.post(url, json={"instances": [instance]}, timeout=120)
+    assert response.status_code == 200, response.text
+    (prediction,) = response.json()["predictions"]
+    classes = np.asarray(prediction["classes"])
+    assert classes.ndim == 2 and classes.size > 0 and int(classes.max()) <= 6
+
+
+@pytest.mark.parametrize(("source", "registry"), CELLS)
+def test_serve_v2(source: str, registry: str, servers: dict[str, str]) -> None:
+    url = f"{servers[f'{source}-{registry}']}/v2/models/lulc/infer"
+    body = {
+        "inputs": [{"name": "area_coords", "shape": [4], "datatype": "FP64", "data": BBOX}],
+        "parameters": {"start_date": START, "end_date": END, "fusion_mode": "favour_osm"},
+    }
+    response = requests.post(url, json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["classes"]["shape"][0] > 0 and max(outputs["classes"]["data"]) <= 6
+
+
+# --- refused at configuration time ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"labels": {"source": "corine"}, "imagery": {"sentinelhub": {"byoc_corine_collection": None}}}, "byoc"),
+        ({"labels": {"source": "file", "osm_file": None}}, "osm_file"),
+        ({"registry": {"backend": "wandb"}}, "registry.backend"),
+    ],
+)
+def test_refused_at_configuration_time(override: dict[str, Any], field: str, tmp_path: Path) -> None:
+    services = {"ohsome": None, "sh": type("SH", (), {"url": "http://127.0.0.1:9", "token_url": "http://x"})()}
+    config = write_config(tmp_path, "file", "mlflow", services, "refused")
+    with pytest.raises(ConfigError) as info:
+        load_run_config(config, override)
+    message = str(info.value)
+    assert field in message and "\n" not in message
