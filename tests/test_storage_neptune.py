@@ -40,7 +40,7 @@ KSERVE_MOUNT = "/mnt/models"  # constants.DefaultModelLocalMountPath, KServe's s
 def _cli(*args: str) -> str:
     result = CliRunner().invoke(registry_app, [*args, "--backend", "neptune"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.output.strip()
+    return result.stdout.strip()  # stdout only: a log handler left by an earlier test may write to stderr
 
 
 def _storage_container() -> dict[str, Any]:

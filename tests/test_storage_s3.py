@@ -30,7 +30,7 @@ BUCKET = "lulc-models"
 def _cli(*args: str) -> str:
     result = CliRunner().invoke(registry_app, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.output.strip()
+    return result.stdout.strip()  # stdout only: a log handler left by an earlier test may write to stderr
 
 
 def _run_config(tmp_path: Path, **registry: Any) -> Path:
