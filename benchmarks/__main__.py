@@ -19,7 +19,15 @@ from pathlib import Path
 
 from benchmarks.common import REPO, Row, Section, progress, render_report, section_from_json
 
-MODULES = ("inference_throughput", "large_areas", "data_preparation", "input_pipeline", "serving_load")
+MODULES = (
+    "inference_throughput",
+    "large_areas",
+    "data_preparation",
+    "input_pipeline",
+    "serving_load",
+    "training_scaling",
+    "mapping_scale",
+)
 TIMEOUT_S = 1800
 
 

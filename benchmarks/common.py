@@ -54,6 +54,8 @@ class Row:
         target: the target in words, e.g. ">= 2x".
         met: whether the target is met (None: informative row).
         note: how it was measured / why.
+        baseline_name: what the baseline is (shown in the baseline column), e.g. "original: ..." or "lulc at
+            2,000²" when the baseline is lulc itself.
     """
 
     benchmark: str
@@ -64,6 +66,7 @@ class Row:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    baseline_name: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,14 +98,15 @@ def fmt(value: float | str | None, digits: int = 3) -> str:
 
 def markdown_table(rows: Sequence[Row]) -> str:
     """The rows as a GitHub Markdown table."""
-    head = "| benchmark | metric | baseline | lulc | ratio | target | met |\n|---|---|---:|---:|---:|---|:---:|\n"
+    head = (
+        "| benchmark | metric | baseline (named) | lulc | ratio | target | met |\n|---|---|---:|---:|---:|---|:---:|\n"
+    )
     lines = []
     for r in rows:
         met = "-" if r.met is None else ("yes" if r.met else "**no**")
         ratio = "-" if r.ratio is None else f"{fmt(r.ratio)}x"
-        lines.append(
-            f"| {r.benchmark} | {r.metric} | {fmt(r.baseline)} | {fmt(r.ours)} | {ratio} | {r.target} | {met} |"
-        )
+        base = f"{r.baseline_name}: {fmt(r.baseline)}" if r.baseline_name else fmt(r.baseline)
+        lines.append(f"| {r.benchmark} | {r.metric} | {base} | {fmt(r.ours)} | {ratio} | {r.target} | {met} |")
     return head + "\n".join(lines) + "\n"
 
 

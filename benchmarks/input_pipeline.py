@@ -138,6 +138,7 @@ def run(quick: bool = False) -> Section:
                 loader / model >= 3.0,
                 "baseline column: what the model consumes; lulc column: what the DataLoader delivers "
                 f"(batch {BATCH}, num_workers 0, augmentation on)",
+                baseline_name="lulc b0 training step",
             )
         )
     section.details.append(

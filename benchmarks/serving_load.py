@@ -162,9 +162,10 @@ def run(quick: bool = False) -> Section:
     section.rows += [
         Row("5 serving", "errors (all levels)", None, errors, None, "0", errors == 0),
         Row("5 serving", "server RSS MB, start -> end", round(rss_start), round(rss_end), rss_end / rss_start,
-            "<= 1.1x", growth <= 0.10, f"idle before warm-up {idle:.0f} MB, peak {rss_peak:.0f} MB"),
+            "<= 1.1x", growth <= 0.10, f"idle before warm-up {idle:.0f} MB, peak {rss_peak:.0f} MB",
+            baseline_name="lulc after warm-up"),
         Row("5 serving", "req/s at 16 vs peak", round(peak, 2), round(at16, 2), at16 / peak, ">= 0.9x",
-            at16 / peak >= 0.9),
+            at16 / peak >= 0.9, baseline_name="lulc at its peak"),
     ]  # fmt: skip
     section.details.append(
         f"{seconds:.0f} s per level; requests per level {[len(lv.latencies) for lv in levels]}; server RSS MB "

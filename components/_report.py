@@ -74,3 +74,29 @@ def sample_previews(
         prediction = predict_raster(bundle, raster)
         previews.append(Path(write_preview_png(prediction, out_dir / f"{tile_id}.png")))
     return previews
+
+
+def gap_pages(stats: dict[str, Any], map_png: Path, conflicts: Any, top: int = 20) -> tuple[str, str]:
+    """The OSM gap report as an HTML page (map, per-class table, largest conflicts) and a Markdown table."""
+    headers = ["class", "predicted km²", "OSM-mapped share", "OSM agrees", "gap km²"]
+    rows = [
+        (name, c["predicted_km2"], _share(c["osm_mapped_share"]), _share(c["osm_agreement_share"]), c["gap_km2"])
+        for name, c in stats["per_class"].items()
+    ]
+    head = (
+        f"{stats['gap_polygons']} gap polygons ({stats['gap_km2']:.4g} km²) and {stats['conflict_polygons']} "
+        f"conflicts ({stats['conflict_km2']:.4g} km²) at confidence ≥ {stats['confidence']}, "
+        f"{stats['blocks_compared']} of {stats['blocks_total']} blocks compared."
+    )
+    review = [
+        (r.osm_class, r.model_class, r.area_m2, r.mean_confidence, r.block) for r in conflicts.head(top).itertuples()
+    ]
+    body = f"<p>{html.escape(head)}</p>" + img_tag(map_png, "classes with OSM gaps (red)")
+    body += "<h2>Per class</h2>" + html_table(headers, rows)
+    body += f"<h2>Largest conflicts (of {len(conflicts)})</h2>"
+    body += html_table(["OSM class", "model class", "area m²", "mean confidence", "block"], review)
+    return html_page("OSM gap report", body), f"# OSM gap report\n\n{head}\n\n" + md_table(headers, rows)
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

@@ -12,7 +12,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 TILES_FILE = "tiles.geojson"
 """File name of the tile grid inside the `tiles` Dataset directory."""
 CACHE_ENV = "LULC_CACHE_DIR"
+T = TypeVar("T")
 """Set by the pipeline when a PVC is mounted as the download cache."""
 
 
@@ -123,8 +124,8 @@ def shard_count(n_tiles: int, shards: int) -> int:
     return max(1, min(shards, n_tiles))
 
 
-def select_shard(tiles: Sequence[Tile], shard: int, shards: int) -> list[Tile]:
-    """Tiles of shard `shard` (round robin, so neighbouring tiles spread over the shards)."""
+def select_shard(tiles: Sequence[T], shard: int, shards: int) -> list[T]:
+    """Items (tiles, map blocks) of shard `shard` (round robin, so neighbouring ones spread over the shards)."""
     n = shard_count(len(tiles), shards)
     if not 0 <= shard < n:
         raise InputError("shard", f"{shard} is outside 0..{n - 1}", "iterate over the area grid's shard list")

@@ -16,7 +16,7 @@ def train(
     bundle: Output[Model],
     metrics: Output[Metrics],
 ) -> None:
-    """Train with the run configuration (GPU when the task has one), curves live to the registry's tracker.
+    """Train in this pod (DDP) or on nodes (training.launcher), resuming; curves live to the registry's tracker.
 
     Args:
         config: This step's slice of the RunConfig, as JSON (`lulc_core.steps`).
@@ -27,28 +27,34 @@ def train(
         bundle: The model bundle directory (weights + lulc.json).
         metrics: Training metrics (best validation loss, epochs run).
     """
+    import os
     import tempfile
     from pathlib import Path
 
-    from components._runtime import copy_dir, load_config
+    from components._image import resolve_image
+    from components._runtime import CACHE_ENV, copy_dir, load_config
+    from lulc_core import training
     from lulc_core.dataset import TileSplit
-    from lulc_core.registry import build_registry
-    from lulc_core.registry.tracking import tracked
+    from lulc_core.registry import tracked
     from lulc_core.stats import DatasetStats
-    from lulc_core.training import train as run_training
+    from pipelines.trainjob import train_on_cluster
 
     cfg = load_config(config)
-    tile_split = TileSplit.model_validate_json(Path(split.path).read_text())
-    ds = DatasetStats.load(Path(stats.path))
-    registry = build_registry(cfg.registry, cfg.work_dir)
-    with tempfile.TemporaryDirectory(prefix="lulc-train-") as work, tracked(registry, cfg) as run:
-        result = run_training(
-            cfg, Path(imagery.path), Path(labels.path), ds, tile_split, Path(work), progress=False, tracking=run
-        )
+    durable = Path(os.environ.get(CACHE_ENV) or cfg.work_dir).resolve()
+    imagery_p, labels_p, stats_p, split_p = (Path(a.path) for a in (imagery, labels, stats, split))
+    key = training.training_key(cfg, stats_p, split_p)
+    if cfg.training.launcher != "none":
+        image = resolve_image(None, cfg.pipeline.image)
+        copy_dir(train_on_cluster(cfg, imagery_p, labels_p, stats_p, split_p, durable, key, image=image), bundle.path)
+        return
+    cfg.training.checkpoint_dir = cfg.training.checkpoint_dir or durable / "checkpoints" / key
+    with tempfile.TemporaryDirectory(prefix="lulc-train-") as work, tracked(cfg) as run:
+        data = (imagery_p, labels_p, DatasetStats.load(stats_p), TileSplit.load(split_p))
+        result = training.train(cfg, *data, Path(work), progress=False, resume=True, tracking=run)
+        if result.global_rank:  # a DDP process Lightning started by re-running this step: rank 0 reports
+            raise SystemExit(0)
         copy_dir(result.bundle_dir, bundle.path)
     if result.best_val_loss is not None:
         metrics.log_metric("best_val_loss", float(result.best_val_loss))
     metrics.log_metric("epochs_run", int(result.epochs_run))
-    bundle.metadata.update(
-        {"architecture": "segformer", "variant": cfg.model.variant, "train_config_hash": cfg.fingerprint()}
-    )
+    bundle.metadata.update(architecture="segformer", variant=cfg.model.variant, train_config_hash=cfg.fingerprint())

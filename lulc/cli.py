@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel
 
 from lulc.commands import data, model, pipeline, registry, run, serve
+from lulc.commands import map as map_cmd
 from lulc_core.config import RunConfig
 from lulc_core.errors import InputError, LulcError, NotFoundError
 from lulc_core.legacy_env import apply_legacy_env
@@ -35,6 +36,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(model.app, name="model")
 app.add_typer(registry.app, name="registry")
 app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(map_cmd.app, name="map")
 run.register(app)
 serve.register(app)
 

@@ -262,13 +262,54 @@ class TrainingConfig(StrictModel):
     class_weights: bool = Field(default=True, description="Weight the loss by inverse class frequency.")
     early_stopping_patience: int = Field(default=5, ge=1, description="Epochs without val-loss improvement.")
     accelerator: Literal["auto", "cpu", "gpu"] = Field(default="auto", description="Lightning accelerator.")
-    devices: int = Field(default=1, ge=1, description="Number of devices.")
+    devices: int = Field(
+        default=1,
+        ge=1,
+        description="Devices (GPUs, or CPU processes) per node; more than 1 trains data-parallel (DDP); "
+        "training.batch_size is per device.",
+    )
+    num_nodes: int = Field(
+        default=1, ge=1, description="Nodes; more than 1 needs training.launcher (a Kubeflow training job)."
+    )
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        default="auto", description="Lightning strategy: auto (DDP when more than one device), ddp, fsdp (GPU only)."
+    )
+    launcher: Literal["none", "trainjob", "pytorchjob"] = Field(
+        default="none",
+        description="How the pipeline's train step runs: none (in its own pod), trainjob (Kubeflow Trainer v2) or "
+        "pytorchjob (Training Operator v1), on num_nodes nodes sharing pipeline.cache_pvc.",
+    )
+    launcher_timeout_minutes: float = Field(
+        default=24 * 60.0, gt=0, description="How long the train step waits for a TrainJob/PyTorchJob."
+    )
+    checkpoint_dir: Path | None = Field(
+        default=None,
+        description="Durable checkpoint directory (last.ckpt every epoch and on SIGTERM; default: <out>/checkpoints, "
+        "in the pipeline the cache PVC when configured).",
+    )
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = Field(default="32-true", description="Precision.")
     deterministic: bool = Field(default=True, description="Deterministic algorithms and seeded everything.")
     seed: int = Field(default=42, description="Global seed.")
-    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
+    num_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="DataLoader worker processes (default: 0 on CPU; on GPU nodes a share of the cores per device, "
+        "with pinned memory and persistent workers).",
+    )
     augment: bool = Field(default=True, description="Random flips and 90-degree rotations.")
     max_time_minutes: float | None = Field(default=None, gt=0, description="Stop training after this time.")
+
+    @model_validator(mode="after")
+    def _distributed(self) -> TrainingConfig:
+        if self.strategy == "fsdp" and self.accelerator == "cpu":
+            raise ConfigError("training.strategy", "'fsdp' needs GPUs", "use training.strategy 'ddp' on CPU")
+        if self.num_nodes > 1 and self.launcher == "none":
+            raise ConfigError(
+                "training.num_nodes",
+                f"{self.num_nodes} nodes need a launcher",
+                "set training.launcher to 'trainjob' or 'pytorchjob'",
+            )
+        return self
 
 
 class GateConfig(StrictModel):
@@ -305,6 +346,11 @@ class RegistryConfig(StrictModel):
         description="Log loss and mIoU per epoch live to the backend's tracker (MLflow run, Neptune run); the "
         "registered version is made from (MLflow) or linked to (Neptune) that run.",
     )
+    export_onnx: bool = Field(
+        default=True,
+        description="Export model.onnx (verified against torch) into the bundle at registration, so the predictor "
+        "serves it with onnxruntime (about 2x torch on CPU); false registers the torch weights only.",
+    )
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate.")
 
     @field_validator("artifact_root")
@@ -322,9 +368,19 @@ class RegistryConfig(StrictModel):
 class ServingConfig(StrictModel):
     """Inference and serving."""
 
-    window: int = Field(default=256, ge=32, description="Sliding-window edge in pixels (multiple of 32).")
+    window: int = Field(
+        default=512,
+        ge=32,
+        description="Largest sliding-window edge in pixels (multiple of 32); an area is split into as few windows as "
+        "the overlap allows, each only as large as needed.",
+    )
     overlap: int = Field(default=32, ge=0, description="Overlap between windows in pixels.")
-    batch_size: int = Field(default=4, ge=1, description="Windows per forward pass.")
+    batch_size: int = Field(default=2, ge=1, description="Windows per forward pass.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="Arithmetic of the network: fp32, or torch autocast to bf16/fp16 (mixed precision, for CUDA; "
+        "the gpu overlay sets bf16). Other than fp32 runs the torch model (onnxruntime runs fp32).",
+    )
     max_pixels: int = Field(default=10_000 * 10_000, gt=0, description="Largest area accepted (pixels).")
     threshold: float = Field(default=0.0, ge=0, le=1, description="Below this confidence a pixel is unknown.")
     edge_buffer_m: float = Field(default=100.0, ge=0, description="Extra margin fetched around a request.")
@@ -346,7 +402,9 @@ class PipelineConfig(StrictModel):
     parallelism: int = Field(default=4, ge=1, description="Shards of tiles processed in parallel.")
     shards: int = Field(default=4, ge=1, description="Number of tile shards for imagery/labels.")
     accelerator_type: str | None = Field(default=None, description="e.g. 'nvidia.com/gpu' (None: CPU).")
-    accelerator_limit: int = Field(default=1, ge=0, description="GPUs for the training task.")
+    accelerator_limit: int = Field(
+        default=1, ge=0, description="GPUs per predictor replica (the train step requests training.devices)."
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels for training.")
     gpu_toleration: bool = Field(default=True, description="Tolerate the nvidia.com/gpu taint when on GPU.")
     cpu_request: str = Field(default="2", description="CPU request of heavy tasks.")
@@ -355,6 +413,49 @@ class PipelineConfig(StrictModel):
     memory_limit: str = Field(default="16G", description="Memory limit of heavy tasks.")
     retries: int = Field(default=3, ge=0, description="Retries of network steps.")
     cache_pvc: str | None = Field(default=None, description="PVC mounted as the data cache.")
+
+
+FUSION_MODES = ("only_model", "only_osm", "favour_model", "favour_osm", "mean_mixin", "harmonized_corine")
+
+
+class MappingConfig(StrictModel):
+    """The mapping pipeline (`lulc map`): blocks over an AOI, their prediction, assembly and reports."""
+
+    model: str | None = Field(
+        default=None, description="Model reference to map with, e.g. 'lulc-sample@production' (CLI --model wins)."
+    )
+    block_px: int = Field(
+        default=10_240, ge=64, le=40_960, description="Block edge in pixels on each UTM zone's grid (one COG each)."
+    )
+    output_dir: Path | None = Field(
+        default=None,
+        description="Where blocks, zone mosaics, STAC and reports go: a local directory or a mounted PVC path "
+        "(default <work_dir>/maps/<area name>). Blocks already there and valid are skipped (resume).",
+    )
+    shards: int = Field(default=8, ge=1, description="Shards of blocks (one ParallelFor iteration each).")
+    parallelism: int = Field(default=4, ge=1, description="Shards predicted at the same time.")
+    accelerator_type: str | None = Field(
+        default="nvidia.com/gpu", description="Accelerator of the predict step (None: CPU nodes)."
+    )
+    accelerator_limit: int = Field(default=1, ge=1, description="Accelerators per predict task.")
+    fusion_mode: Literal[FUSION_MODES] = Field(  # type: ignore[valid-type]
+        default="only_model", description="How model and OSM are combined (as the predictor's fusion modes)."
+    )
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="Minimum winning probability (default: serving.threshold)."
+    )
+    probabilities: bool = Field(default=False, description="Also write per-class probabilities per block.")
+    uncertainty: bool = Field(default=False, description="Also write TTA variance/entropy per block.")
+    throughput_px_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Measured prediction throughput of the target node (px/s) for the GPU-hour estimate; unset: "
+        "a short calibration of the chosen model on this machine.",
+    )
+    gap_confidence: float = Field(
+        default=0.8, ge=0, le=1, description="OSM gaps/conflicts: the model's winning probability at least this."
+    )
+    gap_min_pixels: int = Field(default=16, ge=1, description="Smallest gap or conflict polygon kept (pixels).")
 
 
 class RunConfig(StrictModel):
@@ -371,6 +472,7 @@ class RunConfig(StrictModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    mapping: MappingConfig = Field(default_factory=MappingConfig, description="The mapping pipeline (lulc map).")
 
     @model_validator(mode="after")
     def _corine_collection(self) -> RunConfig:
@@ -380,6 +482,16 @@ class RunConfig(StrictModel):
                 "labels.source corine reads CORINE Land Cover from a Sentinel Hub BYOC collection, and none is set",
                 "set it to the collection id (Sentinel Hub's public CORINE: cbdba844-f86d-41dc-95ad-b3f7f12535e9), "
                 "or use labels.source file or ohsome",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shared_storage(self) -> RunConfig:
+        if self.training.launcher != "none" and not self.pipeline.cache_pvc:
+            raise ConfigError(
+                "pipeline.cache_pvc",
+                f"training.launcher {self.training.launcher!r} runs on several pods that share the run's artifacts",
+                "set pipeline.cache_pvc to a ReadWriteMany PVC",
             )
         return self
 
@@ -417,7 +529,9 @@ def _resolve_paths(raw: Any, base: Path, keys: frozenset[str]) -> Any:
     return raw
 
 
-PATH_KEYS = frozenset({"aoi", "local_dir", "cache_dir", "label_set", "osm_file", "work_dir"})
+PATH_KEYS = frozenset(
+    {"aoi", "local_dir", "cache_dir", "label_set", "osm_file", "work_dir", "output_dir", "checkpoint_dir"}
+)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,7 +30,7 @@ import rasterio
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rasterio.windows import Window
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lulc_core.errors import InputError
 from lulc_core.geo import Tile
@@ -434,7 +434,12 @@ class ChipDataset(Dataset[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.chips)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """The chip at `index`; an `(index, seed)` pair (from :class:`ShardedSampler`) seeds its augmentation."""
+        generator = None
+        if isinstance(index, tuple):
+            index, seed = index
+            generator = torch.Generator().manual_seed(seed)
         i, row, col = self.chips[index]
         tile = self.tiles[i]
         c = self.chip_size
@@ -451,8 +456,29 @@ class ChipDataset(Dataset[dict[str, torch.Tensor]]):
         img_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         mask_t = torch.from_numpy(np.ascontiguousarray(labels)).long()
         if self.augment:
-            img_t, mask_t = augment_pair(img_t, mask_t)
+            img_t, mask_t = augment_pair(img_t, mask_t, generator)
         return {"image": img_t, "mask": mask_t}
+
+
+class ShardedSampler(DistributedSampler[int]):
+    """Lightning's DistributedSampler, also on one process, yielding `(index, augmentation seed)` pairs.
+
+    The order is a permutation seeded by `seed + epoch` (Lightning calls `set_epoch`), each rank takes every
+    `num_replicas`-th index of it, so the ranks' batch k together hold the chips of the single-process batch k; the
+    augmentation of a chip depends only on (seed, epoch, index). An epoch is therefore the same whether the run
+    was resumed from a checkpoint or not, and whatever the number of processes or DataLoader workers.
+    """
+
+    epoch_of: Callable[[], int] | None = None
+    """Where the epoch comes from when set (the trainer's epoch: Lightning's `set_epoch` count differs after a
+    resume, and its data fetcher starts iterating before `on_train_epoch_start`)."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        if self.epoch_of is not None:
+            self.epoch = self.epoch_of()
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_033
+        for index in super().__iter__():
+            yield int(index), (base + int(index)) % (2**63)
 
 
 # -------------------------------------------------------------------------------------------- datamodule
@@ -477,6 +503,8 @@ class LulcDataModule(L.LightningDataModule):
         min_labelled_share: float = 0.05,
         augment: bool = True,
         preload: bool | None = None,
+        seed: int = 0,
+        pin_memory: bool | None = None,
     ) -> None:
         """Describe the data; datasets are built in :meth:`setup`.
 
@@ -491,6 +519,8 @@ class LulcDataModule(L.LightningDataModule):
             min_labelled_share: skip chips with fewer labelled pixels.
             augment: random flips and rotations of training chips.
             preload: keep tiles in memory (None: automatic by size).
+            seed: seed of the per-epoch shuffle and augmentation (see :class:`ShardedSampler`).
+            pin_memory: page-locked batches for fast copies to the GPU (None: when CUDA is available).
         """
         super().__init__()
         if batch_size < 1:
@@ -507,6 +537,8 @@ class LulcDataModule(L.LightningDataModule):
         self.min_labelled_share = min_labelled_share
         self.augment = augment
         self.preload = preload
+        self.seed = seed
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.datasets: dict[str, ChipDataset] = {}
 
     @classmethod
@@ -517,8 +549,10 @@ class LulcDataModule(L.LightningDataModule):
         labels_dir: str | Path,
         stats: NormalisationStats,
         split: TileSplit,
+        on_gpu: bool = False,
     ) -> LulcDataModule:
-        """A DataModule with the data and training settings of a run configuration."""
+        """A DataModule with the data and training settings of a run configuration (loader defaults by device)."""
+        workers, pin = loader_settings(cfg.training.num_workers, cfg.training.devices, on_gpu)
         return cls(
             imagery_dir,
             labels_dir,
@@ -526,9 +560,11 @@ class LulcDataModule(L.LightningDataModule):
             stats,
             chip_size=cfg.data.chip_size,
             batch_size=cfg.training.batch_size,
-            num_workers=cfg.training.num_workers,
+            num_workers=workers,
             min_labelled_share=cfg.data.min_labelled_share,
             augment=cfg.training.augment,
+            seed=cfg.training.seed,
+            pin_memory=pin,
         )
 
     def _dataset(self, stage: str) -> ChipDataset:
@@ -566,12 +602,19 @@ class LulcDataModule(L.LightningDataModule):
         return bool(self.split.val) and len(self._dataset("val")) > 0
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader[dict[str, torch.Tensor]]:
+        """A loader over this rank's shard (the whole dataset on one process); see :class:`ShardedSampler`."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        dataset = self._dataset(stage)
+        sampler = ShardedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+        if trainer is not None:
+            sampler.epoch_of = lambda: trainer.current_epoch
         return DataLoader(
-            self._dataset(stage),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,  # type: ignore[arg-type]
             num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -583,3 +626,15 @@ class LulcDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         return self._loader("test", shuffle=False)
+
+
+def loader_settings(num_workers: int | None, devices: int, on_gpu: bool) -> tuple[int, bool]:
+    """DataLoader workers and pinned memory: explicit workers win; by default none on CPU (the model needs the
+    cores and preloaded chips are cheap), on GPU nodes a share of the node's cores per device (at most 8), pinned.
+    """
+    import os
+
+    if num_workers is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        num_workers = min(8, max(1, cpus // max(1, devices) - 1)) if on_gpu else 0
+    return num_workers, on_gpu

@@ -1,6 +1,10 @@
 """Labels: OSM polygons of each class of a label set burnt onto a tile's pixel grid.
 
-Polygons of all classes are burnt largest first, so smaller polygons lie on top (a park inside a residential
+One query per tile fetches the polygons of every class: the label set's filters joined with `or`, whole polygons
+(not clipped), each classified locally by the filter engine (`lulc_core.osm.filter`: the same evaluation as the
+source's, geometric selectors such as `area:` on the whole polygon) and then clipped to the tile's bbox. A polygon
+matching several classes is burnt once per class, in class order, exactly as one query per class would. For the
+ohsome API that is one request per tile instead of one per class. Polygons of all classes are burnt largest first, so smaller polygons lie on top (a park inside a residential
 area stays a park); pixels are burnt only when their centre is inside a polygon (all_touched off); pixels without
 a polygon are 0 (`unknown`). `label_tiles` writes one uint8 GeoTIFF per tile with the label set's colour map and
 reuses earlier results keyed by tile grid, date, label-set fingerprint and source.
@@ -24,15 +28,19 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 import geopandas as gpd
 import numpy as np
 import rasterio
+import shapely
 from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
+from shapely.geometry import box
 from tqdm import tqdm
 
 from lulc_core.errors import InputError, LulcError
-from lulc_core.geo import Tile
+from lulc_core.geo import BBox, Tile
 from lulc_core.labels import LabelSet
 from lulc_core.osm import OsmSource, build_osm_source
+from lulc_core.osm._frames import polygonal
+from lulc_core.osm.filter import FeatureTable, parse_filter
 from lulc_core.raster import Raster, atomic_path, write_geotiff
 
 if TYPE_CHECKING:
@@ -95,12 +103,8 @@ def rasterize_labels(source: OsmSource, label_set: LabelSet, tile: Tile, when: d
     """
     when = when or tile.end
     crs = CRS.from_user_input(tile.crs)
-    bbox = tile.bbox_wgs84
     shapes: list[tuple[object, int, float]] = []
-    for value, cls in enumerate(label_set.classes, start=1):
-        gdf: gpd.GeoDataFrame = source.features(bbox, when, cls.osm_filter)
-        if gdf.empty:
-            continue
+    for value, gdf in class_polygons(source, label_set, tile.bbox_wgs84, when):
         projected = gdf.to_crs(crs).geometry
         for geom in projected:
             if geom is not None and not geom.is_empty and geom.area > 0:
@@ -118,6 +122,42 @@ def rasterize_labels(source: OsmSource, label_set: LabelSet, tile: Tile, when: d
         )
     tags = {"LABEL_SET": label_set.name, "LABEL_SET_FINGERPRINT": label_set.fingerprint(), "OSM_DATE": str(when)}
     return Raster(out[None], transform, crs, ["class"], None, tags)
+
+
+def combined_filter(label_set: LabelSet) -> str:
+    """Every class's filter, each in parentheses, joined with `or`: one query for the whole label set."""
+    return " or ".join(f"({c.osm_filter})" for c in label_set.classes)
+
+
+def class_polygons(
+    source: OsmSource, label_set: LabelSet, bbox: BBox, when: date
+) -> list[tuple[int, gpd.GeoDataFrame]]:
+    """(class value, polygons of that class clipped to `bbox`) for every class with polygons, from one query.
+
+    The query returns whole polygons with their OSM ids and the tags any class reads; each class's filter is
+    evaluated on them (a polygon may belong to several classes), then the matches are clipped to `bbox`.
+    """
+    filters = [parse_filter(c.osm_filter) for c in label_set.classes]  # a syntax error names the class's own filter
+    gdf: gpd.GeoDataFrame = source.features(bbox, when, combined_filter(label_set), clip=False)
+    if gdf.empty:
+        return []
+    geoms = gdf.geometry.to_numpy()
+    table = FeatureTable.build(
+        gdf.drop(columns=["osm_id", "osm_type", gdf.geometry.name]),
+        ["polygon"] * len(gdf),
+        gdf["osm_type"],
+        osm_ids=gdf["osm_id"],
+        geometries=geoms,
+    )
+    window = box(*bbox.as_tuple())
+    clipped = np.array([polygonal(g) for g in shapely.intersection(geoms, window)], dtype=object)
+    out = []
+    inside = np.array([g is not None for g in clipped], dtype=bool)
+    for value, flt in enumerate(filters, start=1):
+        hit = flt.evaluate(table) & inside
+        if hit.any():
+            out.append((value, gpd.GeoDataFrame(geometry=list(clipped[hit]), crs=gdf.crs)))
+    return out
 
 
 def source_key(source: LabelSource) -> str:

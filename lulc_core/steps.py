@@ -45,6 +45,13 @@ DEPENDENCIES: Final[dict[str, tuple[str, ...]]] = {
         "data.min_labelled_share",
         "model",
         "training",
+        # where checkpoints live (the cache PVC) and, with training.launcher, the training job's nodes
+        "pipeline.cache_pvc",
+        "pipeline.accelerator_type",
+        "pipeline.node_selector",
+        "pipeline.cpu_limit",
+        "pipeline.memory_limit",
+        "pipeline.image",
         "registry.backend",
         "registry.model_name",
         "registry.tracking_uri",

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +29,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pydantic import BaseModel, ConfigDict, Field
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
@@ -59,6 +66,7 @@ class EpochRecord(BaseModel):
     val_miou: float | None = None
     val_accuracy: float | None = None
     learning_rate: float | None = None
+    seconds: float | None = Field(default=None, description="Wall time of the epoch (training and validation).")
 
 
 class TrainResult(BaseModel):
@@ -78,6 +86,10 @@ class TrainResult(BaseModel):
     wall_time_s: float = Field(default=0.0, description="Wall time of fitting in seconds.")
     train_chips: int = Field(default=0, description="Training chips per epoch.")
     val_chips: int = Field(default=0, description="Validation chips.")
+    world_size: int = Field(default=1, description="Training processes (devices x nodes).")
+    global_rank: int = Field(default=0, description="This process's rank (only rank 0 writes the bundle).")
+    resumed_from: Path | None = Field(default=None, description="Checkpoint the run resumed from.")
+    last_checkpoint: Path | None = Field(default=None, description="Full-state checkpoint of the last epoch.")
 
 
 # ---------------------------------------------------------------------------------------------------- task
@@ -184,10 +196,26 @@ class SegmentationTask(L.LightningModule):
         return logits_at_input_size(self.model, image)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over labelled pixels; 0 (with a gradient path) when a batch has none."""
+        """Cross-entropy over labelled pixels; 0 (with a gradient path) when a batch has none.
+
+        The weighted mean of one process; in DDP training the normaliser is the weight total of every rank's
+        batch (see :meth:`_ddp_loss`), so the averaged gradient is that of the whole batch.
+        """
         if not torch.any(mask > 0):
             return logits.sum() * 0.0
         return self.criterion(logits, mask)
+
+    def _ddp_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The loss whose mean over DDP ranks equals the weighted mean over all ranks' pixels."""
+        weight = self.criterion.weight
+        assert weight is not None
+        total = weight[mask].sum().detach()  # class 0 has weight 0: ignored pixels count nothing
+        local = total.clone()
+        torch.distributed.all_reduce(total)
+        if not torch.any(mask > 0) or local == 0:
+            return logits.sum() * 0.0
+        share = float(self.trainer.world_size) * local / total.clamp_min(1e-12)
+        return self.criterion(logits, mask) * share
 
     @staticmethod
     def predict_classes(logits: torch.Tensor) -> torch.Tensor:
@@ -197,11 +225,13 @@ class SegmentationTask(L.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
         logits = self(image)
-        loss = self.loss(logits, mask)
+        distributed = stage == "train" and self._trainer is not None and self.trainer.world_size > 1
+        loss = self._ddp_loss(logits, mask) if distributed else self.loss(logits, mask)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(self.predict_classes(logits.detach()), mask)
         bs = image.shape[0]
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        # sync_dist averages the loss over DDP ranks; torchmetrics collections sync themselves on compute.
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=bs)
         return loss
 
@@ -232,14 +262,22 @@ class SegmentationTask(L.LightningModule):
 
 
 class HistoryCallback(Callback):
-    """Collects per-epoch losses and metrics from the logged values."""
+    """Collects per-epoch losses, metrics and times from the logged values (kept in checkpoints for resuming)."""
 
     def __init__(self) -> None:
         self.history: list[EpochRecord] = []
         self._lr: float | None = None
+        self._started = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [h.model_dump() for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [EpochRecord.model_validate(h) for h in state_dict.get("history", [])]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
+        self._started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         m = trainer.callback_metrics
@@ -258,11 +296,76 @@ class HistoryCallback(Callback):
                 val_miou=value("val_miou"),
                 val_accuracy=value("val_accuracy"),
                 learning_rate=lr,
+                seconds=round(time.perf_counter() - self._started, 3),
             )
         )
 
 
+class EpochSeedCallback(Callback):
+    """Reseeds torch before every training batch from (seed, epoch, batch, rank), so dropout and drop-path draw the
+    same numbers whether the run was resumed from a checkpoint or not, whatever else consumed random numbers in
+    between (the data order and augmentation: :class:`ShardedSampler`)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        epoch = self.seed * 1_000_003 + trainer.current_epoch
+        torch.manual_seed(((epoch * 100_003 + idx) * 1_009 + trainer.global_rank) % (2**63))
+
+
+class SigtermCheckpoint(Callback):
+    """On SIGTERM (a preempted pod), write the full training state to `path` before the process ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)  # collective under DDP: every rank got the broadcast SIGTERM
+            log.warning("SIGTERM: training state saved to %s; resume with --resume", self.path)
+
+
 # --------------------------------------------------------------------------------------------------- train
+
+
+@contextmanager
+def _graceful_sigterm() -> Iterator[None]:
+    """Let Lightning own SIGTERM while fitting: it finishes the batch, then :class:`SigtermCheckpoint` saves the
+    state (a caller's handler that raises at once, such as the CLI's, would interrupt mid-step)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _launched_externally() -> bool:
+    """Whether torchrun (a TrainJob/PyTorchJob node) started this process with its rank in the environment."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("WORLD_SIZE" in os.environ and "RANK" in os.environ)
+
+
+def _check_devices(tc: TrainingConfig, on_gpu: bool) -> None:
+    """Refuse, before anything starts, more devices than this node has and several nodes without a launcher."""
+    if on_gpu:
+        have, what = torch.cuda.device_count(), "CUDA devices"
+    else:
+        have = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        what = "CPU cores (one training process each)"
+    if tc.devices > have:
+        raise ConfigError(
+            "training.devices", f"{tc.devices} devices were requested but this node has {have} {what}", f"use <= {have}"
+        )
+    if tc.num_nodes > 1 and not _launched_externally():
+        raise ConfigError(
+            "training.num_nodes",
+            f"{tc.num_nodes} nodes need a launcher that starts this command on each of them",
+            "run the pipeline with training.launcher 'trainjob' or 'pytorchjob' (or start it under torchrun)",
+        )
 
 
 def _hardware(tc: TrainingConfig) -> tuple[str, str, bool | str]:
@@ -272,6 +375,9 @@ def _hardware(tc: TrainingConfig) -> tuple[str, str, bool | str]:
             "training.accelerator", "'gpu' was requested but no CUDA device is available", "use 'cpu' or 'auto'"
         )
     on_gpu = tc.accelerator == "gpu" or (tc.accelerator == "auto" and torch.cuda.is_available())
+    if tc.strategy == "fsdp" and not on_gpu:
+        raise ConfigError("training.strategy", "'fsdp' needs GPUs and none is used", "use 'ddp' on CPU")
+    _check_devices(tc, on_gpu)
     precision = tc.precision
     if not on_gpu and precision == "16-mixed":
         log.warning("precision 16-mixed needs a GPU; training in 32-true on CPU")
@@ -317,8 +423,12 @@ def train(
     out_dir: Path,
     progress: bool = True,
     tracking: TrainingRun | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train a SegFormer on the split's training tiles and write the model bundle to `out_dir/bundle`.
+
+    With `training.devices` x `training.num_nodes` > 1 every process runs this function (Lightning's DDP); the
+    data are sharded by rank, metrics are synced, and only global rank 0 writes the bundle and the reports.
 
     Args:
         cfg: the run configuration (data, model and training sections are used; all of it is saved).
@@ -330,6 +440,8 @@ def train(
         progress: show Lightning's progress bar.
         tracking: a tracker run (`lulc_core.registry.tracking.training_run`) that also receives the curves live;
             its id and URL go into the bundle's provenance, so registration makes the version from that run.
+        resume: continue from `last.ckpt` in the checkpoint directory (weights, optimizer, scheduler, early
+            stopping, history) when it exists; otherwise the checkpoint directory is cleared first.
     """
     from lulc_core.lineage import build_provenance
 
@@ -343,7 +455,7 @@ def train(
     accelerator, precision, deterministic = _hardware(tc)
     L.seed_everything(tc.seed, workers=True, verbose=False)
 
-    dm = LulcDataModule.from_config(cfg, imagery_dir, labels_dir, stats, split)
+    dm = LulcDataModule.from_config(cfg, imagery_dir, labels_dir, stats, split, on_gpu=accelerator == "gpu")
     dm.setup("fit")
     has_val = dm.has_validation()
     monitor = "val_loss" if has_val else "train_loss"
@@ -367,13 +479,21 @@ def train(
         plateau_patience=max(0, tc.early_stopping_patience // 2 - 1),
     )
 
-    ckpt_dir = out_dir / "checkpoints"
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1, save_weights_only=True
-    )
+    ckpt_dir = Path(tc.checkpoint_dir) if tc.checkpoint_dir else out_dir / "checkpoints"
+    last_ckpt = ckpt_dir / "last.ckpt"
+    resume_from = last_ckpt if resume and last_ckpt.is_file() else None
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    elif resume:
+        log.info("--resume: no checkpoint in %s yet, starting from the first epoch", ckpt_dir)
+    elif getattr(rank_zero_only, "rank", 0) == 0:  # every DDP rank runs this function; only one clears the directory
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    # Full state (optimizer, scheduler, callbacks) in best.ckpt and in last.ckpt (every epoch), to resume from.
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1)
+    every_epoch = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     early = EarlyStopping(monitor=monitor, mode="min", patience=tc.early_stopping_patience)
     history = HistoryCallback()
+    world = tc.devices * tc.num_nodes
     previous_deterministic = torch.are_deterministic_algorithms_enabled()  # the Trainer sets it globally
     n_batches = max(1, math.ceil(len(dm.datasets["train"]) / tc.batch_size))
     started = time.perf_counter()
@@ -385,11 +505,21 @@ def train(
             trainer = L.Trainer(
                 default_root_dir=out_dir,
                 logger=[CSVLogger(save_dir=out_dir, name="logs"), *([tracking.logger()] if tracking else [])],
-                callbacks=[checkpoint, early, history],
+                callbacks=[
+                    checkpoint,
+                    every_epoch,
+                    early,
+                    history,
+                    EpochSeedCallback(tc.seed),
+                    SigtermCheckpoint(last_ckpt),
+                ],
                 max_epochs=tc.epochs,
                 max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
                 accelerator=accelerator,
                 devices=tc.devices,
+                num_nodes=tc.num_nodes,
+                strategy=tc.strategy,
+                sync_batchnorm=world > 1 and accelerator == "gpu",  # torch has no SyncBatchNorm on CPU
                 precision=precision,  # type: ignore[arg-type]
                 deterministic=deterministic,  # type: ignore[arg-type]
                 enable_progress_bar=progress,
@@ -398,15 +528,26 @@ def train(
                 num_sanity_val_steps=0,
                 limit_val_batches=None if has_val else 0,
             )
-            trainer.fit(task, datamodule=dm)
+            with _graceful_sigterm():
+                trainer.fit(task, datamodule=dm, ckpt_path=resume_from)
+    except SIGTERMException:
+        raise SystemExit(143) from None  # 128 + SIGTERM: the step failed (and is retried), its state is saved
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)
     wall = time.perf_counter() - started
+    if not trainer.is_global_zero:  # rank 0 writes the bundle and the reports
+        return TrainResult(
+            bundle_dir=out_dir / "bundle",
+            best_val_loss=None,
+            epochs_run=len(history.history),
+            world_size=world,
+            global_rank=trainer.global_rank,
+        )
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     best_epoch: int | None = None
     if best_path is not None and best_path.is_file():
-        state = torch.load(best_path, map_location="cpu", weights_only=True)
+        state = torch.load(best_path, map_location="cpu", weights_only=False)  # our own full-state checkpoint
         task.load_state_dict(state["state_dict"])
         best_epoch = int(state.get("epoch", -1)) + 1
     else:
@@ -456,6 +597,9 @@ def train(
         wall_time_s=round(wall, 2),
         train_chips=len(dm.datasets["train"]),
         val_chips=len(dm.datasets["val"]) if has_val else 0,
+        world_size=world,
+        resumed_from=resume_from,
+        last_checkpoint=last_ckpt if last_ckpt.is_file() else None,
     )
     with atomic_path(out_dir / "train_result.json") as tmp:
         tmp.write_text(result.model_dump_json(indent=2))
@@ -502,3 +646,18 @@ def plot_training_curve(history: list[EpochRecord], path: Path) -> Path | None:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def training_key(cfg: RunConfig, *files: Path) -> str:
+    """Fingerprint of what a training run depends on (data, model and training settings, the statistics and split
+    files): the pipeline keeps a run's checkpoints under it, so a retried train step resumes its own run only."""
+    import hashlib
+    import json
+
+    sections = cfg.model_dump(mode="json", include={"area", "imagery", "labels", "data", "model", "training"})
+    for volatile in ("checkpoint_dir", "launcher_timeout_minutes", "max_time_minutes"):
+        sections["training"].pop(volatile, None)
+    digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode())
+    for path in files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:24]

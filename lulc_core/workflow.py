@@ -77,10 +77,8 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
     from lulc_core.labelling import build_label_source, label_tiles
     from lulc_core.labels import LabelSet
     from lulc_core.lineage import fingerprint_test_set
-    from lulc_core.registry import RegistrationInfo, build_registry
+    from lulc_core.registry import RegistrationInfo, build_registry, tracked
     from lulc_core.registry.gate import apply_gate
-    from lulc_core.registry.tracking import tracked
-    from lulc_core.stats import compute_stats
     from lulc_core.training import train
 
     out = (out_dir or cfg.work_dir / "runs" / cfg.name).resolve()
@@ -123,12 +121,14 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         stats = compute_stats(out / "imagery", out / "labels", label_set, tile_ids=split.train)
         stats.save(out / "stats.json")
     registry = build_registry(cfg.registry, cfg.work_dir)
-    with _step("training", seconds), tracked(registry, cfg) as run:
+    with _step("training", seconds), tracked(cfg, registry) as run:
         result = train(cfg, out / "imagery", out / "labels", stats, split, out / "training", tracking=run)
     with _step("evaluation", seconds):
         report = evaluate(result.bundle_dir, out / "imagery", out / "labels", split.test, out / "evaluation")
     with _step("registration", seconds):
-        info = RegistrationInfo(run_name=cfg.name, test_set=fingerprint_test_set(split.test))  # bundle's provenance
+        info = RegistrationInfo(  # the bundle's provenance (with its tracking run)
+            run_name=cfg.name, test_set=fingerprint_test_set(split.test), export_onnx=cfg.registry.export_onnx
+        )
         ref = registry.register(result.bundle_dir, info)
         decision = apply_gate(registry, ref, cfg.registry.gate)
     outputs = JobOutputs(

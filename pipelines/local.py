@@ -68,6 +68,30 @@ def loop_parameter_fix() -> Iterator[None]:
         task_spec_utils.create_parameter_loop_iteration_task_spec = original
 
 
+def _local_setup(cfg: RunConfig, pipeline_root: Path | None) -> tuple[RunConfig, Path]:
+    """The pipeline root (created) and `cfg` without retries: kfp.local honours them with their backoff (30 s,
+    60 s, ...), locally a failure should fail at once."""
+    root = (pipeline_root or cfg.work_dir / "kfp").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"retries": 0})}), root
+
+
+def _run(pipeline: Any, root: Path, what: str, **params: Any) -> Any:
+    """Run `pipeline` with kfp.local's SubprocessRunner in this environment; a failing step is a LocalRunError."""
+    from kfp import local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    with warnings.catch_warnings(), loop_parameter_fix():
+        # The SubprocessRunner runs the components in this environment, not in the image, and ignores
+        # Kubernetes-only task settings (display names, resources): it warns about both.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*", category=UserWarning)
+        try:
+            return pipeline(**params)
+        except RuntimeError as exc:
+            raise LocalRunError(f"local {what} run failed: {exc} (artifacts under {root})") from exc
+
+
 def run_local(
     cfg: RunConfig,
     pipeline_root: Path | None = None,
@@ -83,8 +107,6 @@ def run_local(
         deploy_target: 'local' (report how to serve) or 'none'; Kubernetes targets need a cluster.
         params: Further pipeline parameters (e.g. {"epochs": 1}).
     """
-    from kfp import local
-
     from lulc_core.corine import check_corine_config
     from pipelines.training import build_pipeline
 
@@ -94,22 +116,10 @@ def run_local(
         raise InputError(
             "deploy_target", f"{deploy_target!r} needs a cluster", "use 'local' or 'none', or `lulc pipeline submit`"
         )
-    root = (pipeline_root or cfg.work_dir / "kfp").resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    # kfp.local honours retries with their backoff (30 s, 60 s, ...): locally a failure should fail at once.
-    cfg = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"retries": 0})})
-    pipeline = build_pipeline(cfg)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     started = time.perf_counter()
-    with warnings.catch_warnings(), loop_parameter_fix():
-        # The SubprocessRunner runs the components in this environment, not in the image, and ignores
-        # Kubernetes-only task settings (display names, resources): it warns about both.
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
-        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*", category=UserWarning)
-        try:
-            task = pipeline(run_config=cfg.model_dump_json(), deploy_target=deploy_target, **(params or {}))
-        except RuntimeError as exc:
-            raise LocalRunError(f"local pipeline run failed: {exc} (artifacts under {root})") from exc
+    cfg, root = _local_setup(cfg, pipeline_root)
+    values = {"run_config": cfg.model_dump_json(), "deploy_target": deploy_target, **(params or {})}
+    task = _run(build_pipeline(cfg), root, "pipeline", **values)
     outputs = task.outputs
     registration = json.loads(Path(outputs["registration"].path).read_text())
     metrics = {k: float(v) for k, v in outputs["metrics"].metadata.items() if isinstance(v, int | float)}
@@ -121,4 +131,46 @@ def run_local(
         seconds=round(time.perf_counter() - started, 1),
     )
     log.info("local run done in %.0f s: %s, mIoU %s", run.seconds, registration.get("ref"), metrics.get("miou"))
+    return run
+
+
+class LocalMapRun(BaseModel):
+    """Where the outputs of a local mapping run are."""
+
+    pipeline_root: Path
+    output_dir: Path = Field(description="Blocks, zone mosaics and STAC (mapping.output_dir).")
+    collection: Path = Field(description="The STAC collection.json.")
+    areas_dir: Path = Field(description="areas.csv, areas.json, area_chart.png.")
+    gaps_dir: Path = Field(description="gaps.parquet, conflicts.parquet/.csv, gap_stats.json, gap_map.png.")
+    complete: bool = Field(description="Every block of every zone is in its mosaic.")
+    statuses: dict[str, int] = Field(description="Blocks per status.")
+    metrics: dict[str, float] = Field(description="The gap step's metrics.")
+    seconds: float
+
+
+def run_mapping_local(cfg: RunConfig, pipeline_root: Path | None = None, *, model: str = "") -> LocalMapRun:
+    """Run the mapping pipeline on `cfg` with kfp.local (the model: `model`, else mapping.model)."""
+    from pipelines.mapping import build_mapping_pipeline
+
+    started = time.perf_counter()
+    cfg, root = _local_setup(cfg, pipeline_root)
+    pipeline = build_mapping_pipeline(cfg)
+    task = _run(pipeline, root, "mapping", run_config=cfg.model_dump_json(), model=model or cfg.mapping.model or "")
+    outputs = task.outputs
+    doc = json.loads(Path(outputs["catalog"].path).read_text())
+    counts: dict[str, int] = {}
+    for s in doc["statuses"]:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    run = LocalMapRun(
+        pipeline_root=root,
+        output_dir=Path(doc["output_dir"]),
+        collection=Path(doc["collection"]),
+        areas_dir=Path(outputs["areas"].path),
+        gaps_dir=Path(outputs["gaps"].path),
+        complete=all(not z["missing"] for z in doc["zones"]),
+        statuses=counts,
+        metrics={k: float(v) for k, v in outputs["metrics"].metadata.items() if isinstance(v, int | float)},
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    log.info("local mapping run done in %.0f s: %s", run.seconds, counts)
     return run

@@ -28,7 +28,7 @@ from components.labels import labels
 from components.register import register
 from components.statistics import statistics
 from components.train import train
-from lulc_core.config import PipelineConfig, RunConfig
+from lulc_core.config import PipelineConfig, RunConfig, TrainingConfig
 
 PIPELINE_NAME = "lulc-training"
 CACHE_MOUNT = "/var/cache/lulc"
@@ -82,10 +82,14 @@ def _cache(task: PipelineTask, s: PipelineConfig) -> PipelineTask:
     return task
 
 
-def _gpu(task: PipelineTask, s: PipelineConfig) -> PipelineTask:
-    """Accelerator, node selector and the GPU-taint toleration of the training step."""
+def _gpu(task: PipelineTask, s: PipelineConfig, t: TrainingConfig | None = None) -> PipelineTask:
+    """Accelerators, node selector and the GPU-taint toleration of a GPU step. The train step (`t` given) asks for
+    training.devices of them (Lightning runs DDP in the pod); with a launcher (TrainJob/PyTorchJob) the job's
+    nodes get them, not the step."""
+    if t is not None and t.launcher != "none":
+        return task
     if s.accelerator_type:
-        task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(s.accelerator_limit)
+        task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(t.devices if t else s.accelerator_limit)
         if s.gpu_toleration:
             kubernetes.add_toleration(task, key=GPU_TAINT, operator="Exists", effect="NoSchedule")
     for key, value in sorted(s.node_selector.items()):
@@ -151,7 +155,7 @@ def build_pipeline(cfg: RunConfig, image: str | None = None) -> GraphComponent:
         st = step(statistics(config=part["statistics"], tiles=grid.outputs["tiles"], **data), "statistics")
         split = st.outputs["split"]
         tr = step(train(config=part["train"], stats=st.outputs["stats"], split=split, **data), "train")
-        _secrets(_gpu(_heavy(tr, s), s), "lulc-neptune", "lulc-mlflow")
+        _cache(_secrets(_gpu(_heavy(tr, s), s, cfg.training), "lulc-neptune", "lulc-mlflow"), s)  # checkpoints
         ev = step(evaluate(config=part["evaluate"], bundle=tr.outputs["bundle"], split=split, **data), "evaluate")
         _heavy(ev, s)
         reg = step(

@@ -180,9 +180,11 @@ def test_fault_at_prediction_time_is_a_clear_5xx_within_the_deadline(upstream: U
 
 
 def test_slow_answers_hit_the_prediction_deadline_also_for_queued_requests(upstream: Upstream) -> None:
-    """ohsome answers each class's query in 0.9 s (under the 1 s client timeout): the 4 s deadline strikes (504),
-    and a request queued behind the one still running is answered by its own deadline, not after it."""
-    upstream.ohsome.faults.add(GEOMETRY, Fault.slow(0.9), times=None)
+    """ohsome answers every query in 0.6 s (under the 1 s client timeout) and finds the larger ones too large (413),
+    so the client splits the bbox and asks again, query after query: the 4 s deadline strikes (504), and a request
+    queued behind the one still running is answered by its own deadline, not after it."""
+    upstream.ohsome.faults.add(GEOMETRY, Fault.slow(0.6), times=None)
+    upstream.ohsome.max_features = 2  # small parts pass, so the splitting goes on part after part
     try:
         r, elapsed = timed_post(upstream.server, fresh_body(fusion_mode="favour_osm"))
         assert r.status_code == 504 and "did not finish within 4 s" in r.json()["error"], r.text
@@ -194,6 +196,7 @@ def test_slow_answers_hit_the_prediction_deadline_also_for_queued_requests(upstr
             assert int(r.headers["retry-after"]) >= 1
     finally:
         upstream.ohsome.faults.clear()
+        upstream.ohsome.max_features = None
     time.sleep(1.5)  # the abandoned work (now answered quickly) ends; its slot frees
 
 
@@ -332,10 +335,10 @@ def test_fetch_tiles_resumes_after_a_fault_mid_way(sh: SentinelHubStandIn, tmp_p
 
 
 def test_label_tiles_resume_after_an_ohsome_fault_mid_way(ohsome: OhsomeStandIn, tmp_path: Path) -> None:
-    """6 classes = 6 queries per tile; the 10th query fails: tile t0 is done, t1 half fetched (and cached)."""
+    """One query per tile (every class at once); the 2nd query fails: tile t0 is done (and cached), t1 is not."""
     tiles, out, cache = patch_tiles(3, size=32), tmp_path / "labels", tmp_path / "cache"
     ohsome.reset_stats()
-    ohsome.faults = FailAfter(GEOMETRY, 9, Fault.http(503))
+    ohsome.faults = FailAfter(GEOMETRY, 1, Fault.http(503))
     try:
         source = OhsomeSource(ohsome.api_url, 5.0, 1, cache, backoff_s=0.01)
         with pytest.raises(UpstreamError) as err:
@@ -344,10 +347,10 @@ def test_label_tiles_resume_after_an_ohsome_fault_mid_way(ohsome: OhsomeStandIn,
         ohsome.faults = FaultPlan()
     assert "t1" in str(err.value)
     assert sorted(p.name for p in out.iterdir()) == ["t0.tif"] and not partial_files(out, cache)
-    assert cache_entries_valid(cache) == 9  # 6 of t0, 3 of t1; not the failed one
+    assert cache_entries_valid(cache) == 1  # the response for t0; not the failed one
     before = ohsome.count(GEOMETRY)
     label_tiles(OhsomeSource(ohsome.api_url, 5.0, 1, cache, backoff_s=0.01), V3, tiles, out, cache_dir=cache)
-    assert ohsome.count(GEOMETRY) - before == 3 * 6 - 9  # nothing answered before is asked again
+    assert ohsome.count(GEOMETRY) - before == 3 - 1  # nothing answered before is asked again
     assert sorted(p.name for p in out.iterdir()) == ["t0.tif", "t1.tif", "t2.tif"]
     assert not partial_files(out, cache)
 

@@ -95,3 +95,49 @@ def test_a_stale_onnx_export_is_a_clear_error(onnx_bundle: Path, tmp_path: Path)
     bundle = ModelBundle.load(stale)
     with pytest.raises(ConfigError, match="re-export"):
         predict_raster(bundle, _raster(bundle.metadata.bands, 32), progress=False)
+
+
+# --- mixed precision (serving.precision; the gpu overlay sets bf16): checked on the CPU with bf16 autocast -----------
+
+
+def test_bf16_autocast_logits_are_close_to_fp32(onnx_bundle: Path) -> None:
+    import torch
+
+    bundle = ModelBundle.load(onnx_bundle)
+    x = torch.randn(2, len(bundle.metadata.bands), 64, 96, generator=torch.Generator().manual_seed(1))
+    fp32 = logits_function(bundle, "torch")(x)
+    bf16 = logits_function(bundle, "torch", "bf16")(x)
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    scale = float(fp32.abs().max())
+    assert 0 < float((bf16 - fp32).abs().max()) < 0.05 * scale  # really bf16 arithmetic, and close to fp32
+
+
+def test_mixed_precision_runs_torch_and_never_onnx(onnx_bundle: Path) -> None:
+    bundle = ModelBundle.load(onnx_bundle)
+    assert resolve_runtime(bundle, "auto", "bf16") == "torch"  # autocast is torch's
+    assert resolve_runtime(bundle, "auto", "fp32") == "onnx"
+    with pytest.raises(InputError, match=r"serving\.precision"):
+        resolve_runtime(bundle, "onnx", "fp16")
+
+
+def test_predictor_in_bf16_agrees_with_fp32(tmp_path: Path) -> None:
+    from datetime import date
+
+    from serving_helpers import BBOX, SAMPLE, make_bundle
+
+    from lulc_core.config import ServingConfig
+    from lulc_core.geo import BBox
+    from lulc_core.imagery.local import LocalGeoTiffStore
+    from lulc_core.inference import PredictOptions, Predictor
+
+    bundle = ModelBundle.load(make_bundle(tmp_path / "b0"))
+    store = LocalGeoTiffStore(SAMPLE / "imagery")
+    bbox, start, end = BBox.from_sequence(BBOX, "bbox"), date(2017, 10, 25), date(2017, 11, 4)
+    classes = {}
+    for precision in ("fp32", "bf16"):
+        settings = ServingConfig(window=128, overlap=32, batch_size=2, precision=precision)
+        predictor = Predictor(bundle, store, None, settings, progress=False)
+        assert predictor.runtime == "torch"
+        classes[precision] = predictor.predict(bbox, start, end, PredictOptions()).classes.data
+    assert classes["bf16"].shape == classes["fp32"].shape
+    assert (classes["bf16"] == classes["fp32"]).mean() >= 0.9

@@ -29,7 +29,7 @@ class SlowSource(LocalOsmSource):
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0
 
-    def features(self, bbox: BBox, when: date, osm_filter: str):  # type: ignore[no-untyped-def]
+    def features(self, bbox: BBox, when: date, osm_filter: str, *, clip: bool = True):  # type: ignore[no-untyped-def]
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -37,7 +37,7 @@ class SlowSource(LocalOsmSource):
             time.sleep(self.delay_s)
             if self.fail_bbox is not None and bbox.as_tuple() == self.fail_bbox.as_tuple():
                 raise UpstreamError("ohsome", "503 after 5 retries")
-            return super().features(bbox, when, osm_filter)
+            return super().features(bbox, when, osm_filter, clip=clip)
         finally:
             with self.lock:
                 self.in_flight -= 1

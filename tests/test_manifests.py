@@ -168,3 +168,15 @@ def _keys(node: Any) -> list[str]:
     if isinstance(node, list):
         return [k for v in node for k in _keys(v)]
     return []
+
+
+def test_gpu_overlay_serves_in_mixed_precision_with_larger_batches(tmp_path: Path) -> None:
+    configs = {}
+    for overlay in ("cpu", "gpu"):
+        cm = next(d for d in _render(f"overlays/{overlay}") if d["kind"] == "ConfigMap")
+        (tmp_path / f"{overlay}.yaml").write_text(cm["data"]["run.yaml"])
+        configs[overlay] = load_run_config(tmp_path / f"{overlay}.yaml")
+    assert (configs["cpu"].serving.precision, configs["gpu"].serving.precision) == ("fp32", "bf16")
+    assert configs["gpu"].serving.batch_size > configs["cpu"].serving.batch_size
+    # apart from the serving section the GPU configuration is the base one
+    assert configs["gpu"].model_dump(exclude={"serving"}) == configs["cpu"].model_dump(exclude={"serving"})

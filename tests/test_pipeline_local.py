@@ -104,6 +104,9 @@ def test_registered_version_and_gated_deploy(local_run: tuple[RunConfig, Any, Pa
     production = registry.get(f"{cfg.registry.model_name}@production")
     assert production.version == 1 and production.uri == reg["uri"]
     assert production.metrics["miou"] == pytest.approx(run.metrics["miou"])
+    # the served default is onnxruntime: the register step exported model.onnx (registry.export_onnx: true)
+    assert production.tags["lulc.onnx"] == "model.onnx"
+    assert (registry.resolve(production.ref) / "model.onnx").is_file()
     # the train step saw its slice of the configuration; the registered bundle records the whole one
     from lulc_core.bundle import ModelBundle
 

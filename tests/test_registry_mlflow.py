@@ -191,6 +191,9 @@ def test_cli_register_and_export_onnx(mlflow_work: dict, registry_tiny_bundle: P
     out = runner.invoke(registry_app, ["register", str(registry_tiny_bundle), "--name", "onnx-test", *work])
     assert out.exit_code == 0, out.output
     assert out.stdout.strip() == "onnx-test@1"
+    registered = mlflow_work["registry"].get("onnx-test@1")
+    assert registered.tags["lulc.onnx"] == "model.onnx"  # exported at registration by default
+    assert Path(registered.storage_uri.removeprefix("file://"), "model.onnx").is_file()
     exported = runner.invoke(registry_app, ["export-onnx", "onnx-test@1", *work])
     assert exported.exit_code == 0, exported.output
     onnx_path = Path(exported.stdout.strip())
@@ -202,3 +205,14 @@ def test_cli_register_and_export_onnx(mlflow_work: dict, registry_tiny_bundle: P
     assert info.tags["lulc.onnx"] == "model.onnx"
     assert Path(info.storage_uri.removeprefix("file://"), "model.onnx").is_file()  # stored in the registry
     assert registry.resolve("onnx-test@1") == onnx_path.parent  # cache still valid
+
+
+def test_cli_register_no_onnx_opts_out(mlflow_work: dict, tmp_path: Path) -> None:
+    bundle = make_registry_bundle(tmp_path / "bundle", miou=0.3, accuracy=0.7)
+    work = ["--work-dir", str(mlflow_work["work"])]
+    out = CliRunner().invoke(registry_app, ["register", str(bundle), "--name", "torch-only", "--no-onnx", *work])
+    assert out.exit_code == 0, out.output
+    info = mlflow_work["registry"].get("torch-only@1")
+    assert "lulc.onnx" not in info.tags
+    assert not (bundle / "model.onnx").exists()
+    assert not Path(info.storage_uri.removeprefix("file://"), "model.onnx").exists()

@@ -86,12 +86,11 @@ def test_lulc_run_logs_curves_to_a_neptune_run_linked_to_the_version(
 
 
 def test_tracking_can_be_switched_off(tmp_path: Path) -> None:
-    from lulc_core.registry import build_registry
-    from lulc_core.registry.tracking import tracked
+    from lulc_core.registry import tracked
 
     cfg = load_run_config(
         REPO / "conf" / "run.yaml", {"work_dir": str(tmp_path), "registry": {"track_training": False}}
     )
-    with tracked(build_registry(cfg.registry, cfg.work_dir), cfg) as run:
+    with tracked(cfg) as run:
         assert run is None
     assert not (tmp_path / "mlflow.db").exists()  # not even the tracking store was opened

@@ -82,6 +82,15 @@ def train_cmd(
     pretrained: str | None = typer.Option(None, "--pretrained", help="Override model.pretrained (local path)."),
     accelerator: str | None = typer.Option(None, "--accelerator", help="Override training.accelerator."),
     max_time: float | None = typer.Option(None, "--max-time-minutes", help="Override training.max_time_minutes."),
+    devices: int | None = typer.Option(None, "--devices", help="Override training.devices (GPUs or CPU processes)."),
+    strategy: str | None = typer.Option(None, "--strategy", help="Override training.strategy (auto, ddp, fsdp)."),
+    num_nodes: int | None = typer.Option(None, "--num-nodes", help="Override training.num_nodes (under torchrun)."),
+    checkpoint_dir: Path | None = typer.Option(
+        None, "--checkpoint-dir", help="Override training.checkpoint_dir (default OUT/checkpoints)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the last checkpoint (weights, optimizer, scheduler) if there is one."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train a SegFormer on the training tiles and write the model bundle to OUT/bundle.
@@ -91,6 +100,8 @@ def train_cmd(
       lulc model train -c conf/run.yaml -i out/imagery -l out/labels -s out/stats.json --split out/split.json -o out/training
 
       lulc model train -c conf/run.yaml -i out/imagery -l out/labels -s out/stats.json -t tiles.geojson -o out/training --epochs 3 --variant b1
+
+      lulc model train -c conf/run.yaml -i out/imagery -l out/labels -s out/stats.json --split out/split.json -o out/training --devices 2 --strategy ddp --resume
     """
     from lulc_core.stats import DatasetStats
     from lulc_core.training import train
@@ -101,6 +112,10 @@ def train_cmd(
         ("training", "batch_size", batch_size),
         ("training", "accelerator", accelerator),
         ("training", "max_time_minutes", max_time),
+        ("training", "devices", devices),
+        ("training", "strategy", strategy),
+        ("training", "num_nodes", num_nodes),
+        ("training", "checkpoint_dir", str(checkpoint_dir.resolve()) if checkpoint_dir else None),
         ("model", "variant", variant),
         ("model", "pretrained", pretrained),
     ):
@@ -109,7 +124,13 @@ def train_cmd(
     cfg = load_run_config(config, {k: v for k, v in overrides.items() if v})
     out.mkdir(parents=True, exist_ok=True)
     tile_split = _split(cfg, split, tiles, out)
-    result = train(cfg, imagery, labels, DatasetStats.load(stats), tile_split, out, progress=progress)
+    result = train(cfg, imagery, labels, DatasetStats.load(stats), tile_split, out, progress=progress, resume=resume)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:  # the other DDP processes report nothing
+        return
+    if result.resumed_from is not None:
+        typer.echo(f"resumed from    {result.resumed_from}")
     last = result.history[-1] if result.history else None
     typer.echo(f"epochs run      {result.epochs_run} (best epoch {result.best_epoch}, {result.wall_time_s:.1f} s)")
     if result.best_val_loss is not None:

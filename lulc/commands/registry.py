@@ -169,12 +169,22 @@ def register_cmd(
     name: Annotated[str | None, typer.Option("--name", help="Registered model name (default: configured).")] = None,
     description: Annotated[str | None, typer.Option("--description", help="Version description.")] = None,
     test_set: Annotated[str | None, typer.Option("--test-set", help="Test-set fingerprint.")] = None,
-    onnx: Annotated[bool, typer.Option("--onnx", help="Also export and store model.onnx.")] = False,
+    onnx: Annotated[
+        bool | None,
+        typer.Option(
+            "--onnx/--no-onnx",
+            help="Export model.onnx (verified against torch) so the version is served by onnxruntime "
+            "[default: registry.export_onnx, true].",
+            show_default=False,
+        ),
+    ] = None,
     *,
     registry: ModelRegistry,
+    registry_cfg: RegistryConfig,
 ) -> None:
     """Register a bundle as a new version (stage none) and print its reference."""
-    info = RegistrationInfo(name=name, description=description, test_set=test_set, export_onnx=onnx)
+    export = registry_cfg.export_onnx if onnx is None else onnx
+    info = RegistrationInfo(name=name, description=description, test_set=test_set, export_onnx=export)
     typer.echo(str(registry.register(bundle_dir, info)))
 
 

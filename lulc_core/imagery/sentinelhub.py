@@ -285,6 +285,16 @@ def estimate_processing_units(width: int, height: int, input_bands: int, float32
     return area * (input_bands / 3) * (2.0 if float32 else 1.0) * samples
 
 
+def tile_processing_units(evalscript: Evalscript, tile: Tile, bands: Sequence[str], max_pixels: int) -> float:
+    """Processing units to fetch `bands` of `tile` with `evalscript` (every sub-request of the tile)."""
+    if not bands:
+        raise InputError("imagery.bands", "no bands requested", "request at least one band")
+    outputs = {evalscript.output_of(b) for b in bands}
+    float32 = any(evalscript.outputs[o].sample_type == "FLOAT32" for o in outputs)
+    windows = plan_windows(tile.width, tile.height, max_pixels, tile.id)
+    return sum(estimate_processing_units(w.width, w.height, evalscript.input_band_count, float32) for w in windows)
+
+
 # --- the download client --------------------------------------------------------------------------------------
 
 
@@ -512,12 +522,7 @@ class SentinelHubStore:
 
     def processing_units(self, tile: Tile, bands: Sequence[str]) -> float:
         """Estimated processing units to fetch `bands` of `tile` (all its sub-requests)."""
-        outputs = self.outputs_for(bands)
-        float32 = any(self.evalscript.outputs[o].sample_type == "FLOAT32" for o in outputs)
-        windows = plan_windows(tile.width, tile.height, self.cfg.max_pixels_per_request, tile.id)
-        return sum(
-            estimate_processing_units(w.width, w.height, self.evalscript.input_band_count, float32) for w in windows
-        )
+        return tile_processing_units(self.evalscript, tile, bands, self.cfg.max_pixels_per_request)
 
     def _input_data(self, tile: Tile) -> dict[str, Any]:
         """The request's input data by evalscript datasource id: S2 L2A, S1 IW GRD (orthorectified), DEM."""

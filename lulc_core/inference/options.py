@@ -74,6 +74,7 @@ class Prediction:
         uncertainty: 2 bands float32 "variance" (the largest per-class probability variance across
             augmentations, 0..0.25) and "entropy" (Shannon entropy of the mean probabilities, normalised to 0..1).
         title: a human-readable description of the area and dates (PNG titles).
+        confidence: 1 band uint8 "confidence": the winning class's probability after fusion x 250 (mapping).
     """
 
     classes: Raster
@@ -81,6 +82,7 @@ class Prediction:
     probabilities: Raster | None = None
     uncertainty: Raster | None = None
     title: str | None = None
+    confidence: Raster | None = None
 
     def class_pixel_counts(self) -> dict[str, int]:
         """Pixels per class name (including `unknown`)."""

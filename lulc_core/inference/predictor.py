@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Sequence
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from rasterio.crs import CRS
 from lulc_core.bundle import BundleMetadata, ModelBundle
 from lulc_core.config import ServingConfig
 from lulc_core.corine import corine_legend, harmonize_corine, legend_values
-from lulc_core.errors import ConfigError, InputError, TooLargeError, UpstreamError
+from lulc_core.errors import ConfigError, InputError, NotCoveredError, TooLargeError, UpstreamError
 from lulc_core.geo import BBox, Tile, TimeRange, tile_for_bbox
 from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES, CorineSource, check_fusion, fuse, one_hot
 from lulc_core.inference.options import FusionMode, Prediction, PredictOptions
@@ -47,11 +47,14 @@ PROBABILITY_MAX_PIXELS = 2500 * 2500
 DEFAULT_BLOCK_PX = 1024
 """Edge of the blocks of windows imagery is fetched for (pixels)."""
 
+CONFIDENCE_SCALE = 250
+"""The confidence raster stores the winning (fused) probability x 250 as uint8 (0 where there is no imagery)."""
+
 
 class _ModelRunner:
     """The bundle's model as a function: normalised batch -> probabilities of classes 1..N."""
 
-    def __init__(self, bundle: ModelBundle, runtime: str = "auto") -> None:
+    def __init__(self, bundle: ModelBundle, runtime: str = "auto", precision: str = "fp32") -> None:
         meta = bundle.metadata
         self.model = bundle.model.eval()
         config = getattr(self.model, "config", None)
@@ -73,7 +76,7 @@ class _ModelRunner:
                 "(+ unknown)",
             )
         self.n_classes = n_classes - 1
-        self.logits = logits_function(bundle, runtime)
+        self.logits = logits_function(bundle, runtime, precision)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # only the predicted classes are upsampled (bilinear, as `logits_at_input_size`) to the input size
@@ -142,6 +145,7 @@ class _Assembler:
         osm: np.ndarray | None,
         probabilities: bool,
         uncertainty: bool,
+        confidence: bool = False,
     ) -> None:
         r0, r1, c0, c1 = crop
         self.crop = crop
@@ -152,6 +156,7 @@ class _Assembler:
         self.classes = np.zeros((r1 - r0, c1 - c0), np.uint8)
         self.probabilities = np.zeros((n_classes, r1 - r0, c1 - c0), np.float16) if probabilities else None
         self.uncertainty = np.zeros((2, r1 - r0, c1 - c0), np.float32) if uncertainty else None
+        self.confidence = np.zeros((r1 - r0, c1 - c0), np.uint8) if confidence else None
 
     def __call__(self, region: Region, mean: np.ndarray, squares: np.ndarray | None, valid: np.ndarray) -> None:
         cr0, cr1, cc0, cc1 = self.crop
@@ -166,6 +171,10 @@ class _Assembler:
         osm = self.osm[out] if self.osm is not None else None
         classes, fused = fuse(self.mode, p, v, osm, self.threshold, self.mixin_weight)
         self.classes[out] = classes
+        if self.confidence is not None and fused is not None:
+            top = np.rint(fused.max(axis=0) * CONFIDENCE_SCALE).astype(np.uint8)
+            top[~v] = 0
+            self.confidence[out] = top
         if self.probabilities is not None and fused is not None:
             self.probabilities[(slice(None), *out)] = fused
         if self.uncertainty is not None and squares is not None:
@@ -203,7 +212,19 @@ def _to_prediction(
                 "ENTROPY": "Shannon entropy of the mean probabilities / ln(number of classes)",
             },
         )
-    return Prediction(classes=classes, label_set=label_set, probabilities=probs, uncertainty=unc, title=title)
+    conf = None
+    if assembler.confidence is not None:
+        conf = Raster(
+            assembler.confidence[None],
+            transform,
+            crs,
+            ["confidence"],
+            None,
+            {"SCALE": f"1/{CONFIDENCE_SCALE}", "CONFIDENCE": "winning class probability after fusion"},
+        )
+    return Prediction(
+        classes=classes, label_set=label_set, probabilities=probs, uncertainty=unc, title=title, confidence=conf
+    )
 
 
 def _run_model(
@@ -226,8 +247,10 @@ def _run_model(
     tta_variants: int,
     progress: bool | None,
     runtime: str = "auto",
+    precision: str = "fp32",
+    confidence: bool = False,
 ) -> _Assembler:
-    runner = _ModelRunner(bundle, runtime)
+    runner = _ModelRunner(bundle, runtime, precision)
     assembler = _Assembler(
         crop,
         runner.n_classes,
@@ -237,6 +260,7 @@ def _run_model(
         osm=osm,
         probabilities=probabilities,
         uncertainty=uncertainty,
+        confidence=confidence,
     )
     sliding_window(
         grid[0],
@@ -332,7 +356,8 @@ def predict_raster(
 class Predictor:
     """Predicts any bbox and date range: imagery per block from a store, OSM/CORINE fusion, bounded memory.
 
-    Used by the KServe predictor (serving/), by `lulc predict --model` and by `lulc run`.
+    Used by the KServe predictor (serving/), by `lulc predict --model`, by `lulc run` and by the mapping
+    pipeline's blocks (`predict_tile`).
 
     Args:
         bundle: the loaded model bundle.
@@ -343,6 +368,8 @@ class Predictor:
         block_px: edge of the blocks of windows imagery is fetched for.
         progress: show a progress bar (None: only on a terminal).
         runtime: "auto", "torch" or "onnx".
+        missing_imagery: "raise", or "empty": a part of a block the store has nothing for becomes unknown
+            instead of failing the block (the mapping pipeline).
     """
 
     def __init__(
@@ -356,8 +383,10 @@ class Predictor:
         block_px: int = DEFAULT_BLOCK_PX,
         progress: bool | None = None,
         runtime: str = "auto",
+        missing_imagery: Literal["raise", "empty"] = "raise",
     ) -> None:
         self.bundle = bundle
+        self.missing_imagery = missing_imagery
         self.store = store
         self.osm_source = osm_source
         if corine is None and isinstance(osm_source, CorineSource):
@@ -366,7 +395,7 @@ class Predictor:
         self.settings = settings or ServingConfig()
         self.block_px = block_px
         self.progress = progress
-        self.runtime = resolve_runtime(bundle, runtime)
+        self.runtime = resolve_runtime(bundle, runtime, self.settings.precision)
         from lulc_core.imagery import sensor_normalisation_of, with_sensor_normalisation
 
         mode = sensor_normalisation_of(bundle.metadata.run_config)
@@ -417,46 +446,69 @@ class Predictor:
         """
         opts = options or PredictOptions()
         TimeRange(start=start, end=end)
+        self.check_options(opts)
+        tile = self.request_tile(bbox, start, end)
+        self.check_size(tile, opts)
+        title = (
+            f"{self.label_set.name}: {bbox.west:.4f}, {bbox.south:.4f}, {bbox.east:.4f}, {bbox.north:.4f} "
+            f"({start} to {end}, {opts.fusion_mode.value})"
+        )
+        return self.predict_tile(tile, opts, title=title, tags={"BBOX": json.dumps(list(bbox.as_tuple()))})
+
+    def check_options(self, opts: PredictOptions) -> None:
+        """InputError when the fusion mode cannot be served or uncertainty is asked of a mode without the model."""
         mode = opts.fusion_mode
         check_fusion(mode, self.osm_source, self.corine, self.label_set)
-        model_free = mode in (FusionMode.ONLY_OSM, *CORINE_MODES)
-        if opts.uncertainty and model_free:
+        if opts.uncertainty and mode in (FusionMode.ONLY_OSM, *CORINE_MODES):
             raise InputError(
                 "options.uncertainty",
                 f"uncertainty comes from the model; fusion_mode {mode.value} does not run it",
                 "use fusion_mode only_model (or another mode that runs the model) for uncertainty",
             )
+
+    def predict_tile(
+        self,
+        tile: Tile,
+        options: PredictOptions,
+        *,
+        title: str | None = None,
+        tags: dict[str, Any] | None = None,
+        confidence: bool = False,
+    ) -> Prediction:
+        """Predict on exactly the grid of `tile` (its CRS, bounds and resolution); no size limit is applied.
+
+        `predict` calls this for a request's bbox; the mapping pipeline calls it for each block of a zone grid
+        (with `confidence`: the winning probability as a uint8 band). Options as in `predict`.
+        """
+        opts = options
+        self.check_options(opts)
+        mode = opts.fusion_mode
+        model_free = mode in (FusionMode.ONLY_OSM, *CORINE_MODES)
         s = self.settings
         threshold = s.threshold if opts.threshold is None else opts.threshold
         buffer_m = s.edge_buffer_m if opts.edge_buffer_m is None else opts.edge_buffer_m
         tta = s.tta if opts.tta is None else opts.tta
-        tile = self.request_tile(bbox, start, end)
-        self.check_size(tile, opts)
         res = tile.resolution
         transform = Affine(res, 0.0, tile.bounds[0], 0.0, -res, tile.bounds[3])
         crs = CRS.from_user_input(tile.crs)
-        title = (
-            f"{self.label_set.name}: {bbox.west:.4f}, {bbox.south:.4f}, {bbox.east:.4f}, {bbox.north:.4f} "
-            f"({start} to {end}, {mode.value})"
-        )
-        tags: dict[str, Any] = {
+        all_tags: dict[str, Any] = {
             "THRESHOLD": threshold,
             "FUSION_MODE": mode.value,
             "MODEL": self.bundle.path.name,
-            "START": start.isoformat(),
-            "END": end.isoformat(),
-            "BBOX": json.dumps(list(bbox.as_tuple())),
+            "START": tile.start.isoformat(),
+            "END": tile.end.isoformat(),
             "TTA_VARIANTS": opts.tta_variants if tta or opts.uncertainty else 0,
             "EDGE_BUFFER_M": buffer_m,
+            **(tags or {}),
         }
         log.info("predicting %s: %d x %d px, %s", tile.id, tile.width, tile.height, mode.value)
 
         if mode == FusionMode.ONLY_CORINE:
-            return self._raw_corine(tile, opts, transform, crs, tags, title)
+            return self._raw_corine(tile, opts, transform, crs, all_tags, title or tile.id)
         osm = self._reference_labels(mode, tile)
         if model_free:
             assert osm is not None
-            return self._labels_only(osm, opts.probabilities, transform, crs, tags, title)
+            return self._labels_only(osm, opts.probabilities, transform, crs, all_tags, title or tile.id)
 
         buf = math.ceil(buffer_m / res - 1e-9)
         grid = (tile.height + 2 * buf, tile.width + 2 * buf)
@@ -481,8 +533,10 @@ class Predictor:
             tta_variants=opts.tta_variants,
             progress=self.progress,
             runtime=self.runtime,
+            precision=s.precision,
+            confidence=confidence,
         )
-        return _to_prediction(assembler, self.label_set, transform, crs, tags, title)
+        return _to_prediction(assembler, self.label_set, transform, crs, all_tags, title)
 
     def _reference_labels(self, mode: FusionMode, tile: Tile) -> np.ndarray | None:
         """OSM (or harmonised CORINE) labels on the request grid, for the modes that use them."""
@@ -547,7 +601,14 @@ class Predictor:
                 start=tile.start,
                 end=tile.end,
             )
-            raster = _model_bands(self.store.fetch(block, bands), bands, "imagery.bands")
+            try:
+                fetched = self.store.fetch(block, bands)
+            except NotCoveredError:
+                if self.missing_imagery == "raise":
+                    raise
+                log.info("no imagery for %s: predicted as unknown", block.id)  # the mapping pipeline's blocks
+                return np.zeros((len(bands), r1 - r0, c1 - c0), np.float32), np.zeros((r1 - r0, c1 - c0), bool)
+            raster = _model_bands(fetched, bands, "imagery.bands")
             if raster.data.shape[1:] != (r1 - r0, c1 - c0):
                 raise UpstreamError(
                     "imagery store",

@@ -79,11 +79,20 @@ class AxisPlan:
 
 
 def plan_axis(size: int, window: int, overlap: int, block_px: int) -> AxisPlan:
-    """Place windows of `window` px with `overlap` px along an axis of `size` px; group them in blocks."""
+    """Place windows of at most `window` px with `overlap` px along an axis of `size` px; group them in blocks.
+
+    As few windows as the overlap allows, each as small as covers the axis (a multiple of 32): 532 px with window
+    512 / overlap 32 become 2 windows of 288 px, not 2 of 512 (every pixel a window computes beyond the area or
+    beyond the overlap is work thrown away).
+    """
     if size < 1:
         raise InputError("area", "the area is empty (0 pixels)", "give a larger bounding box")
     win = min(window, math.ceil(size / MULTIPLE) * MULTIPLE)
     ovl = min(overlap, win // 2)
+    if size > win:  # n windows overlapping by ovl cover n * (w - ovl) + ovl pixels: the smallest w that covers size
+        n = math.ceil((size - ovl) / (win - ovl))
+        win = min(win, math.ceil((size + (n - 1) * ovl) / n / MULTIPLE) * MULTIPLE)
+        ovl = min(overlap, win // 2)
     stride = win - ovl
     if size <= win:
         origins = [0]

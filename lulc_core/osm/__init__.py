@@ -23,11 +23,13 @@ from lulc_core.geo import BBox
 class OsmSource(Protocol):
     """Where OSM polygons come from."""
 
-    def features(self, bbox: BBox, when: date, osm_filter: str) -> gpd.GeoDataFrame:
-        """Polygons matching `osm_filter` valid at `when`, clipped to `bbox`, in EPSG:4326.
+    def features(self, bbox: BBox, when: date, osm_filter: str, *, clip: bool = True) -> gpd.GeoDataFrame:
+        """Polygons matching `osm_filter` valid at `when` that intersect `bbox`, in EPSG:4326: clipped to `bbox`,
+        or whole with `clip=False` (labelling classifies whole polygons; `area:` and the like measure them whole).
 
-        Returns an empty GeoDataFrame (with a geometry column and CRS) when nothing matches.
-        Raises FilterSyntaxError for an unparsable filter.
+        Columns: `osm_id` ("way/42"), `osm_type`, the tag keys the filter reads, `geometry`. Returns an empty
+        GeoDataFrame (with a geometry column and CRS) when nothing matches. Raises FilterSyntaxError for an
+        unparsable filter.
         """
         ...
 

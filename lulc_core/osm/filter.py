@@ -1,26 +1,39 @@
-"""The ohsome filter language: a small recursive-descent parser and an evaluator over OSM tags.
+"""The ohsome filter language: a recursive-descent parser and an evaluator over OSM features.
 
-Grammar (the subset of https://docs.ohsome.org/ohsome-api/v1/filter.html that label sets use)::
+The grammar of https://docs.ohsome.org/ohsome-api/v1/filter.html (the oshdb-filter module)::
 
     expr     := and_expr ("or" and_expr)*
     and_expr := not_expr ("and" not_expr)*
     not_expr := "not" not_expr | primary
-    primary  := "(" expr ")" | "geometry:" ("polygon"|"line"|"point"|"other") | "type:" ("node"|"way"|"relation")
-              | key "=" (value | "*") | key "!=" (value | "*") | key "in" "(" value ("," value)* ")"
+    primary  := "(" expr ")" | key "=" (value | "*") | key "!=" (value | "*") | key "in" "(" value ("," value)* ")"
+              | "geometry:" ("polygon"|"line"|"point"|"other") | "type:" ("node"|"way"|"relation")
+              | "id:" id | "id:(" id ("," id)* ")" | "id:(" range ")"            id := [osm-type "/"] integer
+              | ("area:" | "length:" | "perimeter:" | "geometry.vertices:" | "geometry.roundness:") "(" range ")"
+              | ("geometry.outers:" | "geometry.inners:") (integer | "(" range ")")
+    range    := [number] ".." [number]          bounds included; an omitted bound is open
 
 Keys and values are unquoted (letters, digits, `_ - : .`) or double-quoted (`"a b"`, with `\\"` and `\\\\`
 escapes). As in ohsome, `key!=value` also matches features without `key`, and `key!=*` matches features without it.
-A filter is evaluated one feature at a time (`OsmFilter.matches`) or vectorised over a table of tags
-(`OsmFilter.mask`), with the same result.
+
+Geometric selectors measure the feature's whole geometry (EPSG:4326) on the WGS84 ellipsoid (pyproj `Geod`):
+`area` in m² (polygons, else 0), `length` in m (lines, else 0), `perimeter` in m (every ring of a polygon, else 0),
+`geometry.vertices` the number of coordinates, `geometry.outers` / `geometry.inners` the number of outer rings /
+holes (polygons, else -1), `geometry.roundness` the Polsby-Popper score 4πA/P² (polygons, else 0). The
+contribution selectors `changeset:` and `contributor:` (and `geometry.squareness:`) are refused with one line.
+
+A filter is evaluated one feature at a time (`OsmFilter.matches`) or vectorised over a table (`OsmFilter.mask`,
+`OsmFilter.evaluate` on a `FeatureTable`), with the same result; a table measures each geometry once.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +43,29 @@ from lulc_core.errors import InputError
 GEOMETRY_TYPES = ("polygon", "line", "point", "other")
 OSM_TYPES = ("node", "way", "relation")
 KEYWORDS = frozenset({"and", "or", "not", "in"})
+MEASURES = (
+    "area",
+    "length",
+    "perimeter",
+    "geometry.vertices",
+    "geometry.outers",
+    "geometry.inners",
+    "geometry.roundness",
+)
+"""Selectors that measure the geometry: `<name>:(<from>..<to>)` (outers/inners also `<name>:<integer>`)."""
+UNSUPPORTED = {
+    "changeset": "`changeset:` selects contributions (edits), not the OSM elements labels are made of",
+    "contributor": "`contributor:` selects contributions (edits), not the OSM elements labels are made of",
+    "geometry.squareness": "`geometry.squareness:` (Žunić-Rosin rectilinearity) is not supported",
+}
 _WORD = re.compile(r"[\w\-:.]+")
+_SELECTOR = re.compile(
+    r"(id|area|length|perimeter|geometry\.[a-z]+|changeset|contributor)\s*:\s*(\([^()]*\)?|[A-Za-z]+\s*/\s*\d+|[\w.+\-]+)"
+)
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_RANGE = re.compile(rf"\(\s*({_NUMBER})?\s*\.\.\s*({_NUMBER})?\s*\)")
+_ID = re.compile(r"\s*(?:(node|way|relation)\s*/\s*)?(\d+)\s*")
+_FIX = "see https://docs.ohsome.org/ohsome-api/v1/filter.html (e.g. `landuse=forest or natural=wood`)"
 
 
 class FilterSyntaxError(InputError):
@@ -40,18 +75,35 @@ class FilterSyntaxError(InputError):
         self.expr = expr
         self.position = position
         pointer = f"\n  {expr}\n  {' ' * position}^"
-        super().__init__(
-            "osm_filter",
-            f"{message} at position {position}{pointer}",
-            "see https://docs.ohsome.org/ohsome-api/v1/filter.html (e.g. `landuse=forest or natural=wood`)",
-        )
+        super().__init__("osm_filter", f"{message} at position {position}{pointer}", _FIX)
+
+
+class UnsupportedSelectorError(FilterSyntaxError):
+    """A valid ohsome selector lulc cannot evaluate (contribution selectors): one line, no pointer."""
+
+    def __init__(self, expr: str, position: int, message: str) -> None:
+        self.expr = expr
+        self.position = position
+        InputError.__init__(self, "osm_filter", f"{message} (position {position})", "remove it from the label set")
 
 
 @dataclass(frozen=True)
 class _Token:
-    kind: str  # "word", "string", "op", "eof"
+    kind: str  # "word", "string", "op", "selector", "eof"
     text: str
     pos: int
+    value: str = ""  # selector: its raw argument, e.g. "(10..)" or "way/42"
+
+
+def _selector_at(expr: str, i: int) -> re.Match[str] | None:
+    """A `name:value` selector starting at `i` (not a tag key such as `area:highway=*` or `id:x in (...)`)."""
+    m = _SELECTOR.match(expr, i)
+    if m is None:
+        return None
+    rest = expr[m.end() :].lstrip()
+    if rest.startswith(("=", "!=")) or re.match(r"in\b", rest):
+        return None
+    return m
 
 
 def _tokenize(expr: str) -> list[_Token]:
@@ -78,6 +130,9 @@ def _tokenize(expr: str) -> list[_Token]:
                 raise FilterSyntaxError(expr, start, "unterminated quoted string")
             tokens.append(_Token("string", "".join(chars), start))
             i += 1
+        elif (sel := _selector_at(expr, i)) is not None:
+            tokens.append(_Token("selector", sel.group(1), i, sel.group(2)))
+            i = sel.end()
         else:
             m = _WORD.match(expr, i)
             if not m:
@@ -88,35 +143,170 @@ def _tokenize(expr: str) -> list[_Token]:
     return tokens
 
 
+# --- what a filter is evaluated on --------------------------------------------------------------------------------
+
+
+def parse_osm_id(value: Any) -> tuple[str | None, int | None]:
+    """("way", 42) from "way/42", (None, 42) from 42 or "42"; (None, None) when there is no OSM id."""
+    text = str(value) if value is not None else ""
+    prefix, _, number = text.rpartition("/")
+    kind = prefix.lower() if prefix.lower() in OSM_TYPES else None
+    if not number.isdigit() or (prefix and kind is None):  # e.g. "feature/3": a row number, not an OSM id
+        return None, None
+    return kind, int(number)
+
+
+@dataclass
+class FeatureTable:
+    """Features to evaluate a filter on: tags (one column per key, missing = NaN/None), geometry kinds, OSM types,
+    and — for `id:` and geometric selectors — OSM ids ("way/42") and shapely geometries in EPSG:4326."""
+
+    tags: pd.DataFrame
+    geometry_types: np.ndarray
+    osm_types: np.ndarray
+    osm_ids: np.ndarray | None = None
+    geometries: np.ndarray | None = None
+    _measures: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        tags: pd.DataFrame,
+        geometry_types: Sequence[str] | pd.Series,
+        osm_types: Sequence[str] | pd.Series,
+        osm_ids: Sequence[Any] | pd.Series | None = None,
+        geometries: Sequence[Any] | np.ndarray | None = None,
+    ) -> FeatureTable:
+        as_array = lambda v: None if v is None else np.asarray(list(v), dtype=object)  # noqa: E731
+        return cls(
+            tags.reset_index(drop=True),
+            np.asarray(list(geometry_types), dtype=object),
+            np.asarray(list(osm_types), dtype=object),
+            as_array(osm_ids),
+            as_array(geometries),
+        )
+
+    def __len__(self) -> int:
+        return len(self.geometry_types)
+
+    def tag(self, key: str) -> pd.Series:
+        if key not in self.tags.columns:
+            return pd.Series([None] * len(self), dtype=object)
+        return self.tags[key]
+
+    def ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """(OSM types or None, numeric ids or -1) per feature."""
+        if self.osm_ids is None:
+            raise InputError("osm_filter", "`id:` needs the features' OSM ids, which this source does not provide")
+        if "id" not in self._measures:
+            parsed = [parse_osm_id(v) for v in self.osm_ids]
+            self._measures["id_type"] = np.asarray([k for k, _ in parsed], dtype=object)
+            self._measures["id"] = np.asarray([-1 if n is None else n for _, n in parsed], dtype=np.int64)
+        return self._measures["id_type"], self._measures["id"]
+
+    def measure(self, name: str) -> np.ndarray:
+        """One geometric measure per feature (see the module docstring), computed once per table."""
+        if name not in self._measures:
+            if self.geometries is None:
+                raise InputError("osm_filter", f"`{name}:` needs the features' geometries, which were not given")
+            self._measures[name] = np.asarray([_measure(name, g) for g in self.geometries], dtype=np.float64)
+        return self._measures[name]
+
+
+@lru_cache(maxsize=1)
+def _geod() -> Any:
+    from pyproj import Geod
+
+    return Geod(ellps="WGS84")
+
+
+def _measure(name: str, geom: Any) -> float:
+    import shapely
+
+    if geom is None or geom.is_empty:
+        return -1.0 if name in ("geometry.outers", "geometry.inners") else 0.0
+    kind = geometry_type_of(geom.geom_type)
+    if name == "geometry.vertices":
+        return float(shapely.get_num_coordinates(geom))
+    if name == "length":
+        return float(_geod().geometry_length(geom)) if kind == "line" else 0.0
+    if kind != "polygon":
+        return -1.0 if name in ("geometry.outers", "geometry.inners") else 0.0
+    polygons = list(shapely.get_parts(geom))
+    if name == "geometry.outers":
+        return float(len(polygons))
+    if name == "geometry.inners":
+        return float(sum(len(p.interiors) for p in polygons))
+    area = perimeter = 0.0
+    for polygon in polygons:  # each ring on its own: holes are subtracted whatever their orientation
+        for i, ring in enumerate([polygon.exterior, *polygon.interiors]):
+            lons, lats = ring.xy
+            ring_area, ring_length = _geod().polygon_area_perimeter(lons, lats)
+            area += abs(ring_area) if i == 0 else -abs(ring_area)
+            perimeter += ring_length
+    if name == "area":
+        return area
+    if name == "perimeter":
+        return perimeter
+    return 4 * math.pi * area / perimeter**2 if perimeter > 0 else 0.0  # geometry.roundness
+
+
 # --- the expression tree ------------------------------------------------------------------------------------------
-
-
-def _tag_values(tags: pd.DataFrame, key: str) -> pd.Series:
-    if key not in tags.columns:
-        return pd.Series([None] * len(tags), index=tags.index, dtype=object)
-    return tags[key]
 
 
 class OsmFilter(ABC):
     """A parsed filter expression."""
 
     @abstractmethod
-    def matches(self, tags: Mapping[str, str], geometry_type: str, osm_type: str) -> bool:
+    def evaluate(self, table: FeatureTable) -> np.ndarray:
+        """A boolean array: which features of `table` match."""
+
+    @abstractmethod
+    def keys(self) -> frozenset[str]:
+        """Tag keys the expression reads."""
+
+    def selectors(self) -> frozenset[str]:
+        """Non-tag selectors the expression uses ("id", "area", ...): what a source must provide beyond tags."""
+        return frozenset()
+
+    def matches(
+        self,
+        tags: Mapping[str, str],
+        geometry_type: str,
+        osm_type: str,
+        *,
+        osm_id: Any = None,
+        geometry: Any = None,
+    ) -> bool:
         """Whether one feature matches.
 
         Args:
             tags: the feature's OSM tags.
             geometry_type: "polygon", "line", "point" or "other".
             osm_type: "node", "way" or "relation".
+            osm_id: "way/42" or 42 (for `id:`).
+            geometry: the shapely geometry in EPSG:4326 (for the geometric selectors).
         """
+        table = FeatureTable(
+            pd.DataFrame([dict(tags)]) if tags else pd.DataFrame(index=[0]),
+            np.asarray([geometry_type], dtype=object),
+            np.asarray([osm_type], dtype=object),
+            np.asarray([osm_id], dtype=object),
+            np.asarray([geometry], dtype=object) if geometry is not None else None,
+        )
+        return bool(self.evaluate(table)[0])
 
-    @abstractmethod
-    def mask(self, tags: pd.DataFrame, geometry_types: pd.Series, osm_types: pd.Series) -> np.ndarray:
-        """Vectorised `matches`: a boolean array, one value per row of `tags` (one column per key; missing = NaN/None)."""
-
-    @abstractmethod
-    def keys(self) -> frozenset[str]:
-        """Tag keys the expression reads."""
+    def mask(
+        self,
+        tags: pd.DataFrame,
+        geometry_types: pd.Series | Sequence[str],
+        osm_types: pd.Series | Sequence[str],
+        *,
+        osm_ids: pd.Series | Sequence[Any] | None = None,
+        geometries: Sequence[Any] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Vectorised `matches`: one boolean per row of `tags` (one column per key; missing = NaN/None)."""
+        return self.evaluate(FeatureTable.build(tags, geometry_types, osm_types, osm_ids, geometries))
 
 
 @dataclass(frozen=True)
@@ -124,12 +314,8 @@ class TagEquals(OsmFilter):
     key: str
     value: str | None  # None: `key=*`
 
-    def matches(self, tags: Mapping[str, str], geometry_type: str, osm_type: str) -> bool:
-        v = tags.get(self.key)
-        return v is not None if self.value is None else v == self.value
-
-    def mask(self, tags: pd.DataFrame, geometry_types: pd.Series, osm_types: pd.Series) -> np.ndarray:
-        col = _tag_values(tags, self.key)
+    def evaluate(self, table: FeatureTable) -> np.ndarray:
+        col = table.tag(self.key)
         return col.notna().to_numpy() if self.value is None else (col == self.value).fillna(False).to_numpy(bool)
 
     def keys(self) -> frozenset[str]:
@@ -141,11 +327,8 @@ class TagIn(OsmFilter):
     key: str
     values: tuple[str, ...]
 
-    def matches(self, tags: Mapping[str, str], geometry_type: str, osm_type: str) -> bool:
-        return tags.get(self.key) in self.values
-
-    def mask(self, tags: pd.DataFrame, geometry_types: pd.Series, osm_types: pd.Series) -> np.ndarray:
-        return _tag_values(tags, self.key).isin(self.values).to_numpy(bool)
+    def evaluate(self, table: FeatureTable) -> np.ndarray:
+        return table.tag(self.key).isin(self.values).to_numpy(bool)
 
     def keys(self) -> frozenset[str]:
         return frozenset({self.key})
@@ -155,11 +338,8 @@ class TagIn(OsmFilter):
 class GeometryIs(OsmFilter):
     kind: str
 
-    def matches(self, tags: Mapping[str, str], geometry_type: str, osm_type: str) -> bool:
-        return geometry_type == self.kind
-
-    def mask(self, tags: pd.DataFrame, geometry_types: pd.Series, osm_types: pd.Series) -> np.ndarray:
-        return (geometry_types == self.kind).to_numpy(bool)
+    def evaluate(self, table: FeatureTable) -> np.ndarray:
+        return np.asarray(table.geometry_types == self.kind, dtype=bool)
 
     def keys(self) -> frozenset[str]:
         return frozenset()
@@ -169,62 +349,102 @@ class GeometryIs(OsmFilter):
 class TypeIs(OsmFilter):
     kind: str
 
-    def matches(self, tags: Mapping[str, str], geometry_type: str, osm_type: str) -> bool:
-        return osm_type == self.kind
-
-    def mask(self, tags: pd.DataFrame, geometry_types: pd.Series, osm_types: pd.Series) -> np.ndarray:
-        return (osm_types == self.kind).to_numpy(bool)
+    def evaluate(self, table: FeatureTable) -> np.ndarray:
+        return np.asarray(table.osm_types == self.kind, dtype=bool)
 
     def keys(self) -> frozenset[str]:
         return frozenset()
 
 
 @dataclass(frozen=True)
+class IdIn(OsmFilter):
+    """`id:42`, `id:way/42`, `id:(1, way/2)`: (OSM type or None for any type, id) pairs."""
+
+    ids: tuple[tuple[str | None, int], ...]
+
+    def evaluate(self, table: FeatureTable) -> np.ndarray:
+        kinds, numbers = table.ids()
+        out = np.zeros(len(table), bool)
+        for kind, number in self.ids:
+            hit = numbers == number
+            out |= hit if kind is None else hit & (kinds == kind)
+        return out
+
+    def keys(self) -> frozenset[str]:
+        return frozenset()
+
+    def selectors(self) -> frozenset[str]:
+        return frozenset({"id"})
+
+
+@dataclass(frozen=True)
+class InRange(OsmFilter):
+    """`id:(a..b)` or a geometric measure in [low, high] (bounds included)."""
+
+    measure: str  # "id" or one of MEASURES
+    low: float
+    high: float
+
+    def evaluate(self, table: FeatureTable) -> np.ndarray:
+        if self.measure == "id":
+            values = table.ids()[1]
+            return np.asarray((values >= self.low) & (values <= self.high) & (values >= 0), dtype=bool)
+        values = table.measure(self.measure)
+        return np.asarray((values >= self.low) & (values <= self.high), dtype=bool)
+
+    def keys(self) -> frozenset[str]:
+        return frozenset()
+
+    def selectors(self) -> frozenset[str]:
+        return frozenset({self.measure})
+
+
+@dataclass(frozen=True)
 class Not(OsmFilter):
     inner: OsmFilter
 
-    def matches(self, tags: Mapping[str, str], geometry_type: str, osm_type: str) -> bool:
-        return not self.inner.matches(tags, geometry_type, osm_type)
-
-    def mask(self, tags: pd.DataFrame, geometry_types: pd.Series, osm_types: pd.Series) -> np.ndarray:
-        return ~self.inner.mask(tags, geometry_types, osm_types)
+    def evaluate(self, table: FeatureTable) -> np.ndarray:
+        return ~self.inner.evaluate(table)
 
     def keys(self) -> frozenset[str]:
         return self.inner.keys()
+
+    def selectors(self) -> frozenset[str]:
+        return self.inner.selectors()
 
 
 @dataclass(frozen=True)
 class And(OsmFilter):
     parts: tuple[OsmFilter, ...]
 
-    def matches(self, tags: Mapping[str, str], geometry_type: str, osm_type: str) -> bool:
-        return all(p.matches(tags, geometry_type, osm_type) for p in self.parts)
-
-    def mask(self, tags: pd.DataFrame, geometry_types: pd.Series, osm_types: pd.Series) -> np.ndarray:
-        out = np.ones(len(tags), bool)
+    def evaluate(self, table: FeatureTable) -> np.ndarray:
+        out = np.ones(len(table), bool)
         for p in self.parts:
-            out &= p.mask(tags, geometry_types, osm_types)
+            out &= p.evaluate(table)
         return out
 
     def keys(self) -> frozenset[str]:
         return frozenset().union(*(p.keys() for p in self.parts))
+
+    def selectors(self) -> frozenset[str]:
+        return frozenset().union(*(p.selectors() for p in self.parts))
 
 
 @dataclass(frozen=True)
 class Or(OsmFilter):
     parts: tuple[OsmFilter, ...]
 
-    def matches(self, tags: Mapping[str, str], geometry_type: str, osm_type: str) -> bool:
-        return any(p.matches(tags, geometry_type, osm_type) for p in self.parts)
-
-    def mask(self, tags: pd.DataFrame, geometry_types: pd.Series, osm_types: pd.Series) -> np.ndarray:
-        out = np.zeros(len(tags), bool)
+    def evaluate(self, table: FeatureTable) -> np.ndarray:
+        out = np.zeros(len(table), bool)
         for p in self.parts:
-            out |= p.mask(tags, geometry_types, osm_types)
+            out |= p.evaluate(table)
         return out
 
     def keys(self) -> frozenset[str]:
         return frozenset().union(*(p.keys() for p in self.parts))
+
+    def selectors(self) -> frozenset[str]:
+        return frozenset().union(*(p.selectors() for p in self.parts))
 
 
 # --- the parser ---------------------------------------------------------------------------------------------------
@@ -300,11 +520,13 @@ class _Parser:
                 raise self.error("expected `)` closing the `(` at position " + str(tok.pos))
             self.advance()
             return node
+        if tok.kind == "selector":
+            return self.selector(self.advance())
         if tok.kind == "word" and tok.text.startswith(("geometry:", "type:")):
             nxt = self.tokens[self.i + 1]
             if not (nxt.kind == "op" and nxt.text in ("=", "!=")) and not (nxt.kind == "word" and nxt.text == "in"):
-                return self.selector()
-        key = self.text("a tag key, `(`, `not`, `geometry:` or `type:`")
+                return self.kind_selector()
+        key = self.text("a tag key, `(`, `not` or a selector such as `geometry:polygon`")
         if self.is_op("="):
             self.advance()
             if self.is_op("*"):
@@ -332,7 +554,7 @@ class _Parser:
             return TagIn(key, tuple(values))
         raise self.error(f"expected `=`, `!=` or `in` after key {key!r}")
 
-    def selector(self) -> OsmFilter:
+    def kind_selector(self) -> OsmFilter:
         tok = self.advance()
         prefix, _, kind = tok.text.partition(":")
         allowed = GEOMETRY_TYPES if prefix == "geometry" else OSM_TYPES
@@ -342,13 +564,53 @@ class _Parser:
             )
         return GeometryIs(kind) if prefix == "geometry" else TypeIs(kind)
 
+    def selector(self, tok: _Token) -> OsmFilter:
+        name, value = tok.text, tok.value.strip()
+        at = tok.pos + self.expr[tok.pos :].index(":") + 1  # where the value starts (after spaces)
+        at += len(self.expr[at:]) - len(self.expr[at:].lstrip())
+        if name in UNSUPPORTED:
+            raise UnsupportedSelectorError(self.expr, tok.pos, UNSUPPORTED[name])
+        if name != "id" and name not in MEASURES:
+            choices = ", ".join(f"{m}:" for m in ("id", *MEASURES))
+            raise FilterSyntaxError(self.expr, tok.pos, f"unknown selector `{name}:`; expected one of {choices}")
+        if not (value.startswith("(") and value.endswith(")")) and value.startswith("("):
+            raise FilterSyntaxError(self.expr, at + len(value), f"expected `)` closing `{name}:(`")
+        bounds = _RANGE.fullmatch(value)
+        if bounds is not None:
+            low = float(bounds.group(1)) if bounds.group(1) else -math.inf
+            high = float(bounds.group(2)) if bounds.group(2) else math.inf
+            if low > high:
+                raise FilterSyntaxError(self.expr, at, f"empty range {value}: the lower bound exceeds the upper")
+            return InRange(name, low, high)
+        if name == "id":
+            return IdIn(self.ids(value, at))
+        if name in ("geometry.outers", "geometry.inners") and value.isdigit():
+            return InRange(name, float(value), float(value))
+        form = "an integer or (from..to)" if name in ("geometry.outers", "geometry.inners") else "(from..to)"
+        raise FilterSyntaxError(self.expr, at, f"expected {form} after `{name}:`, found {value!r}")
+
+    def ids(self, value: str, at: int) -> tuple[tuple[str | None, int], ...]:
+        inner = value[1:-1] if value.startswith("(") else value
+        out: list[tuple[str | None, int]] = []
+        for part in inner.split(","):
+            m = _ID.fullmatch(part)
+            if m is None:
+                raise FilterSyntaxError(
+                    self.expr,
+                    at,
+                    f"expected an OSM id (42, way/42), a list or a range (1..9) after `id:`, found {value!r}",
+                )
+            out.append((m.group(1), int(m.group(2))))
+        return tuple(out)
+
 
 @lru_cache(maxsize=256)
 def parse_filter(expr: str) -> OsmFilter:
     """Parse an ohsome filter expression.
 
     Raises:
-        FilterSyntaxError: with `.position`, the offset of the offending character.
+        FilterSyntaxError: with `.position`, the offset of the offending character (`UnsupportedSelectorError`
+            for a selector lulc cannot evaluate, e.g. `changeset:`).
     """
     if not isinstance(expr, str):
         raise FilterSyntaxError(str(expr), 0, "the filter must be a string")

@@ -147,10 +147,11 @@ class LocalOsmSource:
 
     # --- the OsmSource interface -----------------------------------------------------------------------------------
 
-    def features(self, bbox: BBox, when: date, osm_filter: str) -> gpd.GeoDataFrame:
-        """Polygons matching `osm_filter`, clipped to `bbox`, EPSG:4326.
+    def features(self, bbox: BBox, when: date, osm_filter: str, *, clip: bool = True) -> gpd.GeoDataFrame:
+        """Polygons matching `osm_filter` that intersect `bbox` (clipped to it with `clip`), EPSG:4326.
 
-        Columns: `osm_id`, `osm_type`, the tag keys the filter reads, `geometry`.
+        Columns: `osm_id`, `osm_type`, the tag keys the filter reads, `geometry`. Geometric selectors (`area:`, ...)
+        measure the whole polygon, as ohsome does.
         """
         expr = parse_filter(osm_filter)
         keys = sorted(expr.keys())
@@ -170,13 +171,14 @@ class LocalOsmSource:
         cand, index = cand[valid], index[valid]
         tags = self._tag_frame(index, frozenset(keys))
         tags.index = cand.index
-        mask = (
-            expr.mask(tags, cand["geometry_type"], cand["osm_type"]) & (cand["geometry_type"] == "polygon").to_numpy()
+        matched = expr.mask(
+            tags, cand["geometry_type"], cand["osm_type"], osm_ids=cand["osm_id"], geometries=cand.geometry.to_numpy()
         )
+        mask = matched & (cand["geometry_type"] == "polygon").to_numpy()
         if not mask.any():
             return empty_frame(columns)
         picked = cand[mask]
-        clipped = shapely.intersection(picked.geometry.to_numpy(), window)
+        clipped = shapely.intersection(picked.geometry.to_numpy(), window) if clip else picked.geometry.to_numpy()
         polygons = np.array([polygonal(g) for g in clipped], dtype=object)
         keep = np.array([g is not None for g in polygons], dtype=bool)
         if not keep.any():

@@ -1,8 +1,10 @@
 """The ohsome API as an OSM label source (`elements/geometry`, time-aware), through ohsome-py's `OhsomeClient`.
 
-One request per class filter and tile: `(<filter>) and geometry:polygon` for the tile's bbox at the label date,
-`properties=tags`, `clipGeometry=true`. Results are cached per (API URL, bbox, date, filter) — the filter text is
-the label set's, so a changed label set never reuses a stale entry.
+One request per filter and bbox: `(<filter>) and geometry:polygon` at the label date, `properties=tags`, clipped to
+the bbox (`clipGeometry=true`) or whole (`clip=False`: labelling asks once per tile for every class of a label set,
+their filters joined with `or`, and classifies the whole polygons locally — `lulc_core.labelling`). Results are
+cached per (API URL, bbox, date, filter, clipping) — the filter text is the label set's, so a changed label set
+never reuses a stale entry.
 
 Errors follow `lulc_core.http`, the policy every remote source shares. ohsome-py's own urllib3 retries are
 switched off (`Retry(0, read=False)`, requests' default) and a client timeout is added (ohsome-py sends none);
@@ -198,8 +200,8 @@ class OhsomeSource:
 
     # --- the OsmSource interface ----------------------------------------------------------------------------------
 
-    def features(self, bbox: BBox, when: date, osm_filter: str) -> gpd.GeoDataFrame:
-        """Polygons matching `osm_filter` at `when`, clipped to `bbox`, EPSG:4326.
+    def features(self, bbox: BBox, when: date, osm_filter: str, *, clip: bool = True) -> gpd.GeoDataFrame:
+        """Polygons matching `osm_filter` at `when` that intersect `bbox` (clipped to it with `clip`), EPSG:4326.
 
         Columns: `osm_id`, `osm_type`, the tag keys the filter reads, `geometry` (empty frame when none match).
 
@@ -211,17 +213,17 @@ class OhsomeSource:
         keys = sorted(parse_filter(osm_filter).keys())
         query = f"({osm_filter}) and geometry:polygon"
         try:
-            features, split = self._query(bbox, when, query, 0)
+            features, split = self._query(bbox, when, query, clip, 0)
         except RequestRejectedError as exc:
             # 404: the date is outside the API's data; use the newest data for a later date (warned)
             if exc.upstream_status != 404 or (day := self.label_date(when)) == when:
                 raise
-            features, split = self._query(bbox, day, query, 0)
-        return self._frame(features, keys, merge=split)
+            features, split = self._query(bbox, day, query, clip, 0)
+        return self._frame(features, keys, merge=split, clip=clip)
 
-    def _query(self, bbox: BBox, day: date, query: str, depth: int) -> tuple[list[dict[str, Any]], bool]:
+    def _query(self, bbox: BBox, day: date, query: str, clip: bool, depth: int) -> tuple[list[dict[str, Any]], bool]:
         try:
-            return self._request(bbox, day, query), False
+            return self._request(bbox, day, query, clip), False
         except RequestRejectedError as exc:
             if exc.upstream_status != 413:
                 raise
@@ -235,12 +237,13 @@ class OhsomeSource:
             log.info("ohsome: query too large for %s; splitting in 4 (depth %d)", bbox.as_tuple(), depth + 1)
             parts: list[dict[str, Any]] = []
             for sub in _split(bbox):
-                parts.extend(self._query(sub, day, query, depth + 1)[0])
+                parts.extend(self._query(sub, day, query, clip, depth + 1)[0])
             return parts, True
 
-    def _request(self, bbox: BBox, day: date, query: str) -> list[dict[str, Any]]:
+    def _request(self, bbox: BBox, day: date, query: str, clip: bool = True) -> list[dict[str, Any]]:
         bounds = ",".join(f"{v:.7f}" for v in bbox.as_tuple())
-        key = request_key("ohsome-elements-geometry", self.url, bounds, day.isoformat(), query)
+        parts = (self.url, bounds, day.isoformat(), query) + (() if clip else ("whole",))
+        key = request_key("ohsome-elements-geometry", *parts)
 
         def download() -> bytes:
             client = self._client()
@@ -251,7 +254,7 @@ class OhsomeSource:
                     time=day.isoformat(),
                     filter=query,
                     properties="tags",
-                    clipGeometry="true",
+                    clipGeometry="true" if clip else "false",
                     timeout=max(1, int(self.timeout_s)),
                 )
             except OhsomeException as exc:
@@ -269,11 +272,16 @@ class OhsomeSource:
 
         what = f"elements/geometry bbox {bounds} at {day}"
         return self.http.fetch_cached(
-            self.cache, key, download, decode, what=what, info={"bbox": bounds, "time": day, "filter": query}
+            self.cache,
+            key,
+            download,
+            decode,
+            what=what,
+            info={"bbox": bounds, "time": day, "filter": query, "clip": clip},
         )
 
     @staticmethod
-    def _frame(features: Iterable[dict[str, Any]], keys: list[str], merge: bool) -> gpd.GeoDataFrame:
+    def _frame(features: Iterable[dict[str, Any]], keys: list[str], merge: bool, clip: bool = True) -> gpd.GeoDataFrame:
         rows: list[dict[str, Any]] = []
         geoms: list[Any] = []
         for feature in features:
@@ -292,7 +300,9 @@ class OhsomeSource:
         if not rows:
             return empty_frame(columns)
         frame = gpd.GeoDataFrame(pd.DataFrame(rows, columns=columns), geometry=geoms, crs=WGS84)
-        if merge and frame["osm_id"].duplicated().any():  # polygons cut by a 413 split: one row per OSM element
+        if merge and not clip:  # a whole polygon answered by several parts of a 413 split: once
+            frame = frame.drop_duplicates("osm_id")
+        elif merge and frame["osm_id"].duplicated().any():  # polygons cut by a 413 split: one row per OSM element
             merged = frame.groupby("osm_id", sort=False, as_index=False).agg(
                 {**{c: "first" for c in columns if c != "osm_id"}, "geometry": lambda g: shapely.union_all(list(g))}
             )

@@ -24,11 +24,14 @@ version's bundle to a directory, as KServe's storage initializer does).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lulc_core.config import RegistryConfig
+from lulc_core.config import RegistryConfig, RunConfig
 from lulc_core.errors import InputError
 from lulc_core.registry.base import (
     ALIAS_STAGES,
@@ -58,6 +61,9 @@ from lulc_core.registry.base import (
 )
 from lulc_core.registry.gate import GateDecision, apply_gate
 
+if TYPE_CHECKING:
+    from lulc_core.registry.tracking import TrainingRun
+
 log = logging.getLogger(__name__)
 
 
@@ -83,6 +89,20 @@ def build_registry(cfg: RegistryConfig, work_dir: Path, ref: str | None = None) 
 
         return NeptuneRegistry.from_env(cfg, cache_dir)
     raise InputError("registry.backend", f"unknown backend {cfg.backend!r}", "choose 'mlflow' or 'neptune'")
+
+
+@contextlib.contextmanager
+def tracked(cfg: RunConfig, registry: ModelRegistry | None = None) -> Iterator[TrainingRun | None]:
+    """`training_run(registry, cfg.name)` when `registry.track_training` is on (the registry of `cfg` unless
+    given), else None; also None in the extra processes of a multi-process (DDP) run: rank 0 tracks."""
+    ranks = (os.environ.get(k, "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    if not cfg.registry.track_training or any(r != "0" for r in ranks):
+        yield None
+        return
+    from lulc_core.registry.tracking import training_run
+
+    with training_run(registry or build_registry(cfg.registry, cfg.work_dir), cfg.name) as run:
+        yield run
 
 
 def default_tracking_uri(work_dir: Path) -> str:
@@ -119,4 +139,5 @@ __all__ = [
     "parse_stage",
     "prepare_registration",
     "registration_info",
+    "tracked",
 ]

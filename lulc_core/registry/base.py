@@ -137,7 +137,11 @@ class RegistrationInfo(BaseModel):
     provenance: Provenance | None = Field(default=None, description="Lineage (default: the bundle's).")
     test_set: str | None = Field(default=None, description="Test-set fingerprint (lineage.fingerprint_test_set).")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra tags on the version.")
-    export_onnx: bool = Field(default=False, description="Export model.onnx into the bundle before uploading.")
+    export_onnx: bool = Field(
+        default=True,
+        description="Export model.onnx (verified against torch) into the bundle before uploading, so the predictor "
+        "serves it with onnxruntime (`registry.export_onnx`; false: torch weights only).",
+    )
 
 
 class ModelVersionInfo(BaseModel):
@@ -232,7 +236,15 @@ def _test_set_of(metadata: BundleMetadata) -> str | None:
 
 
 def prepare_registration(bundle_dir: Path, info: RegistrationInfo, default_name: str) -> Registration:
-    """Read the bundle at `bundle_dir` and merge it with `info` into what a backend records."""
+    """Read the bundle at `bundle_dir` and merge it with `info` into what a backend records.
+
+    With `info.export_onnx` (the default), `model.onnx` is exported into the bundle first and verified against
+    torch, so the version is served by onnxruntime.
+    """
+    if info.export_onnx:
+        from lulc_core.bundle import export_onnx
+
+        export_onnx(bundle_dir)
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise NotFoundError(f"bundle_dir: {bundle_dir} is not a directory — give a model bundle directory")
@@ -298,6 +310,7 @@ def registration_info(cfg: RunConfig, report: Any | None = None, run_url: str | 
         run_name=cfg.name,
         provenance=build_provenance(cfg, label_set, run_url=run_url),
         test_set=test_set,
+        export_onnx=cfg.registry.export_onnx,
         metrics=metrics,
         hyperparameters={"training": cfg.training.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")},
     )

@@ -283,10 +283,6 @@ class MlflowRegistry(ModelRegistry):
         from mlflow.exceptions import MlflowException
 
         info = metadata or RegistrationInfo()
-        if info.export_onnx:
-            from lulc_core.bundle import export_onnx
-
-            export_onnx(Path(bundle_dir))
         reg = prepare_registration(Path(bundle_dir), info, self.model_name)
         with self._errors(f"register {reg.name}"):
             exp_id = self._experiment_id()

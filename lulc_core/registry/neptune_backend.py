@@ -351,10 +351,6 @@ class NeptuneRegistry(ModelRegistry):
     def register(self, bundle_dir: Path, metadata: RegistrationInfo | None = None) -> ModelRef:
         """Create the model if missing and a new version holding the bundle and its metadata."""
         info = metadata or RegistrationInfo()
-        if info.export_onnx:
-            from lulc_core.bundle import export_onnx
-
-            export_onnx(Path(bundle_dir))
         reg = prepare_registration(Path(bundle_dir), info, self.model_key)
         key = self._key_of(reg.name)
         if self.mode in ("offline", "debug"):

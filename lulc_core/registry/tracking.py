@@ -6,7 +6,8 @@ MLflow: `MlflowRegistry.start_training_run` creates a run in the registry's expe
 metrics, the bundle and the tags to that same run before creating the version from it (`runs:/<run>/bundle`).
 Neptune: a Neptune run holds the curves (`training/<metric>` series, logged by `NeptuneRunLogger`, since
 Lightning 2.6 dropped its NeptuneLogger); the model version records the run's id and URL, and the run the version
-id. `training_run(registry, name)` opens one for `lulc run` and the pipeline's train step.
+id. `training_run(registry, name)` opens one; `lulc_core.registry.tracked(cfg)` is what `lulc run` and the
+pipeline's train step use.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 if TYPE_CHECKING:
-    from lulc_core.config import RunConfig
     from lulc_core.registry.base import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -57,16 +57,6 @@ def training_run(registry: ModelRegistry, name: str) -> Iterator[TrainingRun]:
         run.close(failed=True)
         raise
     run.close()
-
-
-@contextlib.contextmanager
-def tracked(registry: ModelRegistry, cfg: RunConfig) -> Iterator[TrainingRun | None]:
-    """`training_run(registry, cfg.name)` when `registry.track_training` is on, else None."""
-    if not cfg.registry.track_training:
-        yield None
-        return
-    with training_run(registry, cfg.name) as run:
-        yield run
 
 
 class NeptuneRunLogger(Logger):

@@ -276,8 +276,8 @@ class JsonApiStandIn:
 
     def handle(
         self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, Any]]:
-        """The status and JSON body answering one request (`headers` with lower-case names)."""
+    ) -> tuple[int, dict[str, Any] | str]:
+        """The status and JSON body (or plain text, e.g. a pod log) answering one request (lower-case headers)."""
         raise NotImplementedError
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -290,9 +290,10 @@ class JsonApiStandIn:
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 code, payload = standin.handle(self.command, url.path, parse_qs(url.query), headers, body)
-                data = json.dumps(payload).encode()
+                text = isinstance(payload, str)
+                data = payload.encode() if text else json.dumps(payload).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -913,3 +913,26 @@ def _jwt(issuer_base: str) -> str:
 
     claims = {"exp": int(time.time()) + 3600, "azp": "neptune-cli", "iss": f"{issuer_base}/auth/realms/neptune"}
     return jwt.encode(claims, "stand-in-secret-key-for-hs256-signing-0123", algorithm="HS256")
+
+
+def main() -> None:
+    """`PYTHONPATH=tests .venv/bin/python -m standins.neptune_api` — a stand-in to point the CLI at."""
+    import signal
+
+    server = NeptuneStandIn().start()
+    print(f"neptune-standin on {server.url}")
+    print("export OAUTHLIB_INSECURE_TRANSPORT=1  # plain http on 127.0.0.1")
+    print(f"export NEPTUNE_API_TOKEN={server.api_token} NEPTUNE_PROJECT={server.project}")
+    print("registry.backend: neptune")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

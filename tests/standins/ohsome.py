@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from shapely.geometry import box, mapping
 
@@ -197,11 +198,15 @@ class OhsomeStandIn(StandIn):
         if fault is None or fault.kind != "empty":
             rows, tree = self._features()
             window = box(*bbox)
-            matched = []
-            for i in np.sort(tree.query(window, predicate="intersects")):
-                osm_id, osm_type, tags, geom = rows[i]
-                if expr.matches(tags, geometry_type_of(geom.geom_type), osm_type):
-                    matched.append((osm_id, osm_type, tags, geom))
+            candidates = [rows[i] for i in np.sort(tree.query(window, predicate="intersects"))]
+            hits = expr.mask(  # the whole (unclipped) geometries, as the API evaluates area:/length: selectors
+                pd.DataFrame.from_records([tags for _, _, tags, _ in candidates], index=range(len(candidates))),
+                [geometry_type_of(geom.geom_type) for *_, geom in candidates],
+                [osm_type for _, osm_type, _, _ in candidates],
+                osm_ids=[osm_id for osm_id, *_ in candidates],
+                geometries=[geom for *_, geom in candidates],
+            )
+            matched = [row for row, hit in zip(candidates, hits, strict=True) if hit]
             if self.max_features is not None and len(matched) > self.max_features:
                 raise BadParameterError(413, TOO_LARGE)
             for osm_id, osm_type, tags, geom in matched:
