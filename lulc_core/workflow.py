@@ -79,6 +79,7 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
     from lulc_core.lineage import fingerprint_test_set
     from lulc_core.registry import RegistrationInfo, build_registry, tracked
     from lulc_core.registry.gate import apply_gate
+    from lulc_core.stats import compute_stats
     from lulc_core.training import train
 
     out = (out_dir or cfg.work_dir / "runs" / cfg.name).resolve()
