@@ -241,13 +241,13 @@ def prepare_registration(bundle_dir: Path, info: RegistrationInfo, default_name:
     With `info.export_onnx` (the default), `model.onnx` is exported into the bundle first and verified against
     torch, so the version is served by onnxruntime.
     """
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise NotFoundError(f"bundle_dir: {bundle_dir} is not a directory — give a model bundle directory")
     if info.export_onnx:
         from lulc_core.bundle import export_onnx
 
         export_onnx(bundle_dir)
-    bundle_dir = Path(bundle_dir)
-    if not bundle_dir.is_dir():
-        raise NotFoundError(f"bundle_dir: {bundle_dir} is not a directory — give a model bundle directory")
     metadata = ModelBundle.read_metadata(bundle_dir)
     name = ModelRef.parse(info.name or default_name).name
     metrics = {**flatten_metrics(metadata.metrics), **info.metrics}
