@@ -112,7 +112,7 @@ def test_neptune_version_reaches_the_predictor_through_the_storage_container(
     assert run.returncode == 0, run.stderr[-3000:]
     models = tmp_path / "mnt" / "models"
     assert run.stdout.strip() == str(models)
-    assert sorted(p.name for p in models.iterdir()) == ["lulc.json", "model"]
+    assert sorted(p.name for p in models.iterdir()) == ["lulc.json", "model", "model.onnx"]  # registry.export_onnx
 
     response = _serve_one_request(models, config)
     (prediction,) = response["predictions"]
