@@ -45,7 +45,7 @@ def deploy(
         return ""
     if not reg.get("storage_uri"):
         raise InputError(
-            "registry", f"{reg['ref']} has no storage URI KServe can fetch", "use a registry with an object store"
+            "registry", f"{reg['ref']} has no storage URI", "set registry.artifact_root: s3://bucket/prefix (MLflow)"
         )
     from serving.deploy import DeploySpec
     from serving.deploy import deploy as apply_isvc
@@ -55,6 +55,6 @@ def deploy(
                       deployment_mode=mode, kserve_version=version)  # fmt: skip
     result = apply_isvc(spec)
     Path(report.path).write_text(
-        f"# Deployed {reg['ref']}\n\n{result.action} `{namespace}/{spec.name}` -> {result.url}\n"
+        f"# Deployed {reg['ref']}\n\n{result.action} `{namespace}/{result.name}` -> {result.url}\n"
     )
     return result.url

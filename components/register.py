@@ -30,8 +30,8 @@ def register(
     from components._report import md_table
     from components._runtime import copy_dir, load_config
     from lulc_core.evaluation import EvaluationReport
-    from lulc_core.lineage import record_run_config, registration_info
-    from lulc_core.registry import build_registry
+    from lulc_core.lineage import record_run_config
+    from lulc_core.registry import apply_gate, build_registry, registration_info
 
     cfg = load_config(config)
     rep = EvaluationReport.model_validate_json((Path(evaluation.path) / "metrics.json").read_text())
@@ -39,7 +39,7 @@ def register(
     with tempfile.TemporaryDirectory(prefix="lulc-register-") as tmp:  # the bundle with the whole configuration
         bundle_dir = record_run_config(copy_dir(bundle.path, Path(tmp) / "bundle"), cfg)
         ref = registry.register(bundle_dir, registration_info(cfg, rep))
-    decision = registry.apply_gate(ref, cfg.registry.gate)
+    decision = apply_gate(registry, ref, cfg.registry.gate)
     version = registry.get(ref)
     record = {
         "ref": f"{version.name}@{version.version}",

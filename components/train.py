@@ -16,7 +16,7 @@ def train(
     bundle: Output[Model],
     metrics: Output[Metrics],
 ) -> None:
-    """Train in this pod (DDP over training.devices) or on nodes (training.launcher), resuming from checkpoints.
+    """Train in this pod (DDP) or on nodes (training.launcher), resuming; curves live to the registry's tracker.
 
     Args:
         config: This step's slice of the RunConfig, as JSON (`lulc_core.steps`).
@@ -33,24 +33,24 @@ def train(
 
     from components._image import resolve_image
     from components._runtime import CACHE_ENV, copy_dir, load_config
+    from lulc_core import training
     from lulc_core.dataset import TileSplit
+    from lulc_core.registry import tracked
     from lulc_core.stats import DatasetStats
-    from lulc_core.training import train as run_training
-    from lulc_core.training import training_key
     from pipelines.trainjob import train_on_cluster
 
     cfg = load_config(config)
     durable = Path(os.environ.get(CACHE_ENV) or cfg.work_dir).resolve()
     imagery_p, labels_p, stats_p, split_p = (Path(a.path) for a in (imagery, labels, stats, split))
-    key = training_key(cfg, stats_p, split_p)
+    key = training.training_key(cfg, stats_p, split_p)
     if cfg.training.launcher != "none":
         image = resolve_image(None, cfg.pipeline.image)
         copy_dir(train_on_cluster(cfg, imagery_p, labels_p, stats_p, split_p, durable, key, image=image), bundle.path)
         return
     cfg.training.checkpoint_dir = cfg.training.checkpoint_dir or durable / "checkpoints" / key
-    with tempfile.TemporaryDirectory(prefix="lulc-train-") as work:
+    with tempfile.TemporaryDirectory(prefix="lulc-train-") as work, tracked(cfg) as run:
         data = (imagery_p, labels_p, DatasetStats.load(stats_p), TileSplit.load(split_p))
-        result = run_training(cfg, *data, Path(work), progress=False, resume=True)
+        result = training.train(cfg, *data, Path(work), progress=False, resume=True, tracking=run)
         if result.global_rank:  # a DDP process Lightning started by re-running this step: rank 0 reports
             raise SystemExit(0)
         copy_dir(result.bundle_dir, bundle.path)

@@ -57,6 +57,11 @@ class Provenance(BaseModel):
     imagery_source: str | None = Field(default=None, description="Imagery store and settings.")
     osm_source: str | None = Field(default=None, description="Label source.")
     run_url: str | None = Field(default=None, description="Link to the training run.")
+    tracking_run: str | None = Field(
+        default=None,
+        description="Id of the tracker run holding the training curves (MLflow run id or Neptune run id); "
+        "registration turns that run into the version.",
+    )
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 

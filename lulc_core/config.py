@@ -321,6 +321,9 @@ class GateConfig(StrictModel):
     tolerance: float = Field(default=0.0, ge=0, description="Allowed mIoU drop versus production.")
 
 
+ARTIFACT_SCHEMES = ("s3", "gs", "wasbs", "hdfs", "file")
+
+
 class RegistryConfig(StrictModel):
     """Model registry backend and naming."""
 
@@ -329,15 +332,37 @@ class RegistryConfig(StrictModel):
     tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI (default: sqlite:///<work_dir>/mlflow.db)."
     )
+    artifact_root: str | None = Field(
+        default=None,
+        description="Where MLflow stores new runs' artifacts, e.g. s3://bucket/mlflow (KServe's storage initializer "
+        "fetches s3://, gs:// and Azure URIs directly; S3 endpoint and keys from AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); default <work_dir>/mlruns. Applies when the experiment is created.",
+    )
     neptune_project: str | None = Field(default=None, description="Neptune project (else NEPTUNE_PROJECT).")
     neptune_model_key: str = Field(default="LULC", description="Neptune model key.")
     cache_dir: Path | None = Field(default=None, description="Where resolved bundles are downloaded.")
+    track_training: bool = Field(
+        default=True,
+        description="Log loss and mIoU per epoch live to the backend's tracker (MLflow run, Neptune run); the "
+        "registered version is made from (MLflow) or linked to (Neptune) that run.",
+    )
     export_onnx: bool = Field(
         default=True,
         description="Export model.onnx (verified against torch) into the bundle at registration, so the predictor "
         "serves it with onnxruntime (about 2x torch on CPU); false registers the torch weights only.",
     )
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate.")
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _artifact_root(cls, v: str | None) -> str | None:
+        scheme = v.split("://", 1)[0].lower() if v and "://" in v else None
+        if scheme is not None and scheme not in ARTIFACT_SCHEMES:
+            raise ValueError(
+                f"{v!r}: MLflow cannot store artifacts at {scheme}:// — use one of "
+                f"{', '.join(s + '://' for s in ARTIFACT_SCHEMES)} or a local directory"
+            )
+        return v
 
 
 class ServingConfig(StrictModel):

@@ -28,7 +28,6 @@ from lulc_core.labels import LabelClass, LabelSet
 
 if TYPE_CHECKING:
     from lulc_core.config import RunConfig
-    from lulc_core.imagery.corine import CorineSource
 
 LEGEND_FILE = Path(__file__).resolve().parent / "data" / "clc_legend.csv"
 CORINE_COLLECTION_ID = "cbdba844-f86d-41dc-95ad-b3f7f12535e9"
@@ -164,17 +163,3 @@ def require_corine_codes(label_set: LabelSet) -> None:
             f"harmonized_corine maps CORINE onto the model's label set, but {exc.message}",
             "use fusion_mode only_corine (the raw CORINE classes), or a model whose label set has corine_codes",
         ) from None
-
-
-def build_corine_source(cfg: RunConfig, cache_dir: Path | None = None) -> CorineSource | None:
-    """The CORINE source of the CORINE fusion modes: Sentinel Hub's BYOC collection when
-    `imagery.sentinelhub.byoc_corine_collection` is set, else None (those modes are then refused per request).
-
-    Raises:
-        ConfigError: the collection is set but Sentinel Hub credentials are missing.
-    """
-    if not cfg.imagery.sentinelhub.byoc_corine_collection:
-        return None
-    from lulc_core.imagery.corine import CorineSource
-
-    return CorineSource(cfg.imagery.sentinelhub, cache_dir)

@@ -12,16 +12,13 @@ import logging
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lulc_core import __version__
 from lulc_core.bundle import METADATA_FILE, ModelBundle, Provenance
 from lulc_core.config import RunConfig
 from lulc_core.labels import LabelSet
 from lulc_core.raster import atomic_path
-
-if TYPE_CHECKING:
-    from lulc_core.registry import RegistrationInfo
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +109,8 @@ def record_run_config(bundle_dir: Path, cfg: RunConfig) -> Path:
     """
     meta = ModelBundle.read_metadata(bundle_dir)
     provenance = build_provenance(cfg, meta.label_set, run_url=meta.provenance.run_url)
-    meta.provenance = provenance.model_copy(update={"created_at": meta.provenance.created_at})
+    kept = {"created_at": meta.provenance.created_at, "tracking_run": meta.provenance.tracking_run}
+    meta.provenance = provenance.model_copy(update=kept)
     meta.run_config = cfg.model_dump(mode="json")
     with atomic_path(Path(bundle_dir) / METADATA_FILE) as tmp:
         tmp.write_text(meta.model_dump_json(indent=2))
@@ -132,31 +130,3 @@ def lineage_tags(provenance: Provenance) -> dict[str, str]:
 def provenance_from_tags(tags: Mapping[str, Any]) -> dict[str, str]:
     """The `lulc.lineage.*` tags of a version without the prefix."""
     return {k.removeprefix(TAG_PREFIX): str(v) for k, v in tags.items() if k.startswith(TAG_PREFIX)}
-
-
-def registration_info(cfg: RunConfig, report: Any | None = None, run_url: str | None = None) -> RegistrationInfo:
-    """The RegistrationInfo of a model trained with `cfg` and evaluated into `report` (an EvaluationReport).
-
-    Records the run name, the provenance (code version, config hash, label set, AOI, time frames, imagery and
-    label sources, run URL) and the test-set fingerprint (the report's `test_set`, else a hash of its tile ids).
-    """
-    from lulc_core.registry import RegistrationInfo
-
-    label_set = LabelSet.from_yaml(cfg.labels.label_set)
-    test_set = getattr(report, "test_set", None) or None
-    tile_ids = getattr(report, "tile_ids", None)
-    if test_set is None and tile_ids:
-        test_set = fingerprint_test_set(tile_ids)
-    metrics: dict[str, float] = {}
-    for key in ("miou", "overall_accuracy"):
-        value = getattr(report, key, None)
-        if isinstance(value, int | float):
-            metrics[key] = float(value)
-    return RegistrationInfo(
-        run_name=cfg.name,
-        provenance=build_provenance(cfg, label_set, run_url=run_url),
-        test_set=test_set,
-        export_onnx=cfg.registry.export_onnx,
-        metrics=metrics,
-        hyperparameters={"training": cfg.training.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")},
-    )

@@ -57,6 +57,8 @@ DEPENDENCIES: Final[dict[str, tuple[str, ...]]] = {
         "registry.tracking_uri",
         "registry.neptune_project",
         "registry.neptune_model_key",
+        "registry.artifact_root",
+        "registry.track_training",
     ),
     # the bundle carries its bands, normalisation and label set; the split comes as an artifact
     "evaluate": (),

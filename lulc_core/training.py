@@ -5,7 +5,8 @@ The loss is a (class-weighted) cross-entropy that ignores class 0 (unknown), so 
 never teach the model; metrics are torchmetrics collections cloned per stage. Early stopping watches the
 validation loss, the best checkpoint is kept and its weights go into the bundle, with the normalisation, the
 label set, the hyper-parameters, the provenance and the run configuration. Lightning's logs, checkpoints, the
-per-epoch history and a training-curve PNG all go under `out_dir`.
+per-epoch history and a training-curve PNG all go under `out_dir`; given a tracker run, the curves also go to
+MLflow or Neptune live.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from lulc_core.stats import DatasetStats
 
 if TYPE_CHECKING:
     from lulc_core.config import RunConfig, TrainingConfig
+    from lulc_core.registry.tracking import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +422,7 @@ def train(
     split: TileSplit,
     out_dir: Path,
     progress: bool = True,
+    tracking: TrainingRun | None = None,
     resume: bool = False,
 ) -> TrainResult:
     """Train a SegFormer on the split's training tiles and write the model bundle to `out_dir/bundle`.
@@ -435,6 +438,8 @@ def train(
         split: tile ids of train/val/test; val drives early stopping (training loss when val is empty).
         out_dir: receives ``bundle/``, ``checkpoints/``, ``logs/``, ``training_curve.png``, ``train_result.json``.
         progress: show Lightning's progress bar.
+        tracking: a tracker run (`lulc_core.registry.tracking.training_run`) that also receives the curves live;
+            its id and URL go into the bundle's provenance, so registration makes the version from that run.
         resume: continue from `last.ckpt` in the checkpoint directory (weights, optimizer, scheduler, early
             stopping, history) when it exists; otherwise the checkpoint directory is cleared first.
     """
@@ -499,7 +504,7 @@ def train(
             warnings.filterwarnings("ignore", message=".*length of `DataLoader`.*zero.*")
             trainer = L.Trainer(
                 default_root_dir=out_dir,
-                logger=CSVLogger(save_dir=out_dir, name="logs"),
+                logger=[CSVLogger(save_dir=out_dir, name="logs"), *([tracking.logger()] if tracking else [])],
                 callbacks=[
                     checkpoint,
                     every_epoch,
@@ -571,7 +576,9 @@ def train(
         normalisation=Normalisation(mean=list(stats.mean), std=list(stats.std)),
         label_set=label_set,
         hyperparameters=hyperparameters,
-        provenance=build_provenance(cfg, label_set),
+        provenance=build_provenance(cfg, label_set, run_url=tracking.url if tracking else None).model_copy(
+            update={"tracking_run": tracking.run_id if tracking else None}
+        ),
         run_config=cfg.model_dump(mode="json"),
     )
     task.model.cpu().eval()

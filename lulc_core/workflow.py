@@ -64,7 +64,8 @@ def test_area(tiles: list[Tile], test_ids: list[str]) -> tuple[BBox, Tile]:
 
 def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox | None = None) -> JobOutputs:
     """Run every step of the platform on `cfg` and return where the outputs are."""
-    from lulc_core.corine import build_corine_source, check_corine_config
+    from lulc_core.corine import check_corine_config
+    from lulc_core.imagery.corine import build_corine_source
 
     check_corine_config(cfg)  # before the heavy imports: a misconfigured run is refused at once
     from lulc_core.bundle import ModelBundle
@@ -75,8 +76,8 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
     from lulc_core.inference import PredictOptions, Predictor, write_prediction, write_preview_png
     from lulc_core.labelling import build_label_source, label_tiles
     from lulc_core.labels import LabelSet
-    from lulc_core.lineage import build_provenance, fingerprint_test_set
-    from lulc_core.registry import RegistrationInfo, build_registry
+    from lulc_core.lineage import fingerprint_test_set
+    from lulc_core.registry import RegistrationInfo, build_registry, tracked
     from lulc_core.registry.gate import apply_gate
     from lulc_core.stats import compute_stats
     from lulc_core.training import train
@@ -120,17 +121,14 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
         (out / "split.json").write_text(split.model_dump_json(indent=2))
         stats = compute_stats(out / "imagery", out / "labels", label_set, tile_ids=split.train)
         stats.save(out / "stats.json")
-    with _step("training", seconds):
-        result = train(cfg, out / "imagery", out / "labels", stats, split, out / "training")
+    registry = build_registry(cfg.registry, cfg.work_dir)
+    with _step("training", seconds), tracked(cfg, registry) as run:
+        result = train(cfg, out / "imagery", out / "labels", stats, split, out / "training", tracking=run)
     with _step("evaluation", seconds):
         report = evaluate(result.bundle_dir, out / "imagery", out / "labels", split.test, out / "evaluation")
     with _step("registration", seconds):
-        registry = build_registry(cfg.registry, cfg.work_dir)
-        info = RegistrationInfo(
-            run_name=cfg.name,
-            provenance=build_provenance(cfg, label_set),
-            test_set=fingerprint_test_set(split.test),
-            export_onnx=cfg.registry.export_onnx,
+        info = RegistrationInfo(  # the bundle's provenance (with its tracking run)
+            run_name=cfg.name, test_set=fingerprint_test_set(split.test), export_onnx=cfg.registry.export_onnx
         )
         ref = registry.register(result.bundle_dir, info)
         decision = apply_gate(registry, ref, cfg.registry.gate)

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lulc_core.config import format_validation_error
 from lulc_core.errors import LulcError, UpstreamError
@@ -39,6 +39,12 @@ def mode_annotation(mode: str, kserve_version: str) -> str:
     return OLD_MODE_NAMES.get(mode, mode)
 
 
+# URI schemes KServe's storage initializer fetches, plus neptune:// through the ClusterStorageContainer of
+# manifests/cluster/neptune-storage (which runs `lulc registry pull`).
+STORAGE_SCHEMES = ("s3://", "gs://", "https://", "http://", "hdfs://", "webhdfs://", "pvc://", "oci://", "hf://")
+NEPTUNE_SCHEME = "neptune://"
+
+
 class DeployError(LulcError):
     """The InferenceService could not be applied or did not become Ready."""
 
@@ -50,7 +56,9 @@ class DeploySpec(BaseModel):
 
     name: str = Field(default=ISVC_NAME, pattern=r"^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$", description="ISVC name.")
     namespace: str = Field(default="lulc", description="Kubernetes namespace.")
-    storage_uri: str = Field(min_length=1, description="Model bundle URI (s3://, gs://, pvc://, https://).")
+    storage_uri: str = Field(
+        min_length=1, description="Model bundle URI (s3://, gs://, pvc://, https://, or neptune:// with its container)."
+    )
     image: str = Field(default="ghcr.io/lulc/lulc:0.1.0", description="Project image, pinned tag or digest.")
     model_name: str = Field(default="lulc", description="Model name on the V1/V2 endpoints.")
     service_account: str = Field(default="lulc-predictor", description="Predictor service account.")
@@ -74,6 +82,17 @@ class DeploySpec(BaseModel):
     credentials_secret: str | None = Field(
         default="lulc-sentinelhub", description="Secret with SH_CLIENT_ID/SH_CLIENT_SECRET (referenced only)."
     )
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _fetchable(cls, v: str) -> str:
+        if not v.startswith((*STORAGE_SCHEMES, NEPTUNE_SCHEME)):
+            raise ValueError(
+                f"KServe cannot fetch {v!r} — store MLflow artifacts in an object store (registry.artifact_root: "
+                "s3://bucket/prefix) or use the Neptune backend with the neptune:// storage container "
+                "(manifests/cluster/neptune-storage)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _replicas(self) -> DeploySpec:

@@ -163,22 +163,13 @@ def test_deploy_component_applies_the_inference_service(
     base_json: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Target 'kserve' goes through serving.deploy with the real kubernetes client (API stand-in on 127.0.0.1)."""
-    import yaml
     from kfp.dsl import Markdown
     from standins.kubernetes_api import KubeApiStandIn
 
     from components.deploy import deploy
 
     with KubeApiStandIn(ready_after_polls=1) as api:
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "standin", "cluster": {"server": api.url}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "u"}}],
-            "current-context": "standin",
-        }
-        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+        api.write_kubeconfig(tmp_path / "kubeconfig")
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
         # the kubernetes client reads KUBECONFIG once, at import: point its default at the file as a new process would
         monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))

@@ -114,6 +114,12 @@ def test_registered_version_and_gated_deploy(local_run: tuple[RunConfig, Any, Pa
     assert registered.run_config is not None and registered.run_config["area"] == cfg.model_dump(mode="json")["area"]
     assert registered.run_config["labels"]["osm_file"] == str(cfg.labels.osm_file)
     assert registered.provenance.area is not None and registered.provenance.area.startswith(cfg.area.name)
+    # the train step logged its curves into the run the register step made the version from
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=registry.tracking_uri)
+    assert registered.provenance.tracking_run == production.run_id
+    assert len(client.get_metric_history(str(production.run_id), "train_loss")) == 1  # epochs: 1
     assert "promoted to **production**" in (run_dir / "register" / "report").read_text()
     deploy = (run_dir / "deploy" / "report").read_text()
     assert "Deploy skipped (target 'local')" in deploy and f"{cfg.registry.model_name}@production" in deploy

@@ -153,7 +153,7 @@ def test_lineage_provenance_and_tags() -> None:
     assert fingerprint_test_set(["b", "a", "a"]) == fingerprint_test_set(["a", "b"]) != fingerprint_test_set(["a"])
 
     from lulc_core.evaluation import EvaluationReport
-    from lulc_core.lineage import registration_info
+    from lulc_core.registry import registration_info
 
     report = EvaluationReport(
         overall_accuracy=0.8, miou=0.5, per_class={}, confusion_matrix=[[1]], class_names=["a"], tile_ids=["b", "a"]

@@ -134,7 +134,7 @@ def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
 
 def test_gate_records_decision_and_promotes(mlflow_work: dict) -> None:
     registry = mlflow_work["registry"]
-    rejected = registry.apply_gate(mlflow_work["v2"], GateConfig(min_miou=0.6))
+    rejected = apply_gate(registry, mlflow_work["v2"], GateConfig(min_miou=0.6))
     assert not rejected.passed
     info = registry.get(mlflow_work["v2"])
     assert info.gate_passed is False and info.stage == "none"

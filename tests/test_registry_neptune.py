@@ -53,7 +53,7 @@ def test_register_promote_gate_resolve_predict(neptune_env: NeptuneStandIn, regi
     model_id = f"{server.project_key}-LULC"
     stored = server.find(f"{model_id}-1")
     assert stored.type == "modelVersion" and stored.attrs["sys/model_id"].value == model_id
-    assert set(stored.files["bundle"]) == {"lulc.json", "model/config.json", "model/model.safetensors"}
+    assert set(stored.files["bundle"]) == {"lulc.json", "model/config.json", "model/model.safetensors", "model.onnx"}
     assert server.called("/api/leaderboard/v1/attributes/storage/fileset/upload/finish") >= 2  # multipart weights
     assert stored.attrs["metrics/miou"].value == pytest.approx(0.42)
     assert stored.attrs["label_set/name"].value == "v3" and "forest" in stored.attrs["label_set/yaml"].value
@@ -72,7 +72,8 @@ def test_register_promote_gate_resolve_predict(neptune_env: NeptuneStandIn, regi
     assert stages == {2: "production", 1: "archived"}
     info = registry.get("LULC@production")
     assert info.version_id == f"{model_id}-2" and info.gate_passed is True
-    assert info.tags["lulc.gate.min_miou"] == "0.5" and info.storage_uri is None
+    assert info.tags["lulc.gate.min_miou"] == "0.5"
+    assert info.storage_uri == f"neptune://{server.project}/{model_id}-2"
 
     path = registry.resolve("@production")
     assert path.name == "2" and (path / "lulc.json").is_file()

@@ -23,7 +23,7 @@ from lulc_core.registry import ModelRegistry, ModelVersionInfo, RegistrationInfo
 log = logging.getLogger(__name__)
 
 app = typer.Typer(
-    help="Model registry: list, show, promote, resolve, register, gate, export-onnx.", no_args_is_help=True
+    help="Model registry: list, show, promote, resolve, pull, register, gate, export-onnx.", no_args_is_help=True
 )
 
 ConfigOpt = Annotated[
@@ -216,6 +216,35 @@ def gate_cmd(
         typer.echo(f"  - {reason}")
     if not decision.passed:
         raise typer.Exit(1)
+
+
+@app.command("pull")
+def pull_cmd(
+    pairs: Annotated[
+        list[str],
+        typer.Argument(
+            help="SOURCE DEST [SOURCE DEST ...]: a registry reference (NAME@stage) or a neptune:// storage URI, and "
+            "the directory to fill (KServe's storage-initializer arguments: URI /mnt/models).",
+            show_default=False,
+        ),
+    ],
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = None,
+    backend: BackendOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Download registered bundles into directories (past the cache), as KServe's storage initializer does.
+
+    Example: lulc registry pull neptune://lulc-team/registry/LREG-LULC-3 /mnt/models
+    """
+    from lulc_core.errors import InputError
+    from lulc_core.registry.storage import pull
+
+    if len(pairs) % 2:
+        raise InputError("pull", f"{len(pairs)} arguments are not SOURCE DEST pairs", "give SOURCE DEST [SOURCE DEST]")
+    cfg, wd = _settings(config, work_dir, backend, tracking_uri)
+    for source, dest in zip(pairs[::2], pairs[1::2], strict=True):
+        typer.echo(str(pull(source, Path(dest), cfg, wd)))
 
 
 @app.command("neptune-sync")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import sentinelhub as sh
 
-from lulc_core.config import SentinelHubConfig
+from lulc_core.config import RunConfig, SentinelHubConfig
 from lulc_core.corine import CORINE_COLLECTION_ID, codes_of, corine_lookup
 from lulc_core.geo import Tile
 from lulc_core.imagery.sentinelhub import ENDPOINTS, SentinelHubStore
@@ -149,3 +149,15 @@ class CorineLabelSource(CorineSource):
         index = self.legend_index(tile, when)
         tags = {**index.tags, "LABEL_SET": self.label_set.name}
         return Raster(self.lookup[index.data[0]][None], index.transform, index.crs, ["class"], None, tags)
+
+
+def build_corine_source(cfg: RunConfig, cache_dir: Path | None = None) -> CorineSource | None:
+    """The CORINE source of the CORINE fusion modes: Sentinel Hub's BYOC collection when
+    `imagery.sentinelhub.byoc_corine_collection` is set, else None (those modes are then refused per request).
+
+    Raises:
+        ConfigError: the collection is set but Sentinel Hub credentials are missing.
+    """
+    if not cfg.imagery.sentinelhub.byoc_corine_collection:
+        return None
+    return CorineSource(cfg.imagery.sentinelhub, cache_dir)

@@ -73,7 +73,7 @@ def build_fusion_sources(
     Raises:
         ConfigError: missing credentials, a label set without corine_codes, a missing OSM file.
     """
-    from lulc_core.corine import build_corine_source
+    from lulc_core.imagery.corine import build_corine_source
     from lulc_core.labelling import build_label_source
 
     source = build_label_source(cfg, label_set, cache_dir) if labels else None

@@ -26,7 +26,7 @@ from lulc_core.config import GateConfig
 from lulc_core.errors import NotFoundError
 
 if TYPE_CHECKING:
-    from lulc_core.registry import ModelRef, ModelRegistry
+    from lulc_core.registry.base import ModelRef, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def decide(
 
 def apply_gate(registry: ModelRegistry, ref: str | ModelRef, cfg: GateConfig, *, promote: bool = True) -> GateDecision:
     """Decide for the version `ref`, record the decision on it, and promote it to production when it passes."""
-    from lulc_core.registry import ModelRef
+    from lulc_core.registry.base import ModelRef
 
     candidate = registry.get(ref)
     try:

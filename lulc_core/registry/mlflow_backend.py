@@ -7,10 +7,11 @@ source is `runs:/<run_id>/bundle`, tagged with metrics, lineage and later the ga
 in the `lulc.stage` version tag.
 
 KServe: `ModelVersionInfo.storage_uri` is the bundle's underlying artifact location (`<run artifact_uri>/bundle`).
-KServe's storage initializer can fetch it when the tracking server stores artifacts directly in an object store
-(`mlflow server --default-artifact-root s3://bucket/mlflow --no-serve-artifacts` gives `s3://.../bundle`; gs://
-and Azure Blob work alike). It cannot fetch `models:/`, `runs:/`, `mlflow-artifacts:/` (proxied artifacts) or
-`file://` URIs; for those, resolve the bundle (`lulc registry resolve`) and copy it to a bucket or a PVC.
+KServe's storage initializer fetches it when the artifacts live in an object store: `registry.artifact_root:
+s3://bucket/mlflow` (the experiment's artifact location, also with an embedded SQLite store), or a tracking
+server started with `--default-artifact-root s3://bucket/mlflow --no-serve-artifacts`, give `s3://.../bundle`
+(gs:// and Azure Blob work alike). It cannot fetch `models:/`, `runs:/`, `mlflow-artifacts:/` (proxied
+artifacts) or `file://` URIs; `serving.deploy.DeploySpec` refuses those.
 
 Only `MlflowClient` is used (no `mlflow.pyfunc`), and mlflow is imported inside the methods.
 """
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from lulc_core.errors import InputError, LulcError, NotFoundError, UpstreamError
-from lulc_core.registry import (
+from lulc_core.registry.base import (
     ALIAS_STAGES,
     TAG_STAGE,
     ModelRef,
@@ -40,9 +41,12 @@ from lulc_core.registry import (
     parse_stage,
     prepare_registration,
 )
+from lulc_core.registry.tracking import TrainingRun
 
 if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
     from mlflow import MlflowClient
+    from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -74,7 +78,7 @@ class MlflowRegistry(ModelRegistry):
         model_name: str,
         cache_dir: Path,
         *,
-        artifact_root: Path | None = None,
+        artifact_root: Path | str | None = None,
         registry_uri: str | None = None,
         experiment: str = EXPERIMENT,
     ) -> None:
@@ -97,7 +101,12 @@ class MlflowRegistry(ModelRegistry):
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.remote = scheme in ("http", "https", "databricks")
-        self.artifact_root = None if self.remote else artifact_root
+        # a configured URI (s3://...) always applies; the local default only to a local store (a server has its own)
+        self._explicit_root = isinstance(artifact_root, str)
+        if isinstance(artifact_root, str):
+            self.artifact_location: str | None = artifact_root if "://" in artifact_root else _file_uri(artifact_root)
+        else:
+            self.artifact_location = None if self.remote or artifact_root is None else _file_uri(artifact_root)
         self.experiment = experiment
         self._client: MlflowClient | None = None
 
@@ -151,10 +160,18 @@ class MlflowRegistry(ModelRegistry):
 
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None:
+            wanted = self.artifact_location
+            if self._explicit_root and wanted and exp.artifact_location.rstrip("/") != wanted.rstrip("/"):
+                log.warning(
+                    "experiment %r keeps its artifacts at %s, not %s (registry.artifact_root applies when the "
+                    "experiment is created) — use a new tracking database or experiment for the new location",
+                    self.experiment,
+                    exp.artifact_location,
+                    wanted,
+                )
             return str(exp.experiment_id)
-        location = self.artifact_root.resolve().as_uri() if self.artifact_root is not None else None
         try:
-            return str(self.client.create_experiment(self.experiment, artifact_location=location))
+            return str(self.client.create_experiment(self.experiment, artifact_location=self.artifact_location))
         except MlflowException as exc:  # created concurrently
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
@@ -269,12 +286,20 @@ class MlflowRegistry(ModelRegistry):
         reg = prepare_registration(Path(bundle_dir), info, self.model_name)
         with self._errors(f"register {reg.name}"):
             exp_id = self._experiment_id()
-            run = self.client.create_run(exp_id, run_name=reg.run_name, tags=reg.version_tags)
+            trained_in = self._training_run(reg.provenance.tracking_run)
+            if trained_in is None:
+                run = self.client.create_run(exp_id, run_name=reg.run_name, tags=reg.version_tags)
+                logged: dict[str, str] = {}
+            else:  # the run holding the training curves becomes the version's run
+                run = trained_in
+                logged = dict(run.data.params)
+                for key, value in reg.version_tags.items():
+                    self.client.set_tag(run.info.run_id, key, value)
             run_id = run.info.run_id
             try:
                 now = int(time.time() * 1000)
                 metrics = [Metric(k, v, now, 0) for k, v in reg.metrics.items()]
-                params = [Param(k, v[:6000]) for k, v in reg.params.items()]
+                params = [Param(k, v[:6000]) for k, v in reg.params.items() if k not in logged]
                 for i in range(0, max(len(metrics), len(params)), 100):
                     self.client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
                 self.client.log_artifacts(run_id, str(reg.bundle_dir), "bundle")
@@ -301,6 +326,26 @@ class MlflowRegistry(ModelRegistry):
         ref = ModelRef(name=reg.name, version=int(mv.version))
         log.info("registered %s (run %s)", ref, run_id)
         return ref
+
+    def _training_run(self, run_id: str | None) -> Run | None:
+        """The training run `run_id` when this store has it (else None: the bundle was trained elsewhere)."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            log.warning("training run %s is not in %s: registering in a new run", run_id, self.tracking_uri)
+            return None
+        return None if run.info.lifecycle_stage == "deleted" else run
+
+    def start_training_run(self, name: str) -> TrainingRun:
+        """A run in the registry's experiment that Lightning's MLFlowLogger logs the training curves into."""
+        with self._errors(f"start training run {name}"):
+            exp_id = self._experiment_id()
+            run = self.client.create_run(exp_id, run_name=name, tags={"lulc.kind": "training"})
+        return MlflowTrainingRun(self, run.info.run_id, self._run_url(exp_id, run.info.run_id))
 
     def get(self, ref: str | ModelRef) -> ModelVersionInfo:
         r = self.ref(ref)
@@ -360,6 +405,39 @@ class MlflowRegistry(ModelRegistry):
             if not info.run_id:
                 raise NotFoundError(f"{info.name}@{info.version} has no run to attach {file.name} to")
             self.client.log_artifact(info.run_id, str(file), "bundle")
+
+
+class MlflowTrainingRun(TrainingRun):
+    """An MLflow run of the registry's experiment; Lightning's MLFlowLogger writes the curves into it."""
+
+    backend = "mlflow"
+
+    def __init__(self, registry: MlflowRegistry, run_id: str, url: str | None) -> None:
+        super().__init__(run_id, url)
+        self.registry = registry
+        # MLFlowLogger sets mlflow's global tracking URI and MLFLOW_TRACKING_URI (inherited by subprocesses):
+        # `close` puts back what the process had, so later registries and steps see their own configuration
+        self._previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
+
+    def logger(self) -> Logger:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return MLFlowLogger(
+            experiment_name=self.registry.experiment, tracking_uri=self.registry.tracking_uri, run_id=self.run_id
+        )
+
+    def close(self, failed: bool = False) -> None:
+        import mlflow
+
+        with contextlib.suppress(Exception):
+            self.registry.client.set_terminated(str(self.run_id), status="FAILED" if failed else "FINISHED")
+        mlflow.set_tracking_uri(self._previous_uri)  # type: ignore[arg-type]  # None unsets it (mlflow 2.x, 3.x)
+        if self._previous_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def _file_uri(path: Path | str) -> str:
+    return Path(path).resolve().as_uri()
 
 
 def _looks_unreachable(text: str) -> bool:

@@ -18,7 +18,9 @@ offline *run* tagged `lulc-model-candidate` with the same fields and the bundle 
 `.neptune/lulc-bundles/`, because offline file sets only reference paths); after `neptune sync`, register the
 bundle online. Reads (`list`, `resolve`, `promote`) need a server.
 
-KServe cannot fetch from Neptune (`storage_uri` is None): resolve the bundle and copy it to object storage.
+KServe: a version's `storage_uri` is `neptune://<workspace>/<project>/<version id>`. KServe fetches it through the
+ClusterStorageContainer of `manifests/cluster/neptune-storage`, whose init container runs `lulc registry pull
+<uri> /mnt/models` with NEPTUNE_API_TOKEN from a Secret (`pull_storage_uri`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 from lulc_core.bundle import METADATA_FILE
 from lulc_core.config import RegistryConfig
 from lulc_core.errors import InputError, LulcError, NotFoundError, UpstreamError
-from lulc_core.registry import (
+from lulc_core.registry.base import (
     ALIAS_STAGES,
     STAGES,
     TAG_STAGE,
@@ -52,6 +54,7 @@ from lulc_core.registry import (
     parse_stage,
     prepare_registration,
 )
+from lulc_core.registry.tracking import NeptuneRunLogger, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,15 @@ CREDENTIALS_FIX = (
     "export NEPTUNE_API_TOKEN=<API token from your Neptune server> and NEPTUNE_PROJECT=<workspace>/<project> "
     "(or set registry.neptune_project), or use NEPTUNE_MODE=offline to store locally for `neptune sync`"
 )
+SCHEME = "neptune://"
+# Runs record what lulc logs, not the process's console, hardware, sources or git state.
+QUIET_RUN: dict[str, Any] = {
+    "capture_stdout": False,
+    "capture_stderr": False,
+    "capture_hardware_metrics": False,
+    "source_files": [],
+    "git_ref": False,
+}
 _KEY = re.compile(r"^[A-Z0-9]{1,10}$")
 _VERSION_ID = re.compile(r"^(?P<model>[A-Z0-9]+-[A-Z0-9]+)-(?P<n>\d+)$")
 # Connection retries of the neptune client (read once, when neptune is first imported): seconds, not minutes.
@@ -214,7 +226,7 @@ class NeptuneRegistry(ModelRegistry):
         return f"{self.project_key()}-{key}"
 
     def _uri(self, version_id: str) -> str:
-        return f"neptune://{self.project}/{version_id}"
+        return f"{SCHEME}{self.project}/{version_id}"
 
     # -- reads ----------------------------------------------------------------------------------------------
 
@@ -265,7 +277,7 @@ class NeptuneRegistry(ModelRegistry):
             run_url=row.get("run_url") or None,
             source=f"{self._uri(version_id)}/bundle",
             uri=self._uri(version_id),
-            storage_uri=None,
+            storage_uri=self._uri(version_id),
         )
 
     def list_versions(self, name: str | None = None) -> list[ModelVersionInfo]:
@@ -362,13 +374,49 @@ class NeptuneRegistry(ModelRegistry):
                 version_id = str(version["sys/id"].fetch())
                 if not reg.provenance.run_url:
                     version["run_url"] = version.get_url()
+                if reg.provenance.tracking_run:
+                    version["training_run"] = reg.provenance.tracking_run
                 version.wait()
             finally:
                 version.stop()
+        if reg.provenance.tracking_run:
+            self._link_training_run(reg.provenance.tracking_run, version_id)
         m = _VERSION_ID.match(version_id)
         ref = ModelRef(name=key, version=int(m["n"]) if m else None)
         log.info("registered %s (%s)", ref, version_id)
         return ref
+
+    def start_training_run(self, name: str) -> TrainingRun:
+        """A Neptune run for the training curves (offline mode: stored under .neptune/ for `neptune sync`)."""
+        if self.mode == "read-only":
+            raise InputError("NEPTUNE_MODE", "read-only mode cannot log training", "unset NEPTUNE_MODE or set async")
+        neptune = _neptune()
+        with self._errors("start training run"):
+            run = neptune.init_run(
+                project=self.project,
+                api_token=self.api_token,
+                mode=self.mode,
+                name=name,
+                tags=["lulc-training"],
+                **QUIET_RUN,
+            )
+            online = self.mode not in ("offline", "debug")
+            run_id = str(run["sys/id"].fetch()) if online else None
+            url = run.get_url() if online else None
+        return NeptuneTrainingRun(run, run_id, url, self)
+
+    def _link_training_run(self, run_id: str, version_id: str) -> None:
+        """Record the registered version in the training run (the version already records the run)."""
+        try:
+            with self._errors(f"training run {run_id}"):
+                run = _neptune().init_run(with_id=run_id, **self._kwargs("sync"), **QUIET_RUN)
+                try:
+                    run["model_version"] = version_id
+                    run.wait()
+                finally:
+                    run.stop()
+        except LulcError as exc:
+            log.warning("%s is registered, but its training run %s was not updated: %s", version_id, run_id, exc)
 
     def _register_offline(self, key: str, reg: Registration) -> ModelRef:
         """Store the registration as an offline run (bundle copied beside it) for `neptune sync`."""
@@ -472,6 +520,54 @@ class NeptuneRegistry(ModelRegistry):
 
     def _cache_key(self, info: ModelVersionInfo) -> str:
         return f'["neptune", "{self._uri(info.version_id)}", "{info.tags.get("lulc.onnx")}"]'
+
+
+class NeptuneTrainingRun(TrainingRun):
+    """A Neptune run; `NeptuneRunLogger` appends the curves to its `training/*` series."""
+
+    backend = "neptune"
+
+    def __init__(self, run: Any, run_id: str | None, url: str | None, registry: NeptuneRegistry) -> None:
+        super().__init__(run_id, url)
+        self.run = run
+        self.registry = registry
+
+    def logger(self) -> NeptuneRunLogger:
+        return NeptuneRunLogger(self.run)
+
+    def close(self, failed: bool = False) -> None:
+        with contextlib.suppress(Exception), self.registry._errors(f"close training run {self.run_id}"):
+            if failed:
+                self.run["sys/failed"] = True
+            self.run.stop()
+
+
+def parse_storage_uri(uri: str) -> tuple[str, str]:
+    """`neptune://<workspace>/<project>/<version id>` -> (project, version id)."""
+    body = uri.removeprefix(SCHEME)
+    project, _, version_id = body.rpartition("/")
+    if not uri.startswith(SCHEME) or project.count("/") != 1 or not _VERSION_ID.match(version_id):
+        raise InputError(
+            "storage_uri",
+            f"{uri!r} is not a Neptune model version URI",
+            "write neptune://<workspace>/<project>/<PROJECT_KEY>-<MODEL_KEY>-<n>, as `lulc registry show` prints it",
+        )
+    return project, version_id
+
+
+def pull_storage_uri(uri: str, dest: Path, cache_dir: Path) -> Path:
+    """Download the bundle of the version `uri` names into `dest` (NEPTUNE_API_TOKEN and NEPTUNE_MODE from the
+    environment; the project comes from the URI)."""
+    project, version_id = parse_storage_uri(uri)
+    m = _VERSION_ID.match(version_id)
+    assert m is not None
+    key = m["model"].rsplit("-", 1)[-1]
+    mode = os.environ.get("NEPTUNE_MODE", "async") or "async"
+    registry = NeptuneRegistry(project, os.environ.get("NEPTUNE_API_TOKEN"), key, cache_dir, mode=mode)
+    info = registry.get(ModelRef(name=key, version=int(m["n"])))
+    if info.version_id != version_id:
+        raise NotFoundError(f"{uri}: no model version {version_id} in {project} (found {info.version_id})")
+    return registry.pull(info.ref, dest)
 
 
 def sync_offline(project: str | None, path: Path = Path()) -> None:

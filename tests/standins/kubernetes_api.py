@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -107,6 +108,19 @@ class KubeApiStandIn(JsonApiStandIn):
         super().__init__()
 
     # --- the simulated API server -------------------------------------------------------------------------
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig whose current context points at this stand-in (bearer token `t`)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "u"}}],
+            "current-context": "standin",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     def handle(
         self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes

@@ -8,7 +8,8 @@ operation ids, parameter names and response field names follow the public Neptun
 codegen/swagger); the definitions keep only the fields the client reads. Behaviour (ids, `sys/*` attributes,
 stages, NQL filtering, tar/multipart uploads, zip downloads) is written from the client's source.
 
-Not covered: artifacts, series values, images, notebooks, websockets, OAuth refresh (tokens live one hour).
+Series values are kept (`Container.series`) but cannot be read back over the API. Not covered: artifacts,
+images, notebooks, websockets, OAuth refresh (tokens live one hour).
 Use::
 
     with NeptuneStandIn() as server:
@@ -310,6 +311,7 @@ class Container:
     parent_id: str
     attrs: dict[str, Attribute] = field(default_factory=dict)
     files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # file set attribute -> path -> bytes
+    series: dict[str, list[tuple[float | None, Any]]] = field(default_factory=dict)  # path -> [(step, value)]
 
 
 def _now() -> datetime:
@@ -463,6 +465,14 @@ class NeptuneStandIn:
         payload = {"api_address": self.url, "api_url": self.url, "api_key": "stand-in-key"}
         return base64.b64encode(json.dumps(payload).encode()).decode()
 
+    def client_env(self) -> dict[str, str]:
+        """What the neptune client needs to reach this server (plain http on 127.0.0.1 included)."""
+        return {
+            "NEPTUNE_API_TOKEN": self.api_token,
+            "NEPTUNE_PROJECT": self.project,
+            "OAUTHLIB_INSECURE_TRANSPORT": "1",
+        }
+
     def start(self) -> NeptuneStandIn:
         self._thread.start()
         return self
@@ -590,7 +600,8 @@ class NeptuneStandIn:
                 value = op[name]["value"]
                 if path == "sys/stage" and value not in STAGES:
                     return f"sys/stage: unknown stage {value!r}"
-                if path.startswith("sys/") and path not in ("sys/stage", "sys/name", "sys/description", "sys/failed"):
+                writable = ("sys/stage", "sys/name", "sys/description", "sys/failed", "sys/hostname")
+                if path.startswith("sys/") and path not in writable:
                     return f"{path}: system field is read-only"
                 c.attrs[path] = Attribute(typ, value)
                 return None
@@ -612,6 +623,7 @@ class NeptuneStandIn:
         if "logFloats" in op or "logStrings" in op:
             key = "logFloats" if "logFloats" in op else "logStrings"
             entries = op[key]["entries"]
+            c.series.setdefault(path, []).extend((e.get("step"), e["value"]) for e in entries)
             if entries:
                 c.attrs[path] = Attribute("floatSeries" if key == "logFloats" else "stringSeries", entries[-1]["value"])
             return None
