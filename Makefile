@@ -43,7 +43,7 @@ docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet
 
 test: $(STAMP) lint typecheck deps docs
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lulc_core.config import load_run_config
-from lulc_core.lineage import registration_info
+from lulc_core.registry import registration_info
 
 pytestmark = pytest.mark.slow
 
