@@ -36,15 +36,17 @@ def local_server(
     model_name: str = "lulc",
     ready_timeout_s: float = 300.0,
     cwd: Path | None = None,
+    cli: bool = False,
 ) -> Iterator[tuple[str, int]]:
     """Start `python -m serving` with `model` and `config`; yield (base URL, pid) once the model is loaded.
 
-    The server's output goes to `log_path` (a temporary file when None), never to an unread pipe that could fill
+    `cli=True` starts it the way a user does, as `lulc serve` (same server, the CLI's options). The server's output goes to `log_path` (a temporary file when None), never to an unread pipe that could fill
     up and block it. SIGTERM on exit (graceful shutdown), SIGKILL if it does not stop within 60 s.
     """
     port = free_port()
-    cmd = [sys.executable, "-m", "serving", "--model", str(model), "--config", str(config)]
-    cmd += ["--model-name", model_name, "--port", str(port), *extra]
+    entry = [str(Path(sys.executable).with_name("lulc")), "serve"] if cli else [sys.executable, "-m", "serving"]
+    name_flag = "--name" if cli else "--model-name"
+    cmd = [*entry, "--model", str(model), "--config", str(config), name_flag, model_name, "--port", str(port), *extra]
     with contextlib.ExitStack() as stack:
         if log_path is None:
             log_path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lulc-serve-"))) / "server.log"

@@ -16,9 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +37,7 @@ from lulc.cli import app
 from lulc_core.config import load_run_config
 from lulc_core.errors import ConfigError
 from lulc_core.registry import build_registry
-from serving.process import free_port
+from serving.process import local_server
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -197,39 +194,14 @@ def test_lulc_predict(source: str, registry: str, production: dict[str, Path], t
     assert_classes(out)
 
 
-@contextlib.contextmanager
-def lulc_serve(model: str, config: Path) -> Iterator[str]:
-    """`lulc serve --model REF --config FILE --port P` as a user starts it; yields the URL once the model is up."""
-    port = free_port()
-    lulc = Path(sys.executable).with_name("lulc")
-    cmd = [str(lulc), "serve", "--model", model, "--config", str(config), "--port", str(port)]
-    with (config.parent / "serve.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{url}/v2/models/lulc/ready", timeout=5).status_code == 200:
-                    break
-            assert proc.poll() is None, (config.parent / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "lulc serve was not ready in 240 s"
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def servers(production: dict[str, Path]) -> Iterator[dict[str, str]]:
     """One `lulc serve` per cell (label source x registry), each with that cell's run YAML."""
     with contextlib.ExitStack() as stack:
-        yield {cell: stack.enter_context(lulc_serve("matrix@production", cfg)) for cell, cfg in production.items()}
+        yield {
+            cell: stack.enter_context(local_server("matrix@production", cfg, cli=True, ready_timeout_s=240))[0]
+            for cell, cfg in production.items()
+        }
 
 
 AREA = {"area_coords": BBOX, "start_date": START, "end_date": END, "fusion_mode": "favour_osm"}
