@@ -343,7 +343,7 @@ def test_kserve_bounds_match_the_pin_and_the_server_members_exist() -> None:
 
     deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     pins = [d for group in [deps["dependencies"], *deps["optional-dependencies"].values()] for d in group]
-    (pin,) = {d for d in pins if re.match(r"kserve\b", d)}
+    (pin,) = {d for d in pins if re.match(r"kserve(?![-\w])", d)}
     (low, high) = KSERVE_RANGE
     assert pin.replace(" ", "") == f"kserve>={low[0]}.{low[1]},<{high[0]}.{high[1]}"
     check_kserve()  # the installed one
