@@ -78,6 +78,11 @@ class OriginalRequest(BaseModel):
         description="GeoTIFF grid: 'EPSG:4326' clipped to the box (the original's answer) or 'utm' (lulc's "
         "native grid: the box's UTM zone at the model's resolution, no resampling).",
     )
+    # lulc's extensions, beside the original's fields (the server's `serving` settings when absent)
+    tta: bool | None = Field(default=None, description="Test-time augmentation of the classes (serving.tta).")
+    edge_buffer_m: float | None = Field(
+        default=None, ge=0, description="Margin predicted around the box and cropped off (serving.edge_buffer_m)."
+    )
 
     @field_validator("area_coords", "threshold", mode="before")
     @classmethod
@@ -86,7 +91,7 @@ class OriginalRequest(BaseModel):
 
     def area_request(self) -> AreaRequest:
         """The request in lulc's terms (corners in order, as the original's Sentinel Hub BBox put them)."""
-        values = self.model_dump(include={"start_date", "end_date", "threshold", "fusion_mode"})
+        values = self.model_dump(include={"start_date", "end_date", "threshold", "fusion_mode", "tta", "edge_buffer_m"})
         return AreaRequest.parse({"area_coords": list(self.box())} | values)
 
     def box(self) -> tuple[float, float, float, float]:
