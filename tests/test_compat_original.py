@@ -226,7 +226,8 @@ def test_uncertainty_bands_are_the_originals_formulas() -> None:
 def test_openapi_documents_the_original_body(url: str) -> None:
     spec = requests.get(url + "/openapi.json", timeout=30).json()
     body = spec["components"]["schemas"]["OriginalRequest"]
-    assert {"area_coords", "start_date", "end_date", "threshold", "fusion_mode", "grid"} == set(body["properties"])
+    original = {"area_coords", "start_date", "end_date", "threshold", "fusion_mode"}
+    assert original | {"grid", "tta", "edge_buffer_m"} == set(body["properties"])  # lulc's opt-in extensions
     assert "image/geotiff" in spec["paths"]["/segment/"]["post"]["responses"]["200"]["content"]
 
 
