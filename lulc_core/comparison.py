@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -20,8 +19,9 @@ from pydantic import BaseModel, Field
 from rasterio.merge import merge
 from rasterio.warp import Resampling, reproject
 
+from lulc_core.inference.outputs import class_colors, save_figure
 from lulc_core.labels import LabelSet
-from lulc_core.raster import Raster, atomic_path
+from lulc_core.raster import Raster
 
 AGREE_COLORS = ["#d9d9d9", "#1a9850", "#d73027"]
 """unlabelled reference, agreement, disagreement."""
@@ -88,9 +88,7 @@ def agreement(panels: Sequence[Panel], label_set: LabelSet) -> Agreement:
 
 def plot_comparison(panels: Sequence[Panel], label_set: LabelSet, result: Agreement, path: Path) -> Path:
     """One row per panel: prediction, reference and the agreement map, with the class legend."""
-    colors = [(r / 255, g / 255, b / 255, a / 255) for _, (r, g, b, a) in sorted(label_set.colormap().items())]
-    classes = ListedColormap(colors)
-    norm = BoundaryNorm(np.arange(label_set.num_classes + 1) - 0.5, label_set.num_classes)
+    colors, classes, norm = class_colors(label_set)
     agree = ListedColormap(AGREE_COLORS)
     fig = Figure(figsize=(11, 3.4 * len(panels) + 0.8))
     for row, panel in enumerate(panels):
@@ -110,7 +108,4 @@ def plot_comparison(panels: Sequence[Panel], label_set: LabelSet, result: Agreem
     fig.suptitle(
         f"Held-back test area: agreement {result.agreement:.1%} over {result.pixels:,} labelled pixels", fontsize=10
     )
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
+    return save_figure(fig, path)

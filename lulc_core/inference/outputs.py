@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from lulc_core.inference.options import Prediction
+from lulc_core.labels import LabelSet
 from lulc_core.raster import Raster, atomic_path, write_geotiff
 
 PREVIEW_MAX_PX = 2048
@@ -82,7 +83,15 @@ def _extent(raster: Raster) -> tuple[float, float, float, float]:
     return (w, e, s, n)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def class_colors(label_set: LabelSet) -> tuple[list[tuple[float, float, float, float]], ListedColormap, BoundaryNorm]:
+    """The label set's colours (RGBA 0..1, by raster value), and the colour map and norm that draw class rasters."""
+    colors = [(r / 255, g / 255, b / 255, a / 255) for _, (r, g, b, a) in sorted(label_set.colormap().items())]
+    norm = BoundaryNorm(np.arange(label_set.num_classes + 1) - 0.5, label_set.num_classes)
+    return colors, ListedColormap(colors), norm
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG, atomically."""
     target = Path(path)
     FigureCanvasAgg(fig)
     with atomic_path(target) as tmp:
@@ -97,9 +106,7 @@ def write_preview_png(
     of more than 16 classes only those present)."""
     label_set = prediction.label_set
     classes = _subsample(prediction.classes.data[0], max_px)
-    colors = [(r / 255, g / 255, b / 255, a / 255) for _, (r, g, b, a) in sorted(label_set.colormap().items())]
-    cmap = ListedColormap(colors)
-    norm = BoundaryNorm(np.arange(label_set.num_classes + 1) - 0.5, label_set.num_classes)
+    colors, cmap, norm = class_colors(label_set)
     counts = np.bincount(prediction.classes.data[0].ravel(), minlength=label_set.num_classes)
     total = max(int(counts.sum()), 1)
 
@@ -117,7 +124,7 @@ def write_preview_png(
         for i in shown
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title="classes")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_uncertainty_preview_png(
@@ -136,4 +143,4 @@ def write_uncertainty_preview_png(
         ax.ticklabel_format(style="plain", useOffset=False)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle(title or prediction.title or "Uncertainty", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
