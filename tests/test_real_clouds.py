@@ -3,7 +3,8 @@
 The Sentinel Hub stand-in runs evalscript lulc_v2 (node) over ten real acquisitions of eo-learn's Slovenian patch
 (`standins.cloudy.real_scenes`, data/sample/clouds/eolearn_scenes.npz): summer 2015 with real cloud reflectances
 and the real s2cloudless CLM, winter 2016/17 with the real Sen2Cor SCL. Nothing here is synthetic except the flat
-value of winter pixels that eo-learn stored without bands (all of them flagged by their real SCL).
+value of winter pixels that eo-learn stored without bands (all of them flagged by their real SCL). The STAC
+stand-in serves the winter scenes as COG items with their real SCL asset.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import rasterio
 import yaml
 from standins.cloudy import CLOUD_DN, SUMMER, WINTER, Scene, scene_grid, scene_tile, scenes_in
 from standins.sentinelhub import SentinelHubStandIn
+from standins.stac import StacStandIn
 from typer.testing import CliRunner
 
 from lulc_core.config import S2_BANDS
@@ -44,18 +46,19 @@ def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SH_CLIENT_SECRET", SECRET)
 
 
-def _run_yaml(tmp: Path, sh: SentinelHubStandIn, frame: tuple[date, date], composite: str, bands: list[str]) -> Path:
+def _run_yaml(
+    tmp: Path, server: SentinelHubStandIn | StacStandIn, frame: tuple[date, date], composite: str, bands: list[str]
+) -> Path:
+    if isinstance(server, StacStandIn):
+        store = {"store": "stac", "stac": {"url": server.url, "max_cloud_cover": 100.0, "backoff_s": 0.01}}
+    else:
+        settings = {"base_url": server.url, "token_url": server.token_url, "backoff_s": 0.01, "timeout_s": 30.0}
+        store = {"store": "sentinelhub", "sentinelhub": settings}
     run = {
         "name": "real-clouds",
         "work_dir": str(tmp / "work"),
         "area": {"bbox": [14.55, 45.86, 14.56, 45.87], "time_frames": [{"start": str(frame[0]), "end": str(frame[1])}]},
-        "imagery": {
-            "store": "sentinelhub",
-            "bands": bands,
-            "composite": composite,
-            "min_valid_share": 0.0,
-            "sentinelhub": {"base_url": sh.url, "token_url": sh.token_url, "backoff_s": 0.01, "timeout_s": 30.0},
-        },
+        "imagery": {"bands": bands, "composite": composite, "min_valid_share": 0.0, **store},
         "labels": {"label_set": str(REPO / "conf" / "labels" / "v3.yaml"), "source": "file", "osm_file": "x.geojson"},
     }
     path = tmp / f"run-{composite}-{frame[0]}.yaml"
@@ -64,7 +67,7 @@ def _run_yaml(tmp: Path, sh: SentinelHubStandIn, frame: tuple[date, date], compo
 
 
 def _imagery(
-    tmp: Path, sh: SentinelHubStandIn, frame: tuple[date, date], composite: str = "median"
+    tmp: Path, server: SentinelHubStandIn | StacStandIn, frame: tuple[date, date], composite: str = "median"
 ) -> tuple[np.ndarray, str]:
     """`lulc data imagery` of the whole patch over `frame`: (12, H, W) float32 with NaN as nodata, CLI output."""
     from lulc.cli import app
@@ -72,9 +75,9 @@ def _imagery(
     tile = scene_tile(frame, f"slovenia-{composite}-{frame[0]}")
     tiles = tmp / f"{tile.id}.geojson"
     write_tiles([tile], tiles)
-    config = _run_yaml(tmp, sh, frame, composite, list(S2_BANDS))
-    args = ["data", "imagery", "-c", str(config), "-t", str(tiles), "-o", str(tmp / "imagery"), "--store"]
-    result = CliRunner().invoke(app, [*args, "sentinelhub", "--cache-dir", str(tmp / "cache")])
+    config = _run_yaml(tmp, server, frame, composite, list(S2_BANDS))
+    args = ["data", "imagery", "-c", str(config), "-t", str(tiles), "-o", str(tmp / "imagery")]
+    result = CliRunner().invoke(app, [*args, "--cache-dir", str(tmp / "cache")])
     assert result.exit_code == 0, result.output
     with rasterio.open(tmp / "imagery" / f"{tile.id}.tif") as src:
         assert list(src.descriptions) == list(S2_BANDS)
@@ -192,3 +195,17 @@ def _inner_bbox(crs: rasterio.crs.CRS, transform: rasterio.Affine, w: int, h: in
     east, south = transform.c + 10 * w - 30, transform.f - 10 * h + 30
     box = rasterio.warp.transform_bounds(crs, "EPSG:4326", west, south, east, north)
     return ",".join(f"{v:.6f}" for v in box)
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+def test_stac_real_scl_composite_masks_the_flagged_classes(tmp_path: Path) -> None:
+    """The STAC store has SCL only (no CLM): the real SCL alone decides, the same median rule composites."""
+    scenes = scenes_in(WINTER)
+    with StacStandIn(real_scenes=True) as server:
+        data, _ = _imagery(tmp_path, server, WINTER)  # type: ignore[arg-type]
+    valid = np.stack([(s.data > 0) & ~np.isin(s.scl.astype(int), SCL_INVALID) for s in scenes])
+    expected = np.nanmedian(np.stack([np.where(v, s.s2, np.nan) for s, v in zip(scenes, valid, strict=True)]), axis=0)
+    none_clear = ~valid.any(axis=0)
+    assert none_clear.sum() > 500 and np.isnan(data[:, none_clear]).all()
+    assert np.allclose(data[:, ~none_clear], expected[:, ~none_clear], atol=0.51)
+    assert not (data == CLOUD_DN).any()
