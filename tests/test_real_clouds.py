@@ -209,3 +209,26 @@ def test_stac_real_scl_composite_masks_the_flagged_classes(tmp_path: Path) -> No
     assert none_clear.sum() > 500 and np.isnan(data[:, none_clear]).all()
     assert np.allclose(data[:, ~none_clear], expected[:, ~none_clear], atol=0.51)
     assert not (data == CLOUD_DN).any()
+
+
+def test_least_cloudy_composite_refuses_a_mosaicking_order_other_than_least_cloud(tmp_path: Path) -> None:
+    from lulc.cli import app
+
+    config = tmp_path / "run.yaml"
+    run = {
+        "name": "bad",
+        "area": {"bbox": [14.55, 45.86, 14.56, 45.87], "time_frames": [{"start": "2017-01-01", "end": "2017-01-31"}]},
+        "imagery": {
+            "store": "sentinelhub",
+            "composite": "least_cloudy",
+            "sentinelhub": {"mosaicking_order": "mostRecent"},
+        },
+        "labels": {"label_set": str(REPO / "conf" / "labels" / "v3.yaml"), "source": "file", "osm_file": "x.geojson"},
+    }
+    config.write_text(yaml.safe_dump(run))
+    tiles = tmp_path / "tiles.geojson"
+    write_tiles([scene_tile(WINTER)], tiles)
+    result = CliRunner().invoke(app, ["data", "imagery", "-c", str(config), "-t", str(tiles), "-o", str(tmp_path)])
+    assert result.exit_code != 0
+    message = str(result.exception) + result.output
+    assert "mosaicking_order" in message and "leastCC" in message
