@@ -557,8 +557,11 @@ def main() -> None:
     parser.add_argument("--client-id", default="lulc-test-client")
     parser.add_argument("--client-secret", default="lulc-test-secret")
     parser.add_argument("--latency", type=float, default=0.0, help="Extra seconds per request.")
+    parser.add_argument("--real-scenes", action="store_true", help="Also serve eo-learn's real cloudy scenes.")
     args = parser.parse_args()
-    server = SentinelHubStandIn({args.client_id: args.client_secret}, latency_s=args.latency)
+    server = SentinelHubStandIn(
+        {args.client_id: args.client_secret}, latency_s=args.latency, real_scenes=args.real_scenes
+    )
     server.serve_until_interrupted(
         args.port,
         [

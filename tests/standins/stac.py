@@ -435,8 +435,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8703)
     parser.add_argument("--signed", action="store_true", help="Planetary Computer mode: assets need a SAS token.")
+    parser.add_argument("--real-scenes", action="store_true", help="Also serve eo-learn's real winter scenes.")
     args = parser.parse_args()
-    server = StacStandIn(signed=args.signed)
+    server = StacStandIn(signed=args.signed, real_scenes=args.real_scenes)
     server.serve_until_interrupted(
         args.port,
         ["imagery.store: stac", "imagery.stac.url: {url}", "imagery.stac.sign_url: {url}/sas/token  # with --signed"],
