@@ -153,7 +153,7 @@ class ImageryConfig(StrictModel):
     composite: Literal["median", "least_cloudy"] = Field(
         default="median",
         description="How the valid observations of the time frame become one image: per-band median, or per pixel "
-        "the first valid observation of the least cloudy scene.",
+        "the first valid observation, least cloudy scene first (its flagged pixels filled from the next scene).",
     )
     min_valid_share: float = Field(
         default=0.2,
@@ -185,6 +185,15 @@ class ImageryConfig(StrictModel):
     def _store(self) -> ImageryConfig:
         if self.store == "local" and self.local_dir is None:
             raise ValueError("store 'local' needs `local_dir` (a directory of GeoTIFFs)")
+        if (
+            self.store == "sentinelhub"
+            and self.composite == "least_cloudy"
+            and self.sentinelhub.mosaicking_order != "leastCC"
+        ):
+            raise ValueError(
+                "composite 'least_cloudy' needs sentinelhub.mosaicking_order 'leastCC' (it takes the samples in that "
+                "order); set it, or use composite 'median'"
+            )
         return self
 
 

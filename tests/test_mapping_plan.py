@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import geopandas as gpd
@@ -68,9 +69,31 @@ def test_processing_units_follow_the_sentinelhub_formula(work: Path) -> None:
     blocks = plan_blocks("s", load_features(cfg.area), cfg.area.time_frames, 128, 10.0)
     float32 = any(script.outputs[script.output_of(b)].sample_type == "FLOAT32" for b in info.bands)
     expected = sum(
-        estimate_processing_units(b.width + 20, b.height + 20, script.input_band_count, float32) for b in blocks
+        estimate_processing_units(b.width + 20, b.height + 20, script.billed_bands(b.start, b.end), float32)
+        for b in blocks
     )
     assert processing_units(cfg, blocks, info.bands, 10) == pytest.approx(expected)
+
+
+def test_processing_units_count_every_orbit_sample_of_a_multi_temporal_request(work: Path, tmp_path: Path) -> None:
+    """lulc_v2 mosaics ORBIT (a cloud-masked composite over the time frame): Sentinel Hub bills each data sample."""
+    from lulc_core.mapping.plan import MapPlan
+
+    out = tmp_path / "plan.json"
+    result = _plan(work, tmp_path, "--model", MODEL, "--save", str(out))
+    assert result.exit_code == 0, result.output
+    plan = MapPlan.load(out)
+    assert plan.model.bands == ["B02", "B03", "B04"]  # the S2 output only: UINT16, no FLOAT32 factor
+    pad = 2 * math.ceil(sample_config(work).serving.edge_buffer_m / 10.0)  # the edge buffer is fetched too
+    single = expected = 0.0
+    for b in plan.blocks:
+        days = (b.end - b.start).days + 1  # S2 every 5 days (14 bands incl. SCL, CLM), S1 every 6 (2), DEM once (1)
+        area = max(0.01, (b.width + pad) * (b.height + pad) / 512**2)
+        expected += area * (14 * math.ceil(days / 5) + 2 * math.ceil(days / 6) + 1) / 3
+        single += area * 17 / 3
+    assert plan.cost.processing_units == pytest.approx(expected, abs=0.01)
+    assert plan.cost.processing_units > 2 * single  # the sample frames span 10..14 days: 3 S2 samples, 2-3 S1
+    assert f"{plan.cost.processing_units:,.1f} processing units" in result.output
 
 
 def test_country_sized_aoi_over_three_zones(work: Path, tmp_path: Path) -> None:

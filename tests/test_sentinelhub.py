@@ -296,7 +296,10 @@ def test_processing_units_follow_the_recorded_request_and_the_service_header(sh:
     tile = patch_tile()
     estimate = store.processing_units(tile, BANDS)
     store.fetch(tile, BANDS)
-    assert store.pu_spent == pytest.approx(estimate) == pytest.approx(224 * 224 / 512**2 * 17 / 3 * 2)
+    # ORBIT mosaicking bills every data sample: the patch has one S2, S1 and DEM sample in its 11-day frame, the
+    # estimate expects an S2 look every 5 days (3 x 14 bands) and an S1 look every 6 (2 x 2 bands), plus the DEM
+    assert store.pu_spent == pytest.approx(224 * 224 / 512**2 * 17 / 3 * 2)
+    assert estimate == pytest.approx(224 * 224 / 512**2 * (3 * 14 + 2 * 2 + 1) / 3 * 2) == store.pu_estimated
 
 
 def test_requests_have_the_recorded_wire_format(sh: SentinelHubStandIn):

@@ -8,11 +8,13 @@
 // of the time frame is cloud-free at this pixel -> nodata, never a class).
 // A Sentinel-2 observation is invalid when dataMask is 0, SCL is 1 (saturated/defective), 3 (cloud shadow),
 // 8/9 (cloud medium/high probability) or 10 (thin cirrus), or CLM is 1 — when LULC_SPEC.cloud_mask is true.
-// LULC_SPEC.composite:
-//   "median"       ORBIT mosaicking: every observation of the time frame is a sample; per band the median of the
-//                  valid ones (the same rule as the local and STAC stores, lulc_core/imagery/clouds.py).
-//   "least_cloudy" SIMPLE mosaicking in the request's mosaickingOrder (leastCC): Sentinel Hub's least-cloudy
-//                  mosaic, its flagged pixels masked (no gap filling from other dates).
+// ORBIT mosaicking: every observation of the time frame is a sample, in the request's mosaickingOrder (leastCC:
+// least cloudy scene first). LULC_SPEC.composite:
+//   "median"       per band the median of the valid samples (the same rule as the local and STAC stores,
+//                  lulc_core/imagery/clouds.py).
+//   "least_cloudy" per pixel the first valid sample: the least cloudy scene where it is clear, its flagged pixels
+//                  filled from the next scene, and so on (SIMPLE mosaicking would leave them as gaps).
+// Processing units count every sample (lulc_core.imagery.sentinelhub.tile_processing_units estimates them).
 // LULC_SPEC is strict JSON: lulc reads it to name the bands of each output, and writes its configured
 // composite/cloud_mask into it before sending, so a cached response always matches its settings.
 const LULC_SPEC = {
@@ -51,7 +53,7 @@ function setup() {
     output: Object.keys(LULC_SPEC.outputs).map(function (id) {
       return {id: id, bands: LULC_SPEC.outputs[id].bands.length, sampleType: LULC_SPEC.outputs[id].sampleType};
     }),
-    mosaicking: MEDIAN ? Mosaicking.ORBIT : Mosaicking.SIMPLE
+    mosaicking: Mosaicking.ORBIT
   };
 }
 

@@ -30,6 +30,7 @@ import tarfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,11 @@ EVALSCRIPT_DIR = Path(__file__).resolve().parents[1] / "evalscripts"
 MAX_SIDE_PX = 2500  # Process API limit on output width and height
 MAX_SUBREQUESTS = 64  # a tile needing more requests than this is a configuration mistake
 PU_PIXELS = 512 * 512
+REVISIT_DAYS = {"s2": 5.0, "s1": 6.0}
+"""Days between acquisitions of a place, per evalscript datasource (Sentinel-2 A+B at the equator: 5; Sentinel-1
+A+C: 6; a source not listed, e.g. the DEM, has one sample). With ORBIT/TILE mosaicking Sentinel Hub bills every
+data sample, so a time frame of d days costs about ceil(d / revisit) samples; overlapping orbits at high latitudes
+give more, a cloud-cover filter fewer."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,26 @@ class Evalscript:
     def input_band_count(self) -> int:
         """Input bands counted for processing units (dataMask is free)."""
         return sum(1 for bands in self.inputs.values() for b in bands if b != "dataMask")
+
+    @property
+    def multi_temporal(self) -> bool:
+        """True when setup() asks for ORBIT or TILE mosaicking (every observation is a sample and is billed)."""
+        return re.search(r"mosaicking\s*:\s*(Mosaicking\.|[\"'])(ORBIT|TILE)\b", self.text) is not None
+
+    def billed_bands(self, start: date, end: date) -> float:
+        """Input bands x data samples for a time frame: Sentinel Hub's band and sample factors of the PU formula.
+
+        SIMPLE mosaicking: one sample per source. ORBIT/TILE: each source's bands once per expected acquisition
+        in `start`..`end` (`REVISIT_DAYS`; at least one).
+        """
+        days = (end - start).days + 1
+        total = 0.0
+        for source, bands in self.inputs.items():
+            count = sum(1 for b in bands if b != "dataMask")
+            revisit = REVISIT_DAYS.get(source)
+            samples = max(1, math.ceil(days / revisit)) if self.multi_temporal and revisit else 1
+            total += count * samples
+        return total
 
     @property
     def bands(self) -> list[str]:
@@ -279,8 +305,10 @@ def plan_windows(width: int, height: int, max_pixels: int, tile_id: str = "tile"
     ]
 
 
-def estimate_processing_units(width: int, height: int, input_bands: int, float32: bool, samples: int = 1) -> float:
-    """Processing units of one Process API request (Sentinel Hub's published multiplication factors)."""
+def estimate_processing_units(width: int, height: int, input_bands: float, float32: bool, samples: int = 1) -> float:
+    """Processing units of one Process API request (Sentinel Hub's published multiplication factors): output
+    pixels / 512^2 (at least 0.01) x input bands / 3 x 2 for FLOAT32 output x data samples (ORBIT/TILE
+    mosaicking; `input_bands` may already count bands x samples, see `Evalscript.billed_bands`)."""
     area = max(0.01, width * height / PU_PIXELS)
     return area * (input_bands / 3) * (2.0 if float32 else 1.0) * samples
 
@@ -292,7 +320,8 @@ def tile_processing_units(evalscript: Evalscript, tile: Tile, bands: Sequence[st
     outputs = {evalscript.output_of(b) for b in bands}
     float32 = any(evalscript.outputs[o].sample_type == "FLOAT32" for o in outputs)
     windows = plan_windows(tile.width, tile.height, max_pixels, tile.id)
-    return sum(estimate_processing_units(w.width, w.height, evalscript.input_band_count, float32) for w in windows)
+    billed = evalscript.billed_bands(tile.start, tile.end)
+    return sum(estimate_processing_units(w.width, w.height, billed, float32) for w in windows)
 
 
 # --- the download client --------------------------------------------------------------------------------------
@@ -604,7 +633,7 @@ class SentinelHubStore:
             for o in outputs:
                 full[o][:, window.row : window.row + window.height, window.col : window.col + window.width] = arrays[o]
             estimated += estimate_processing_units(
-                window.width, window.height, self.evalscript.input_band_count, float32
+                window.width, window.height, self.evalscript.billed_bands(tile.start, tile.end), float32
             )
             spent += pu
         with self._lock:

@@ -5,7 +5,7 @@
 //         by band in header order. Observations come in the request's mosaicking order.
 // Mosaicking SIMPLE (default): one sample per source and pixel — the first observation with dataMask 1 (else the
 // first). ORBIT/TILE: every observation is a sample (dataMask 0 where it has no data), as Sentinel Hub gives them.
-// stdout: uint32 LE header length, JSON {setup: {input, output}, outputs: [{id, bands, sampleType}]} or {error},
+// stdout: uint32 LE header length, JSON {setup: {input, output, mosaicking}, outputs: [{id, bands, sampleType}]} or {error},
 //         then float64 LE arrays (bands x npix) per output in header order.
 "use strict";
 const vm = require("vm");
@@ -125,7 +125,7 @@ function run(buf) {
   const described = outputs.map(function (o) {
     return {id: o.id || "default", bands: o.bands, sampleType: o.sampleType || "AUTO"};
   });
-  reply({setup: {input: inputs, output: described}, outputs: described}, result);
+  reply({setup: {input: inputs, output: described, mosaicking: setup.mosaicking || "SIMPLE"}, outputs: described}, result);
 }
 
 const chunks = [];

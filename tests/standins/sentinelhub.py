@@ -170,6 +170,12 @@ class SentinelHubStandIn(StandIn):
         token_lifetime_s: `expires_in` of issued tokens.
         cloudy_observations: also serve the four cloudy Sentinel-2 observations of `standins.cloudy` (real cloud
             shapes over the Danish patch); `clear_cloudy_patch=False` leaves out that patch's clear scene.
+        real_scenes: also serve the ten real Sentinel-2 scenes of eo-learn's Slovenian patch (`standins.cloudy.
+            real_scenes`: real bands and clouds, real CLM, real SCL for the winter ones) on their own place and dates.
+
+    Processing units (`x-processingunits-spent`) follow Sentinel Hub's rules: output pixels / 512^2 (at least
+    0.01) x input bands / 3 x 2 for FLOAT32 output; with ORBIT or TILE mosaicking each source's bands count once
+    per data sample (observation) it delivers.
     """
 
     name = "sentinelhub-standin"
@@ -181,8 +187,10 @@ class SentinelHubStandIn(StandIn):
         token_lifetime_s: int = 3600,
         cloudy_observations: bool = False,
         clear_cloudy_patch: bool = True,
+        real_scenes: bool = False,
     ) -> None:
         super().__init__(latency_s=latency_s)
+        self.real_scenes = real_scenes
         self.cloudy_observations = cloudy_observations
         self.clear_cloudy_patch = clear_cloudy_patch
         self.clients = clients or {"lulc-test-client": "lulc-test-secret"}
@@ -327,7 +335,14 @@ class SentinelHubStandIn(StandIn):
             float32 |= spec["sampleType"] == "FLOAT32"
             values = outputs[ident].reshape(spec["bands"], height, width)
             files[f"{ident}.tif"] = _tiff(values, spec["sampleType"], crs, transform)
-        input_bands = sum(1 for i in header["setup"]["input"] for b in i["bands"] if b != "dataMask")
+        multi = header["setup"].get("mosaicking") in ("ORBIT", "TILE")
+        input_bands = 0
+        for spec in header["setup"]["input"]:
+            ident = spec.get("datasource") if fusion else next(iter(sources))
+            samples = len(sources[ident or ""]) if multi else 1
+            if multi and all(not obs["dataMask"].any() for obs in sources[ident or ""]):
+                samples = 0  # nothing found: the placeholder observation is no data sample
+            input_bands += samples * sum(1 for b in spec["bands"] if b != "dataMask")
         pu = max(0.01, width * height / (512 * 512)) * input_bands / 3 * (2 if float32 else 1)
         headers = {"x-processingunits-spent": repr(pu)}
         if len(files) == 1:
@@ -396,6 +411,16 @@ class SentinelHubStandIn(StandIn):
                     src = np.concatenate([obs.s2, obs.scl[None], obs.clm[None]])
                     warped = self._warp(src, obs.crs, obs.transform, crs, transform, width, height, obs.cloud_percent)
                     observations.append((*warped, obs.day))
+        if kind == "sentinel-2-l2a" and self.real_scenes:
+            max_cc = float(data_filter.get("maxCloudCoverage", 100))
+            for scene in cloudy.real_scenes():
+                if _in_range(scene.day, data_filter) and scene.cloud_percent <= max_cc:
+                    src = np.concatenate([scene.s2, scene.scl[None], scene.clm[None]])
+                    cc, values, cover = self._warp(
+                        src, scene.crs, scene.transform, crs, transform, width, height, scene.cloud_percent
+                    )
+                    data = self._warp(scene.data[None], scene.crs, scene.transform, crs, transform, width, height)[1]
+                    observations.append((cc, values, cover * data[0], scene.day))
         order = data_filter.get("mosaickingOrder", "mostRecent")
         if order == "leastCC":
             observations.sort(key=lambda o: (o[0], o[3]))
@@ -532,8 +557,11 @@ def main() -> None:
     parser.add_argument("--client-id", default="lulc-test-client")
     parser.add_argument("--client-secret", default="lulc-test-secret")
     parser.add_argument("--latency", type=float, default=0.0, help="Extra seconds per request.")
+    parser.add_argument("--real-scenes", action="store_true", help="Also serve eo-learn's real cloudy scenes.")
     args = parser.parse_args()
-    server = SentinelHubStandIn({args.client_id: args.client_secret}, latency_s=args.latency)
+    server = SentinelHubStandIn(
+        {args.client_id: args.client_secret}, latency_s=args.latency, real_scenes=args.real_scenes
+    )
     server.serve_until_interrupted(
         args.port,
         [

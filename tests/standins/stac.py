@@ -39,7 +39,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
-from standins import Fault, Recorded, Reply, StandIn
+from standins import Fault, Recorded, Reply, StandIn, cloudy
 from standins.cloudy import PATCH as CLOUDY_PATCH
 from standins.cloudy import observations
 from standins.sentinelhub import ESRI_TO_SCL, SAMPLE_LULC
@@ -139,9 +139,11 @@ def _s2_item(pid: str, day: date, s2: np.ndarray, scl: np.ndarray, crs: CRS, tra
     return item
 
 
-@functools.lru_cache(maxsize=2)
-def build_items(clear_cloudy_patch: bool = True) -> tuple[_Item, ...]:
-    """Items of the sample patches and the cloudy observations (COGs built once per process)."""
+@functools.lru_cache(maxsize=4)
+def build_items(clear_cloudy_patch: bool = True, real_scenes: bool = False) -> tuple[_Item, ...]:
+    """Items of the sample patches and the cloudy observations (COGs built once per process); with
+    `real_scenes`, also the five real winter scenes of eo-learn's Slovenian patch (real bands, real SCL; pixels
+    without bands are 0 = nodata). The summer scenes are left out: they have no SCL, the only mask STAC offers."""
     items: list[_Item] = []
     for s2_path in sorted(SAMPLE.glob("*_s2.tif")):
         pid = s2_path.name.removesuffix("_s2.tif")
@@ -178,6 +180,9 @@ def build_items(clear_cloudy_patch: bool = True) -> tuple[_Item, ...]:
         items.append(dem_item)
     for obs in observations():
         items.append(_s2_item(CLOUDY_PATCH, obs.day, obs.s2, obs.scl, obs.crs, obs.transform, obs.cloud_percent))
+    for scene in cloudy.scenes_in(cloudy.WINTER) if real_scenes else []:
+        bands = np.where(scene.data > 0, scene.s2, 0)
+        items.append(_s2_item("33TVL_SI", scene.day, bands, scene.scl, scene.crs, scene.transform, scene.cloud_percent))
     return tuple(items)
 
 
@@ -202,14 +207,21 @@ class StacStandIn(StandIn):
         signed: asset requests need a `sig=` query parameter from the token endpoint (Planetary Computer mode).
         clear_cloudy_patch: also serve the clear scene of the patch that has cloudy observations.
         drop_assets: asset keys left out of every item (a catalogue that lacks a band).
+        real_scenes: also serve the five real winter scenes of `standins.cloudy` (real SCL).
     """
 
     name = "stac-standin"
 
-    def __init__(self, signed: bool = False, clear_cloudy_patch: bool = True, drop_assets: set[str] | None = None):
+    def __init__(
+        self,
+        signed: bool = False,
+        clear_cloudy_patch: bool = True,
+        drop_assets: set[str] | None = None,
+        real_scenes: bool = False,
+    ):
         super().__init__()
         self.signed = signed
-        self.items = build_items(clear_cloudy_patch)
+        self.items = build_items(clear_cloudy_patch, real_scenes)
         self.drop_assets = set(drop_assets or ())
         self.tokens: set[str] = set()
         self.searches: list[dict[str, Any]] = []
@@ -423,8 +435,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8703)
     parser.add_argument("--signed", action="store_true", help="Planetary Computer mode: assets need a SAS token.")
+    parser.add_argument("--real-scenes", action="store_true", help="Also serve eo-learn's real winter scenes.")
     args = parser.parse_args()
-    server = StacStandIn(signed=args.signed)
+    server = StacStandIn(signed=args.signed, real_scenes=args.real_scenes)
     server.serve_until_interrupted(
         args.port,
         ["imagery.store: stac", "imagery.stac.url: {url}", "imagery.stac.sign_url: {url}/sas/token  # with --signed"],
