@@ -60,31 +60,14 @@ class Int8Report(BaseModel):
     test_tiles: int = Field(description="Test tiles compared.")
 
 
-class TrainingChips:
-    """onnxruntime `CalibrationDataReader` over up to `limit` chips of the training tiles, evenly spread.
+class CalibrationChips:
+    """Normalised chips (1, C, h, w) that calibrate the int8 ranges; `reader()` feeds them to onnxruntime."""
 
-    A subclass is made on first use (onnxruntime is imported lazily); this class holds the chips.
-    """
-
-    def __init__(
-        self, meta: BundleMetadata, imagery_dir: Path, labels_dir: Path, tile_ids: Sequence[str], limit: int
-    ) -> None:
-        from lulc_core.evaluation import read_tile
-
-        if not tile_ids:
-            raise InputError("split.train", "no training tiles to calibrate int8 on", "train on at least one tile")
-        chip = meta.chip_size
-        places = [(tile_id, row, col) for tile_id in tile_ids for row, col in _chip_grid(imagery_dir, tile_id, chip)]
-        chosen = [places[int(i)] for i in np.unique(np.linspace(0, len(places) - 1, min(limit, len(places))))]
-        images: dict[str, np.ndarray] = {}
-        self.chips: list[np.ndarray] = []
-        for tile_id, row, col in chosen:
-            if tile_id not in images:
-                images = {tile_id: read_tile(meta, imagery_dir, labels_dir, tile_id)[0]}
-            self.chips.append(_padded(images[tile_id][:, row : row + chip, col : col + chip])[None])
+    def __init__(self, chips: Sequence[np.ndarray]) -> None:
+        self.chips = [_padded(c)[None] for c in chips]
 
     def reader(self) -> Any:
-        """A fresh onnxruntime CalibrationDataReader over the chips."""
+        """A fresh onnxruntime CalibrationDataReader over the chips (onnxruntime is imported here, lazily)."""
         from onnxruntime.quantization import CalibrationDataReader
 
         chips = self.chips
@@ -98,6 +81,26 @@ class TrainingChips:
                 return None if x is None else {"pixel_values": x}
 
         return _Reader()
+
+
+def training_chips(
+    meta: BundleMetadata, imagery_dir: Path, labels_dir: Path, tile_ids: Sequence[str], limit: int
+) -> CalibrationChips:
+    """Up to `limit` chips (`meta.chip_size`, as in training) of the training tiles, evenly spread over them."""
+    from lulc_core.evaluation import read_tile
+
+    if not tile_ids:
+        raise InputError("split.train", "no training tiles to calibrate int8 on", "train on at least one tile")
+    chip = meta.chip_size
+    places = [(tile_id, r, c) for tile_id in tile_ids for r, c in _chip_grid(imagery_dir, tile_id, chip)]
+    chosen = [places[int(i)] for i in np.unique(np.linspace(0, len(places) - 1, min(limit, len(places))))]
+    images: dict[str, np.ndarray] = {}
+    chips = []
+    for tile_id, row, col in chosen:
+        if tile_id not in images:
+            images = {tile_id: read_tile(meta, imagery_dir, labels_dir, tile_id)[0]}
+        chips.append(images[tile_id][:, row : row + chip, col : col + chip])
+    return CalibrationChips(chips)
 
 
 def _chip_grid(imagery_dir: Path, tile_id: str, chip: int) -> list[tuple[int, int]]:
@@ -140,7 +143,7 @@ def edge_nodes(model_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in QUANTIZED_OPS and ends & {*n.input, *n.output}]
 
 
-def quantize_onnx(fp32: Path, target: Path, chips: TrainingChips, per_channel: bool = True) -> Path:
+def quantize_onnx(fp32: Path, target: Path, chips: CalibrationChips, per_channel: bool = True) -> Path:
     """Pre-process `fp32` and quantise it statically (QDQ, int8 weights, uint8 activations) into `target`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -215,7 +218,7 @@ def quantize_bundle(
 
         export_onnx(bundle_dir)
     meta = ModelBundle.read_metadata(bundle_dir)
-    chips = TrainingChips(meta, Path(imagery_dir), Path(labels_dir), train_ids, calibration_chips)
+    chips = training_chips(meta, Path(imagery_dir), Path(labels_dir), train_ids, calibration_chips)
     target = bundle_dir / INT8_FILE
     with tempfile.TemporaryDirectory(prefix="lulc-int8-") as tmp:
         candidate = quantize_onnx(fp32, Path(tmp) / INT8_FILE, chips)
