@@ -7,7 +7,7 @@ request grid block by block), so the figure measures the serving path — slidin
 output, the COG encoding — not a 6 GB input file. The server's resident set size is sampled every 0.2 s.
 
     .venv/bin/python -m benchmarks.serving_memory            # 2,000² then 10,000² px (about 8 minutes on 2 cores)
-    .venv/bin/python -m benchmarks.serving_memory --quick    # 400² then 1,000² px (smoke run)
+    .venv/bin/python -m benchmarks.serving_memory --quick    # 1,200² then 2,400² px (smoke run)
     .venv/bin/python -m benchmarks.serving_memory --pixels 2500   # one size, its figures only
 """
 
@@ -118,7 +118,7 @@ COMMAND = ".venv/bin/python -m benchmarks.serving_memory"
 
 def run(quick: bool = False) -> Section:
     """Both sizes, each in a fresh server; the row compares their peaks."""
-    small, large = (400, 1000) if quick else (2000, 10_000)
+    small, large = (1200, 2400) if quick else (2000, 10_000)
     section = Section("6. Served memory", COMMAND + (" --quick" if quick else ""))
     started = time.monotonic()
     figures = {}
@@ -159,7 +159,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
 
 
 def main() -> None:
-    bench_main(run, __doc__, "400² and 1,000² px (smoke run).", child=_one_size, extra=_options)
+    bench_main(run, __doc__, "1,200² and 2,400² px (smoke run).", child=_one_size, extra=_options)
 
 
 if __name__ == "__main__":
