@@ -1,4 +1,4 @@
-"""Benchmark 6 — served memory: the predictor's peak for a 10,000² px request against a 2,000² one, through the
+"""Benchmark 8 — served memory: the predictor's peak for a 10,000² px request against a 2,000² one, through the
 served default (`python -m serving`, the bundle as registration leaves it: model.onnx in onnxruntime; the default
 serving settings), each size in a fresh server.
 
@@ -119,7 +119,7 @@ COMMAND = ".venv/bin/python -m benchmarks.serving_memory"
 def run(quick: bool = False) -> Section:
     """Both sizes, each in a fresh server; the row compares their peaks."""
     small, large = (1200, 2400) if quick else (2000, 10_000)
-    section = Section("6. Served memory", COMMAND + (" --quick" if quick else ""))
+    section = Section("8. Served memory", COMMAND + (" --quick" if quick else ""))
     started = time.monotonic()
     figures = {}
     for pixels in (small, large):
@@ -128,7 +128,7 @@ def run(quick: bool = False) -> Section:
     a, b = figures[small], figures[large]
     section.rows.append(
         Row(
-            "6 served memory",
+            "8 served memory",
             f"predictor peak RSS MB, served default, {small:,}² -> {large:,}² px request",
             a["rss_peak_mb"],
             b["rss_peak_mb"],
