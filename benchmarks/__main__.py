@@ -4,16 +4,19 @@
     .venv/bin/python -m benchmarks --quick -o /tmp/r.md  # smoke run of every benchmark (about 3 minutes)
     .venv/bin/python -m benchmarks --only inference_throughput,large_areas
 
-Writes benchmarks/results.md (or `--output`) and prints it. Exit status 1 when a benchmark failed to run (a missed
-target is a result, not a failure).
+Writes benchmarks/results.md (or `--output`) and prints it. Each benchmark's result is kept in results.json beside
+it, so `--only X` re-runs X and re-renders the table with every other benchmark's last result (each section says
+when it ran). Exit status 1 when a benchmark failed to run (a missed target is a result, not a failure).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +30,7 @@ MODULES = (
     "serving_load",
     "training_scaling",
     "mapping_scale",
+    "serving_memory",
 )
 TIMEOUT_S = 1800
 
@@ -76,21 +80,39 @@ def main() -> None:
         sections.append(run_module(name, args.quick))
         progress(f"=== {name} done in {sections[-1].seconds:.0f} s")
     total = time.monotonic() - started
+    kept = update_results(output.with_suffix(".json"), dict(zip(chosen, sections, strict=True)), args.quick)
     import torch
 
     header = (
-        f"# lulc benchmarks{' (quick)' if args.quick else ''}\n\n"
+        f"# lulc benchmarks\n\n"
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {_cpus()} CPUs, torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads), total {total / 60:.1f} min. "
-        "`.venv/bin/python -m benchmarks" + (" --quick" if args.quick else "") + "` (`make bench`). Medians of "
+        f"{torch.__version__} ({torch.get_num_threads()} threads); this run: {', '.join(chosen)}"
+        f"{' (quick)' if args.quick else ''}, {total / 60:.1f} min; each section says when it ran. "
+        "`.venv/bin/python -m benchmarks` (`make bench`; `--only NAME` re-runs one). Medians of "
         "interleaved repeats where cheap; ratios are lulc / baseline (or as the target says). The machine is shared, "
         "so absolute figures vary from run to run; the ratios are the result."
     )
-    report = render_report(sections, header)
+    report = render_report(kept, header)
     output.write_text(report)
     print(report)
     failed = [r for s in sections for r in s.rows if r.metric == "benchmark failed to run"]
     sys.exit(1 if failed else 0)
+
+
+def update_results(path: Path, fresh: dict[str, Section], quick: bool) -> list[Section]:
+    """Store the fresh sections in `path` (JSON, one entry per benchmark) beside the earlier ones; every section
+    known, in MODULES order, each named with when (and whether quick) it ran."""
+    stored: dict[str, dict[str, object]] = json.loads(path.read_text()) if path.is_file() else {}
+    stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    for name, section in fresh.items():
+        stored[name] = {"ran": stamp + (", quick" if quick else ""), "section": asdict(section)}
+    path.write_text(json.dumps(stored, indent=1))
+    sections = []
+    for name in [m for m in MODULES if m in stored]:
+        section = section_from_json(json.dumps(stored[name]["section"]))
+        section.name = f"{section.name}, ran {stored[name]['ran']}"
+        sections.append(section)
+    return sections
 
 
 def _cpus() -> int:

@@ -1,11 +1,14 @@
-"""Peak memory of the predictor for a large area: POST /segment/ of ~10,000 x 10,000 px against `python -m serving`.
+"""Benchmark 8 — served memory: the predictor's peak for a 10,000² px request against a 2,000² one, through the
+served default (`python -m serving`, the bundle as registration leaves it: model.onnx in onnxruntime; the default
+serving settings), each size in a fresh server.
 
 The imagery is a synthetic 15-band GeoTIFF at 100 m covering the area (the local store warps it onto the 10 m
 request grid block by block), so the figure measures the serving path — sliding windows in blocks, the uint8
 output, the COG encoding — not a 6 GB input file. The server's resident set size is sampled every 0.2 s.
 
-    .venv/bin/python -m benchmarks.serving_memory --pixels 10000     # the issue's figure (minutes on 2 cores)
-    .venv/bin/python -m benchmarks.serving_memory --pixels 2500      # a quick comparison
+    .venv/bin/python -m benchmarks.serving_memory            # 2,000² then 10,000² px (about 8 minutes on 2 cores)
+    .venv/bin/python -m benchmarks.serving_memory --quick    # 1,200² then 2,400² px (smoke run)
+    .venv/bin/python -m benchmarks.serving_memory --pixels 2500   # one size, its figures only
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import requests
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-from benchmarks.common import REPO, RssSampler, serving_process
+from benchmarks.common import REPO, Row, RssSampler, Section, bench_main, make_b0_bundle, progress, serving_process
 
 CENTRE_UTM = (500_000.0, 6_200_000.0)  # EPSG:32632, Jutland
 
@@ -68,19 +71,21 @@ def synthetic_imagery(directory: Path, bounds: tuple[float, float, float, float]
     return path
 
 
-def run(pixels: int, window: int = 512) -> dict[str, float]:
-    """Start the server, request the area, return timings and memory figures (MB)."""
-    from serving_helpers import make_bundle, write_run_config
+def measure(pixels: int, window: int | None = None) -> dict[str, float]:
+    """Start the served default, request a `pixels`² area, return timings and memory figures (MB)."""
+    from serving_helpers import write_run_config
+
+    from lulc_core.config import ServingConfig
 
     with tempfile.TemporaryDirectory(prefix="lulc-bench-") as tmp_name:
         tmp = Path(tmp_name)
         bbox, bounds = area_bbox(pixels)
         (tmp / "imagery").mkdir()
         synthetic_imagery(tmp / "imagery", bounds)
-        bundle = make_bundle(tmp / "bundle")
-        config = write_run_config(
-            tmp / "run.yaml", tmp / "work", window=window, overlap=32, batch_size=2, max_pixels=pixels * pixels
-        )
+        bundle = make_b0_bundle(tmp / "bundle", onnx=True)
+        d = ServingConfig()
+        settings = {"window": window or d.window, "overlap": d.overlap, "batch_size": d.batch_size}
+        config = write_run_config(tmp / "run.yaml", tmp / "work", **settings, max_pixels=pixels * pixels)
         text = config.read_text().replace(str(REPO / "data" / "sample" / "imagery"), str(tmp / "imagery"))
         config.write_text(text)
         with serving_process(bundle, config, tmp / "server.log") as (url, pid), RssSampler(pid) as rss:
@@ -108,13 +113,53 @@ def run(pixels: int, window: int = 512) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pixels", type=int, default=10_000, help="Edge of the area in 10 m pixels.")
-    parser.add_argument("--window", type=int, default=512, help="Sliding-window edge.")
-    args = parser.parse_args()
-    result = run(args.pixels, args.window)
+COMMAND = ".venv/bin/python -m benchmarks.serving_memory"
+
+
+def run(quick: bool = False) -> Section:
+    """Both sizes, each in a fresh server; the row compares their peaks."""
+    small, large = (1200, 2400) if quick else (2000, 10_000)
+    section = Section("8. Served memory", COMMAND + (" --quick" if quick else ""))
+    started = time.monotonic()
+    figures = {}
+    for pixels in (small, large):
+        progress(f"served memory: {pixels:,}² px through python -m serving")
+        figures[pixels] = measure(pixels)
+    a, b = figures[small], figures[large]
+    section.rows.append(
+        Row(
+            "8 served memory",
+            f"predictor peak RSS MB, served default, {small:,}² -> {large:,}² px request",
+            a["rss_peak_mb"],
+            b["rss_peak_mb"],
+            b["rss_peak_mb"] / a["rss_peak_mb"],
+            "<= 1.3x",
+            b["rss_peak_mb"] / a["rss_peak_mb"] <= 1.3,
+            "python -m serving with model.onnx (onnxruntime) and the default window/overlap/batch, one POST /segment/ "
+            "per fresh server, RSS sampled every 0.2 s (peak includes the loaded model)",
+            baseline_name=f"lulc at {small:,}²",
+        )
+    )
+    section.details += [f"{k:,}² px: " + ", ".join(f"{n}={v}" for n, v in f.items()) for k, f in figures.items()]
+    section.seconds = time.monotonic() - started
+    return section
+
+
+def _one_size(args: argparse.Namespace) -> bool:
+    if args.pixels is None:
+        return False
+    result = measure(args.pixels, args.window)
     print(" ".join(f"{k}={v}" for k, v in result.items()))
+    return True
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pixels", type=int, default=None, help="Only this edge (10 m pixels), its figures only.")
+    parser.add_argument("--window", type=int, default=None, help="Sliding-window edge (with --pixels).")
+
+
+def main() -> None:
+    bench_main(run, __doc__, "1,200² and 2,400² px (smoke run).", child=_one_size, extra=_options)
 
 
 if __name__ == "__main__":

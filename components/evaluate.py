@@ -27,7 +27,7 @@ def evaluate(
         imagery: Every tile's imagery.
         labels: Every tile's labels.
         split: TileSplit JSON.
-        evaluated: A copy of the bundle whose lulc.json carries the test metrics.
+        evaluated: The bundle with the test metrics in lulc.json (and an accepted int8 model: lulc_core.quantization).
         evaluation: metrics.json and confusion_matrix.png.
         metrics: mIoU, overall accuracy and per-class IoU.
         confusion: The confusion matrix.
@@ -39,13 +39,15 @@ def evaluate(
     from components._runtime import copy_dir, load_config
     from lulc_core.dataset import TileSplit
     from lulc_core.evaluation import evaluate as run_evaluation
+    from lulc_core.quantization import quantize_if_configured
 
-    load_config(config)
+    cfg = load_config(config)
     tile_split = TileSplit.model_validate_json(Path(split.path).read_text())
     test_ids = tile_split.test or tile_split.val
     bundle_dir = copy_dir(bundle.path, evaluated.path)
     out = Path(evaluation.path)
     rep = run_evaluation(bundle_dir, Path(imagery.path), Path(labels.path), test_ids, out)
+    quantize_if_configured(cfg.registry, bundle_dir, Path(imagery.path), Path(labels.path), tile_split)
     metrics.log_metric("miou", float(rep.miou))
     metrics.log_metric("overall_accuracy", float(rep.overall_accuracy))
     for name, m in rep.per_class.items():

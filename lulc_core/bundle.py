@@ -7,6 +7,8 @@ A bundle is a directory::
     lulc.json          BundleMetadata: bands, resolution, normalisation, label set, metrics, provenance
     model.onnx         optional ONNX export (`export_onnx`): pixel_values (B, bands, H, W) -> logits
                        (B, classes, H/4, W/4), dynamic batch/height/width, verified against torch
+    model.int8.onnx    optional static int8 quantisation of model.onnx (`registry.onnx_quantization`,
+                       lulc_core.quantization), present only when it agreed with fp32 on the test tiles
 
 The registry stores the directory; KServe's storage initializer puts it under /mnt/models; the predictor loads
 it with `ModelBundle.load(path)`.
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 METADATA_FILE = "lulc.json"
 WEIGHTS_DIR = "model"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 
 
 class Normalisation(BaseModel):

@@ -360,7 +360,30 @@ class RegistryConfig(StrictModel):
         description="Export model.onnx (verified against torch) into the bundle at registration, so the predictor "
         "serves it with onnxruntime (about 2x torch on CPU); false registers the torch weights only.",
     )
+    onnx_quantization: Literal["none", "int8"] = Field(
+        default="none",
+        description="'int8': also register model.int8.onnx (onnxruntime static QDQ quantisation calibrated on "
+        "training chips), served instead of model.onnx when it agrees with fp32 on the test tiles (see "
+        "int8_min_agreement, int8_max_miou_drop); otherwise the version is served in fp32. Needs export_onnx.",
+    )
+    int8_calibration_chips: int = Field(
+        default=64, ge=1, le=4096, description="Training chips (data.chip_size) that calibrate the int8 ranges."
+    )
+    int8_min_agreement: float = Field(
+        default=0.99, ge=0, le=1, description="Least share of test pixels whose int8 class equals fp32's."
+    )
+    int8_max_miou_drop: float = Field(
+        default=0.01, ge=0, le=1, description="Largest test mIoU loss of int8 versus fp32 ONNX."
+    )
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate.")
+
+    @model_validator(mode="after")
+    def _int8_needs_onnx(self) -> RegistryConfig:
+        if self.onnx_quantization == "int8" and not self.export_onnx:
+            raise ConfigError(
+                "registry.onnx_quantization", "'int8' quantises model.onnx", "set registry.export_onnx true or 'none'"
+            )
+        return self
 
     @field_validator("artifact_root")
     @classmethod
@@ -500,6 +523,16 @@ class RunConfig(StrictModel):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     mapping: MappingConfig = Field(default_factory=MappingConfig, description="The mapping pipeline (lulc map).")
+
+    @model_validator(mode="after")
+    def _int8_serving(self) -> RunConfig:
+        if self.registry.onnx_quantization == "int8" and self.serving.precision != "fp32":
+            raise ConfigError(
+                "registry.onnx_quantization",
+                f"int8 is served by onnxruntime on the CPU, serving.precision {self.serving.precision} by torch",
+                "set serving.precision fp32 or registry.onnx_quantization 'none'",
+            )
+        return self
 
     @model_validator(mode="after")
     def _corine_collection(self) -> RunConfig:

@@ -10,7 +10,7 @@ torchmetrics' and are merged into the bundle's lulc.json `metrics`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from torchmetrics.classification import (
 )
 from tqdm import tqdm
 
-from lulc_core.bundle import ModelBundle
+from lulc_core.bundle import BundleMetadata, ModelBundle
 from lulc_core.dataset import open_tile, read_tile_window
 from lulc_core.errors import InputError
 from lulc_core.model import logits_at_input_size
@@ -147,10 +147,31 @@ class _BundleStats:
     class_names: list[str]
 
 
+def read_tile(
+    meta: BundleMetadata, imagery_dir: Path, labels_dir: Path, tile_id: str, window: Window | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A tile (or a window of it) as the bundle sees it: normalised bands (C, h, w) and labels (h, w)."""
+    names = meta.label_set.names
+    stats = _BundleStats(list(meta.bands), meta.normalisation.mean, meta.normalisation.std, names)
+    tile = open_tile(tile_id, Path(imagery_dir), Path(labels_dir), stats)
+    return read_tile_window(tile, window or Window(0, 0, tile.width, tile.height), stats, len(names))
+
+
 def predict_tile(
     model: torch.nn.Module, image: np.ndarray, max_block: int = MAX_BLOCK, device: str | torch.device = "cpu"
 ) -> np.ndarray:
     """Class values (H, W) uint8 for a normalised image (C, H, W): whole blocks padded to a multiple of 32."""
+    return classes_by_block(lambda x: logits_at_input_size(model, x), image, max_block, device)  # type: ignore[arg-type]
+
+
+def classes_by_block(
+    logits: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    max_block: int = MAX_BLOCK,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Class values (H, W) uint8 of a normalised image (C, H, W), never 0 (unknown), from `logits`: a padded block
+    (1, C, h, w) -> logits at input size (1, classes, h, w). Blocks of at most `max_block`, padded to 32."""
     _, h, w = image.shape
     out = np.zeros((h, w), dtype=np.uint8)
     for row in range(0, h, max_block):
@@ -160,8 +181,8 @@ def predict_tile(
             ph, pw = -bh % 32, -bw % 32
             x = torch.from_numpy(np.pad(block, ((0, 0), (0, ph), (0, pw))))[None].to(device)
             with torch.inference_mode():
-                logits = logits_at_input_size(model, x)  # type: ignore[arg-type]
-            classes = logits[0, 1:].argmax(dim=0) + 1
+                scores = logits(x)
+            classes = scores[0, 1:].argmax(dim=0) + 1
             out[row : row + bh, col : col + bw] = classes[:bh, :bw].cpu().numpy().astype(np.uint8)
     return out
 
@@ -184,13 +205,10 @@ def evaluate(
         raise InputError("tile_ids", "no tiles to evaluate", "give the test tiles of the split (at least one)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bundle = ModelBundle.load(bundle_dir, device=device)
-    meta = bundle.metadata
-    names = meta.label_set.names
-    stats = _BundleStats(list(meta.bands), meta.normalisation.mean, meta.normalisation.std, names)
+    names = bundle.metadata.label_set.names
     scorer = SegmentationScorer(len(names))
     for tile_id in tqdm(tile_ids, desc="evaluation", unit="tile", disable=len(tile_ids) < 2):
-        tile = open_tile(tile_id, Path(imagery_dir), Path(labels_dir), stats)
-        image, labels = read_tile_window(tile, Window(0, 0, tile.width, tile.height), stats, len(names))
+        image, labels = read_tile(bundle.metadata, imagery_dir, labels_dir, tile_id)
         preds = predict_tile(bundle.model, image, device=device)
         scorer.update(torch.from_numpy(preds), torch.from_numpy(labels))
     report = scorer.report(names, tile_ids)

@@ -60,8 +60,14 @@ DEPENDENCIES: Final[dict[str, tuple[str, ...]]] = {
         "registry.artifact_root",
         "registry.track_training",
     ),
-    # the bundle carries its bands, normalisation and label set; the split comes as an artifact
-    "evaluate": (),
+    # the bundle carries its bands, normalisation and label set; the split comes as an artifact; int8 quantisation
+    # (calibrated on the training tiles, checked on the test tiles) happens here, where the data is
+    "evaluate": (
+        "registry.onnx_quantization",
+        "registry.int8_calibration_chips",
+        "registry.int8_min_agreement",
+        "registry.int8_max_miou_drop",
+    ),
     # provenance and the saved run configuration are the whole configuration (not cached)
     "register": FULL,
     # the registered version's name and backend, and how KServe runs it (not cached)

@@ -77,6 +77,7 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
     from lulc_core.labelling import build_label_source, label_tiles
     from lulc_core.labels import LabelSet
     from lulc_core.lineage import fingerprint_test_set
+    from lulc_core.quantization import quantize_if_configured
     from lulc_core.registry import RegistrationInfo, build_registry, tracked
     from lulc_core.registry.gate import apply_gate
     from lulc_core.stats import compute_stats
@@ -127,6 +128,7 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
     with _step("evaluation", seconds):
         report = evaluate(result.bundle_dir, out / "imagery", out / "labels", split.test, out / "evaluation")
     with _step("registration", seconds):
+        quantize_if_configured(cfg.registry, result.bundle_dir, out / "imagery", out / "labels", split)
         info = RegistrationInfo(  # the bundle's provenance (with its tracking run)
             run_name=cfg.name, test_set=fingerprint_test_set(split.test), export_onnx=cfg.registry.export_onnx
         )

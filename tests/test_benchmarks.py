@@ -49,6 +49,30 @@ def test_inference_throughput_quick(quick: dict[str, Section]) -> None:
     assert served[0].baseline_name.startswith("original")
     (share,) = _rows(section, "share of the fp32 matmul peak")
     assert isinstance(share.baseline, float) and share.baseline > 0 and share.ratio is not None and share.ratio > 0
+    (int8,) = _rows(section, "px/s, int8 vs fp32 ONNX")
+    assert int8.baseline_name == "lulc fp32 ONNX" and int8.ratio is not None and int8.ratio > 0
+    assert "agreement 0." in int8.metric or "agreement 1." in int8.metric
+
+
+def test_serving_memory_quick(quick: dict[str, Section]) -> None:
+    section = _run(quick, "serving_memory")
+    (rss,) = _rows(section, "predictor peak RSS MB, served default")
+    assert isinstance(rss.baseline, float | int) and rss.baseline > 0 and rss.ratio is not None and rss.ratio > 0
+    assert rss.baseline_name.startswith("lulc at")
+
+
+def test_only_keeps_the_other_sections(tmp_path: Path) -> None:
+    """`--only X` replaces X's stored result and renders every stored benchmark, in MODULES order."""
+    from benchmarks.__main__ import update_results
+
+    store = tmp_path / "results.json"
+    first = {m: Section(m, f"cmd {m}", [Row(m, "metric", 1.0, 2.0, 2.0, ">= 2x", True)]) for m in MODULES[:2]}
+    update_results(store, first, quick=False)
+    again = Section(MODULES[1], "cmd", [Row(MODULES[1], "metric", 1.0, 3.0, 3.0, ">= 2x", True)])
+    sections = update_results(store, {MODULES[1]: again}, quick=True)
+    assert [s.rows[0].benchmark for s in sections] == list(MODULES[:2])
+    assert sections[0].rows[0].ours == 2.0 and sections[1].rows[0].ours == 3.0
+    assert sections[1].name.endswith(", quick") and not sections[0].name.endswith(", quick")
 
 
 def test_large_areas_quick(quick: dict[str, Section]) -> None:

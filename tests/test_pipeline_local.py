@@ -24,7 +24,10 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tupl
     from pipelines.local import run_local
 
     work = tmp_path_factory.mktemp("kfp-local")
-    cfg = load_run_config(repo_root / "conf" / "run.yaml", {"work_dir": str(work), "training": {"epochs": 1}})
+    # with int8 (registry.onnx_quantization): the evaluate step quantises, register records it (1 epoch: looser gate)
+    int8 = {"onnx_quantization": "int8", "int8_min_agreement": 0.97, "int8_max_miou_drop": 0.02}
+    overrides = {"work_dir": str(work), "training": {"epochs": 1}, "registry": int8}
+    cfg = load_run_config(repo_root / "conf" / "run.yaml", overrides)
     run = run_local(cfg)
     run_dir = run.bundle_dir.parents[1]
     return cfg, run, run_dir
@@ -107,6 +110,10 @@ def test_registered_version_and_gated_deploy(local_run: tuple[RunConfig, Any, Pa
     # the served default is onnxruntime: the register step exported model.onnx (registry.export_onnx: true)
     assert production.tags["lulc.onnx"] == "model.onnx"
     assert (registry.resolve(production.ref) / "model.onnx").is_file()
+    # int8: quantised in the evaluate step (calibrated on training chips), its gate figures with the version
+    assert 0.97 <= production.metrics["int8/agreement"] <= 1 and production.metrics["int8/miou_delta"] >= -0.02
+    assert production.tags["lulc.int8"] == "model.int8.onnx"
+    assert (registry.resolve(production.ref) / "model.int8.onnx").is_file()
     # the train step saw its slice of the configuration; the registered bundle records the whole one
     from lulc_core.bundle import ModelBundle
 

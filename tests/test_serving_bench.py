@@ -17,10 +17,10 @@ pytestmark = pytest.mark.bench
 
 def test_large_area_memory_is_bounded() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.serving_memory import run
+    from benchmarks.serving_memory import measure
 
     pixels = int(os.environ.get("LULC_BENCH_PIXELS", "2500"))
-    result = run(pixels)
+    result = measure(pixels)
     print(result)
     assert (result["width"], result["height"]) == (pytest.approx(pixels, rel=0.02),) * 2
     # the uint8 output is pixels^2 bytes; everything else is bounded by the block of windows, not the area

@@ -28,7 +28,7 @@ from lulc_core.errors import ConfigError, InputError, NotCoveredError, TooLargeE
 from lulc_core.geo import BBox, Tile, TimeRange, tile_for_bbox
 from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES, CorineSource, check_fusion, fuse, one_hot
 from lulc_core.inference.options import FusionMode, Prediction, PredictOptions
-from lulc_core.inference.runtime import logits_function, resolve_runtime
+from lulc_core.inference.runtime import engine, logits_function, resolve_runtime
 from lulc_core.inference.uncertainty import tta_predictor, variance_and_entropy
 from lulc_core.inference.windows import BatchPredictor, BlockSource, Region, check_window, sliding_window
 from lulc_core.labels import LabelSet
@@ -349,6 +349,7 @@ def predict_raster(
         runtime=runtime,
     )
     tags = {"THRESHOLD": threshold, "FUSION_MODE": FusionMode.ONLY_MODEL.value, "MODEL": bundle.path.name}
+    tags["ENGINE"] = engine(bundle, runtime)
     tags["TTA_VARIANTS"] = tta_variants if tta or uncertainty else 0
     return _to_prediction(assembler, meta.label_set, raster.transform, raster.crs, tags, None)
 
@@ -495,6 +496,7 @@ class Predictor:
             "THRESHOLD": threshold,
             "FUSION_MODE": mode.value,
             "MODEL": self.bundle.path.name,
+            "ENGINE": "none" if model_free else engine(self.bundle, self.runtime, s.precision),
             "START": tile.start.isoformat(),
             "END": tile.end.isoformat(),
             "TTA_VARIANTS": opts.tta_variants if tta or opts.uncertainty else 0,

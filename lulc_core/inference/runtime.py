@@ -3,8 +3,9 @@
 `logits_function(bundle, runtime)` returns a function from a normalised batch (B, bands, h, w) to the network's
 logits at 1/4 resolution (B, classes, h/4, w/4):
 
-- "onnx": the bundle's `model.onnx` (written by `lulc_core.bundle.export_onnx`, verified against torch there) in an
-  onnxruntime session with its memory arena and memory patterns on (the defaults: buffers are reused from one
+- "onnx": the bundle's `model.int8.onnx` when it has one (`registry.onnx_quantization: int8`, checked against fp32
+  by `lulc_core.quantization`), else its `model.onnx` (written by `lulc_core.bundle.export_onnx`, verified against
+  torch there), in an onnxruntime session with its memory arena and memory patterns on (the defaults: buffers are reused from one
   window to the next instead of being allocated per operator), on as many threads as torch uses;
 - "torch": the bundle's torch model under `torch.inference_mode`;
 - "auto" (default): onnx when the bundle has a `model.onnx` matching its bands and classes, the model is on
@@ -23,12 +24,13 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from lulc_core.bundle import ONNX_FILE, ModelBundle
+from lulc_core.bundle import INT8_FILE, ONNX_FILE, ModelBundle
 from lulc_core.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,19 @@ def _device_is_cpu(bundle: ModelBundle) -> bool:
         return True
 
 
+def onnx_file(bundle: ModelBundle) -> Path:
+    """The ONNX file the predictor runs: model.int8.onnx when the bundle has one, else model.onnx."""
+    int8 = bundle.path / INT8_FILE
+    return int8 if int8.is_file() else bundle.path / ONNX_FILE
+
+
+def engine(bundle: ModelBundle, runtime: str, precision: str = "fp32") -> str:
+    """What runs the network, for the outputs' tags: 'onnxruntime:model.int8.onnx', 'torch:bf16', ..."""
+    if resolve_runtime(bundle, runtime, precision) == "onnx":
+        return f"onnxruntime:{onnx_file(bundle).name}"
+    return f"torch:{precision}"
+
+
 def _session(bundle: ModelBundle) -> Any:
     """The bundle's onnxruntime session for the current torch thread count (created once)."""
     import onnxruntime as ort
@@ -69,7 +84,7 @@ def _session(bundle: ModelBundle) -> Any:
             # idle threads sleep instead of spinning: spinning burns a pod's CPU quota and, on shared cores,
             # the time of the very threads it waits for
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            path = bundle.path / ONNX_FILE
+            path = onnx_file(bundle)
             try:
                 session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable files
@@ -90,7 +105,7 @@ def _check_session(session: Any, bundle: ModelBundle) -> None:
     n_out = int(getattr(getattr(bundle.model, "config", None), "num_labels", meta.label_set.num_classes))
     if channels != len(meta.bands) or classes != n_out:
         raise ConfigError(
-            f"{bundle.path / ONNX_FILE}",
+            str(onnx_file(bundle)),
             f"takes {channels} channels and predicts {classes} classes, the bundle has {len(meta.bands)} bands "
             f"and {n_out} outputs",
             "re-export it from the bundle's weights: lulc model export-onnx",
@@ -108,7 +123,7 @@ def resolve_runtime(bundle: ModelBundle, runtime: str = "auto", precision: str =
         raise InputError("runtime", f"{runtime!r} is not a runtime", f"use one of {list(RUNTIMES)}")
     if precision != "fp32" and precision not in AUTOCAST_DTYPES:
         raise InputError("serving.precision", f"{precision!r} is not a precision", "use fp32, bf16 or fp16")
-    has_onnx = (bundle.path / ONNX_FILE).is_file()
+    has_onnx = onnx_file(bundle).is_file()
     if runtime == "auto":
         if not has_onnx or not _device_is_cpu(bundle) or precision != "fp32":
             return "torch"

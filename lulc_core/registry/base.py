@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from lulc_core.bundle import METADATA_FILE, BundleMetadata, ModelBundle, Provenance
+from lulc_core.bundle import INT8_FILE, METADATA_FILE, BundleMetadata, ModelBundle, Provenance
 from lulc_core.config import RunConfig
 from lulc_core.errors import InputError, NotFoundError
 from lulc_core.labels import LabelSet
@@ -46,6 +46,7 @@ TAG_TEST_SET = "lulc.test_set"
 TAG_LABEL_SET = "lulc.label_set"
 TAG_BANDS = "lulc.bands"
 TAG_ONNX = "lulc.onnx"
+TAG_INT8 = "lulc.int8"
 TAG_METRIC = "lulc.metric."
 
 
@@ -274,6 +275,9 @@ def prepare_registration(bundle_dir: Path, info: RegistrationInfo, default_name:
         tags[TAG_TEST_SET] = test_set
     if (bundle_dir / "model.onnx").is_file():
         tags[TAG_ONNX] = "model.onnx"
+    int8 = metadata.metrics.get("int8")
+    if isinstance(int8, Mapping):  # lulc_core.quantization's figures: the served file, or why fp32 is served
+        tags[TAG_INT8] = INT8_FILE if (bundle_dir / INT8_FILE).is_file() else f"rejected: {int8.get('reason')}"
     label_yaml = yaml.safe_dump(
         {"name": label_set.name, "classes": [c.model_dump(mode="json") for c in label_set.classes]}, sort_keys=False
     )
