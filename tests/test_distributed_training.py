@@ -287,6 +287,60 @@ def test_trainjob_runs_lulc_model_train_on_the_shared_volume(
     assert ("lulc", "trainjobs", "lulc-train-key1") in kube.deleted
 
 
+def test_trainjob_step_logs_the_curves_into_its_tracker_run(
+    kube: KubeApiStandIn,
+    synthetic_training_tiles: Any,
+    prepared: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pipeline's train step with `training.launcher: trainjob` (credentials from KUBECONFIG, the stand-in plays
+    the job and runs its node command for real with the container env of the TrainJob): the step opens the MLflow
+    run, the job's rank 0 logs loss and mIoU per epoch into it, and the bundle names that run for registration."""
+    from kfp.dsl import Dataset, Metrics, Model
+    from mlflow import MlflowClient
+
+    from components.train import train
+
+    s = synthetic_training_tiles
+    raw = yaml.safe_load(_config(s, tmp_path, epochs=2, launcher="trainjob").read_text())
+    raw["pipeline"] = {"cache_pvc": "lulc-shared-rwx", "image": "ghcr.io/lulc/lulc:0.1.0"}
+    cfg = RunConfig.model_validate(raw)
+    store = f"sqlite:///{(tmp_path / 'work' / 'mlflow.db').resolve()}"  # the embedded default of work_dir
+    node_env: list[dict[str, str]] = []
+
+    def node(job: dict[str, Any]) -> None:  # a pod: the image's environment plus the TrainJob's container env
+        trainer = job["spec"]["trainer"]
+        node_env.extend(trainer.get("env", []))
+        env = {k: v for k, v in _env().items() if not k.startswith(("MLFLOW_", "LULC_"))}
+        env |= {e["name"]: e["value"] for e in trainer.get("env", [])}
+        env |= {"PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(_free_port()), "PET_NODE_RANK": "0"}
+        subprocess.run([PYTHON, "-m", "torch.distributed.run", *trainer["args"]], env=env, check=True, timeout=240)
+
+    kube.job_script = JobScript(on_running=node, finish_after_polls=1)
+    kube.write_kubeconfig(tmp_path / "kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    monkeypatch.setenv("LULC_CACHE_DIR", str(tmp_path / "pvc"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    bundle = Model(uri=str(tmp_path / "outputs" / "bundle"))
+    train.python_func(
+        config=cfg.model_dump_json(), imagery=Dataset(uri=str(s.imagery_dir)), labels=Dataset(uri=str(s.labels_dir)),
+        stats=Dataset(uri=str(prepared["stats"])), split=Dataset(uri=str(prepared["split"])), bundle=bundle,
+        metrics=Metrics(uri=str(tmp_path / "outputs" / "metrics")),
+    )  # fmt: skip
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [e["name"] for e in node_env] == ["LULC_TRACKING_RUN"] and node_env[0]["value"] == run.info.run_id
+    for metric in ("train_loss", "val_loss", "val_miou"):
+        assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric  # one point per epoch, once
+    assert run.data.tags["lulc.kind"] == "training" and run.info.status == "FINISHED"
+    meta = json.loads((Path(bundle.path) / "lulc.json").read_text())
+    assert meta["provenance"]["tracking_run"] == run.info.run_id  # registration makes the version from this run
+    (staged,) = (tmp_path / "pvc").glob("trainjobs/*/inputs/run.json")
+    assert json.loads(staged.read_text())["registry"]["tracking_uri"] == store  # the nodes log into this store
+
+
 # --------------------------------------------------------------------------------------------------- pipeline
 
 
