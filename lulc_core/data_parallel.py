@@ -58,41 +58,39 @@ class SampleNoise:
         return out.to(device=like.device, dtype=like.dtype)
 
 
-class SeededDropout(nn.Module):
+class _SeededLayer(nn.Module):
+    """A stochastic layer (probability `p`) whose random numbers for a sample come from that sample's seed."""
+
+    def __init__(self, p: float, noise: SampleNoise) -> None:
+        super().__init__()
+        self.p = p
+        self.noise = noise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * self.keep(x) / (1.0 - self.p)
+
+    def keep(self, x: torch.Tensor) -> torch.Tensor:
+        """1 where `x` is kept, 0 where it is dropped (broadcastable to `x`)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, per-sample seeded"
+
+
+class SeededDropout(_SeededLayer):
     """Element-wise dropout whose mask for a sample depends only on that sample's seed."""
 
-    def __init__(self, p: float, noise: SampleNoise) -> None:
-        super().__init__()
-        self.p = p
-        self.noise = noise
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = self.noise.uniform(x, tuple(x.shape[1:])) >= self.p
-        return x * keep / (1.0 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, per-sample seeded"
+    def keep(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.noise.uniform(x, tuple(x.shape[1:])) >= self.p).to(x.dtype)
 
 
-class SeededDropPath(nn.Module):
+class SeededDropPath(_SeededLayer):
     """Stochastic depth (a residual branch dropped per sample) drawn from each sample's seed."""
 
-    def __init__(self, p: float, noise: SampleNoise) -> None:
-        super().__init__()
-        self.p = p
-        self.noise = noise
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = torch.floor(self.noise.uniform(x, (1,) * (x.ndim - 1)) + keep)
-        return x / keep * mask
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, per-sample seeded"
+    def keep(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.floor(self.noise.uniform(x, (1,) * (x.ndim - 1)) + (1.0 - self.p))
 
 
 def seed_stochastic_layers(model: nn.Module) -> SampleNoise:
