@@ -149,6 +149,27 @@ def test_ddp_shards_hold_the_single_process_batches(synthetic_training_tiles: An
     assert list(single) != whole
 
 
+def test_ddp_dropout_masks_follow_the_chip_not_the_batch() -> None:
+    """SegFormer's dropout and drop-path draw each chip's mask from the chip's seed: a batch of 4 gives the outputs
+    of its two halves forwarded apart (as 2 DDP ranks would); other seeds give other masks."""
+    from lulc_core.training import SegmentationTask
+
+    torch.manual_seed(0)
+    task = SegmentationTask(num_channels=3, num_classes=4)
+    task.train()
+    task.model.decode_head.batch_norm.eval()  # batch statistics are the other half of the story (GlooSyncBatchNorm)
+    image, seeds = torch.randn(4, 3, 32, 32), torch.tensor([11, 12, 13, 14])
+
+    def forward(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), task.noise.batch(s):
+            return task(x)
+
+    whole = forward(image, seeds)
+    halves = torch.cat([forward(image[:2], seeds[:2]), forward(image[2:], seeds[2:])])
+    torch.testing.assert_close(whole, halves, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(whole, forward(image, seeds + 100), atol=1e-4)  # the masks are really drawn
+
+
 # -------------------------------------------------------------------------------------------------- launcher
 
 
