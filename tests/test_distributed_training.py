@@ -362,6 +362,37 @@ def test_trainjob_step_logs_the_curves_into_its_tracker_run(
     assert json.loads(staged.read_text())["registry"]["tracking_uri"] == store  # the nodes log into this store
 
 
+def test_trainjob_node_command_joins_the_steps_neptune_run(
+    synthetic_training_tiles: Any, prepared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a TrainJob node runs, `lulc model train` with LULC_TRACKING_RUN, against the Neptune stand-in: the
+    curves go into the run the step opened (no second run), and the bundle names it."""
+    from standins.neptune_api import NeptuneStandIn
+
+    from lulc_core.registry import tracked
+
+    s = synthetic_training_tiles
+    cfg_path = _config(s, tmp_path, epochs=2)
+    raw = yaml.safe_load(cfg_path.read_text()) | {"registry": {"backend": "neptune"}}
+    cfg_path.write_text(yaml.safe_dump(raw))
+    with NeptuneStandIn() as server:
+        for key, value in server.client_env().items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("NEPTUNE_MODE", raising=False)
+        monkeypatch.chdir(tmp_path)  # neptune keeps its queue in ./.neptune
+        with tracked(RunConfig.model_validate(raw)) as step_run:  # what the pipeline's train step opens
+            assert step_run is not None and step_run.run_id
+            monkeypatch.setenv("LULC_TRACKING_RUN", step_run.run_id)
+            result = CliRunner().invoke(app, _train_args(cfg_path, s, prepared, tmp_path / "out"))
+            assert result.exit_code == 0, result.output
+        (run,) = [c for c in server.containers.values() if c.type == "run"]
+    assert run.attrs["sys/id"].value == step_run.run_id
+    for metric in ("train_loss", "val_loss", "val_miou"):
+        assert len(run.series[f"training/{metric}"]) == 2, metric
+    meta = json.loads((tmp_path / "out" / "bundle" / "lulc.json").read_text())
+    assert meta["provenance"]["tracking_run"] == step_run.run_id
+
+
 # --------------------------------------------------------------------------------------------------- pipeline
 
 
