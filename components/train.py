@@ -31,7 +31,6 @@ def train(
     import tempfile
     from pathlib import Path
 
-    from components._image import resolve_image
     from components._runtime import CACHE_ENV, copy_dir, load_config
     from lulc_core import training
     from lulc_core.dataset import TileSplit
@@ -43,9 +42,10 @@ def train(
     durable = Path(os.environ.get(CACHE_ENV) or cfg.work_dir).resolve()
     imagery_p, labels_p, stats_p, split_p = (Path(a.path) for a in (imagery, labels, stats, split))
     key = training.training_key(cfg, stats_p, split_p)
-    if cfg.training.launcher != "none":
-        image = resolve_image(None, cfg.pipeline.image)
-        copy_dir(train_on_cluster(cfg, imagery_p, labels_p, stats_p, split_p, durable, key, image=image), bundle.path)
+    if cfg.training.launcher != "none":  # the job's rank 0 logs into this step's tracker run
+        with tracked(cfg) as run:
+            trained = train_on_cluster(cfg, imagery_p, labels_p, stats_p, split_p, durable, key, tracking=run)
+        copy_dir(trained, bundle.path)
         return
     cfg.training.checkpoint_dir = cfg.training.checkpoint_dir or durable / "checkpoints" / key
     with tempfile.TemporaryDirectory(prefix="lulc-train-") as work, tracked(cfg) as run:

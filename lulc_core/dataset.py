@@ -435,8 +435,10 @@ class ChipDataset(Dataset[dict[str, torch.Tensor]]):
         return len(self.chips)
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        """The chip at `index`; an `(index, seed)` pair (from :class:`ShardedSampler`) seeds its augmentation."""
+        """The chip at `index`; an `(index, seed)` pair (from :class:`ShardedSampler`) seeds its augmentation and
+        comes back as ``seed`` (the model's dropout masks of this chip: `lulc_core.data_parallel`)."""
         generator = None
+        seed: int | None = None
         if isinstance(index, tuple):
             index, seed = index
             generator = torch.Generator().manual_seed(seed)
@@ -457,7 +459,10 @@ class ChipDataset(Dataset[dict[str, torch.Tensor]]):
         mask_t = torch.from_numpy(np.ascontiguousarray(labels)).long()
         if self.augment:
             img_t, mask_t = augment_pair(img_t, mask_t, generator)
-        return {"image": img_t, "mask": mask_t}
+        item = {"image": img_t, "mask": mask_t}
+        if seed is not None:
+            item["seed"] = torch.tensor(seed, dtype=torch.int64)
+        return item
 
 
 class ShardedSampler(DistributedSampler[int]):
@@ -467,6 +472,9 @@ class ShardedSampler(DistributedSampler[int]):
     `num_replicas`-th index of it, so the ranks' batch k together hold the chips of the single-process batch k; the
     augmentation of a chip depends only on (seed, epoch, index). An epoch is therefore the same whether the run
     was resumed from a checkpoint or not, and whatever the number of processes or DataLoader workers.
+
+    Without shuffling (validation, test) the shards are not padded: every chip is scored exactly once, as on one
+    process (DistributedSampler would repeat chips to even the shards out).
     """
 
     epoch_of: Callable[[], int] | None = None
@@ -477,8 +485,14 @@ class ShardedSampler(DistributedSampler[int]):
         if self.epoch_of is not None:
             self.epoch = self.epoch_of()
         base = (self.seed * 1_000_003 + self.epoch) * 1_000_033
-        for index in super().__iter__():
+        indexes = super().__iter__() if self.shuffle else iter(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
+        for index in indexes:
             yield int(index), (base + int(index)) % (2**63)
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.num_samples
+        return len(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
 
 
 # -------------------------------------------------------------------------------------------- datamodule

@@ -32,10 +32,11 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pydantic import BaseModel, ConfigDict, Field
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
 
 from lulc_core.bundle import BundleMetadata, Normalisation, save_bundle
+from lulc_core.data_parallel import GlooSyncBatchNorm, seed_stochastic_layers
 from lulc_core.dataset import LulcDataModule, NormalisationStats, TileSplit, num_classes_of
 from lulc_core.errors import ConfigError, InputError
 from lulc_core.labels import LabelSet
@@ -162,6 +163,8 @@ class SegmentationTask(L.LightningModule):
         self.model = build_segformer(
             hp.variant, hp.num_channels, hp.num_classes, hp.pretrained, rgb_channels=hp.rgb_channels
         )
+        # dropout and drop-path masks drawn per chip from its seed: the same whichever DDP rank the chip is on
+        self.noise = seed_stochastic_layers(self.model)
 
     def configure_losses(self) -> None:
         """Weighted cross-entropy; class 0 gets weight 0 and is the ignore index (also excluded from smoothing)."""
@@ -190,6 +193,11 @@ class SegmentationTask(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train_")
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
+        # the epoch loss: weighted cross-entropy over all labelled pixels of the epoch (all ranks), whatever the
+        # batching, so one process and N DDP processes pick the same best epoch and stop at the same one
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (batch, classes, H, W) at the input size."""
@@ -201,21 +209,22 @@ class SegmentationTask(L.LightningModule):
         The weighted mean of one process; in DDP training the normaliser is the weight total of every rank's
         batch (see :meth:`_ddp_loss`), so the averaged gradient is that of the whole batch.
         """
-        if not torch.any(mask > 0):
+        if not torch.any(self._pixel_weight(mask) > 0):
             return logits.sum() * 0.0
         return self.criterion(logits, mask)
 
-    def _ddp_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The loss whose mean over DDP ranks equals the weighted mean over all ranks' pixels."""
+    def _pixel_weight(self, mask: torch.Tensor) -> torch.Tensor:
+        """The loss normaliser of a batch: the class weights of its pixels summed (class 0 weighs nothing)."""
         weight = self.criterion.weight
         assert weight is not None
-        total = weight[mask].sum().detach()  # class 0 has weight 0: ignored pixels count nothing
-        local = total.clone()
+        return weight[mask].sum().detach()
+
+    def _ddp_loss(self, loss: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        """`loss` (this rank's weighted mean over `local` pixel weight) scaled so that its mean over DDP ranks is the
+        weighted mean over all ranks' pixels."""
+        total = local.clone()
         torch.distributed.all_reduce(total)
-        if not torch.any(mask > 0) or local == 0:
-            return logits.sum() * 0.0
-        share = float(self.trainer.world_size) * local / total.clamp_min(1e-12)
-        return self.criterion(logits, mask) * share
+        return loss * (float(self.trainer.world_size) * local / total.clamp_min(1e-12))
 
     @staticmethod
     def predict_classes(logits: torch.Tensor) -> torch.Tensor:
@@ -224,16 +233,20 @@ class SegmentationTask(L.LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
-        logits = self(image)
+        with self.noise.batch(batch.get("seed") if stage == "train" else None):
+            logits = self(image)
+        loss = self.loss(logits, mask)
+        weight = self._pixel_weight(mask)
         distributed = stage == "train" and self._trainer is not None and self.trainer.world_size > 1
-        loss = self._ddp_loss(logits, mask) if distributed else self.loss(logits, mask)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(self.predict_classes(logits.detach()), mask)
+        epoch_loss = getattr(self, f"{stage}_loss")
+        epoch_loss.update(loss.detach(), weight)
         bs = image.shape[0]
-        # sync_dist averages the loss over DDP ranks; torchmetrics collections sync themselves on compute.
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        # torchmetrics (the loss mean and the metric collections) sync across DDP ranks when they compute
+        self.log(f"{stage}_loss", epoch_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=bs)
-        return loss
+        return self._ddp_loss(loss, weight) if distributed else loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -519,7 +532,9 @@ def train(
                 devices=tc.devices,
                 num_nodes=tc.num_nodes,
                 strategy=tc.strategy,
-                sync_batchnorm=world > 1 and accelerator == "gpu",  # torch has no SyncBatchNorm on CPU
+                # BatchNorm over the global batch: torch's SyncBatchNorm on GPUs, all-reduces on gloo (CPU)
+                sync_batchnorm=world > 1 and accelerator == "gpu",
+                plugins=[GlooSyncBatchNorm()] if world > 1 and accelerator != "gpu" else None,
                 precision=precision,  # type: ignore[arg-type]
                 deterministic=deterministic,  # type: ignore[arg-type]
                 enable_progress_bar=progress,

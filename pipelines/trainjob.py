@@ -13,12 +13,16 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from components._image import resolve_image
 from lulc_core.config import RunConfig
 from lulc_core.errors import LulcError, UpstreamError
+
+if TYPE_CHECKING:
+    from lulc_core.registry.tracking import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,13 @@ class JobSpec(BaseModel):
     cpu: str = Field(default="4", description="CPU request/limit per node.")
     memory: str = Field(default="16G", description="Memory request/limit per node.")
     timeout_s: float = Field(gt=0, description="Deadline of the job (also its activeDeadlineSeconds).")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment of the training containers (e.g. the tracker run to log into)."
+    )
+
+
+def _env(spec: JobSpec) -> list[dict[str, str]]:
+    return [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
 
 
 def _torchrun(spec: JobSpec) -> list[str]:
@@ -125,6 +136,7 @@ def build_trainjob(spec: JobSpec) -> dict[str, Any]:
                 "numNodes": spec.num_nodes,
                 "numProcPerNode": spec.devices,  # here, not under mlPolicy.torch (the CRD rejects that)
                 "resourcesPerNode": _resources(spec),
+                **({"env": _env(spec)} if spec.env else {}),
             },
             "runtimePatches": [
                 {
@@ -146,6 +158,7 @@ def build_pytorchjob(spec: JobSpec) -> dict[str, Any]:
         "args": command[1:],
         "resources": _resources(spec),
         "volumeMounts": [{"name": PVC_VOLUME, "mountPath": spec.mount_path}],
+        **({"env": _env(spec)} if spec.env else {}),
     }
     template = {"spec": {"containers": [container], **_pod_extras(spec)}}
     replicas: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
@@ -333,7 +346,8 @@ def train_on_cluster(
     shared_root: Path,
     key: str,
     *,
-    image: str,
+    image: str | None = None,
+    tracking: TrainingRun | None = None,
     namespace: str = "lulc",
     api_client: Any = None,
     poll_interval_s: float = 5.0,
@@ -348,7 +362,9 @@ def train_on_cluster(
         split: TileSplit JSON.
         shared_root: where the shared PVC is mounted in this step (and in every node).
         key: the training inputs' fingerprint: names the job and its directory (checkpoints survive retries).
-        image: the project image the nodes run.
+        image: the project image the nodes run (default: the pipeline's, `LULC_IMAGE` or `pipeline.image`).
+        tracking: the tracker run (started by the step) that the job's rank 0 logs the curves into: its id goes to
+            `lulc model train` as LULC_TRACKING_RUN, an MLflow store's URI into the staged configuration.
         namespace: Kubernetes namespace of the job.
         api_client: a kubernetes ApiClient (default: in-cluster, else kubeconfig).
         poll_interval_s: seconds between status reads.
@@ -368,6 +384,9 @@ def train_on_cluster(
             shutil.copy2(path, target)
     node_cfg = cfg.model_copy(deep=True)
     node_cfg.training.checkpoint_dir = root / "checkpoints"
+    tracking_uri = getattr(getattr(tracking, "registry", None), "tracking_uri", None)
+    if isinstance(tracking_uri, str):  # MLflow: the nodes log into the step's store, not an embedded one of theirs
+        node_cfg.registry.tracking_uri = tracking_uri
     (staged / "run.json").write_text(node_cfg.model_dump_json())
     out = root / "out"
     args = ["-c", str(staged / "run.json"), "-i", str(staged / "imagery"), "-l", str(staged / "labels")]
@@ -376,7 +395,7 @@ def train_on_cluster(
         name=f"lulc-train-{key[:16]}",
         namespace=namespace,
         launcher=tc.launcher,  # type: ignore[arg-type]
-        image=image,
+        image=image or resolve_image(None, pc.image),
         num_nodes=tc.num_nodes,
         devices=tc.devices,
         gpu_resource=pc.accelerator_type if tc.accelerator != "cpu" else None,
@@ -387,6 +406,7 @@ def train_on_cluster(
         cpu=pc.cpu_limit,
         memory=pc.memory_limit,
         timeout_s=tc.launcher_timeout_minutes * 60,
+        env={"LULC_TRACKING_RUN": tracking.run_id} if tracking and tracking.run_id else {},
     )
     JobRunner(spec, api_client=api_client, poll_interval_s=poll_interval_s).run()
     bundle = out / "bundle"

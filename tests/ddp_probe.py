@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
 
 from lulc_core.config import load_run_config
+from lulc_core.data_parallel import GlooSyncBatchNorm
 from lulc_core.dataset import LulcDataModule, TileSplit
 from lulc_core.labels import LabelSet
 from lulc_core.stats import DatasetStats
@@ -24,9 +24,6 @@ from lulc_core.training import SegmentationTask
 class _Probe(L.Callback):
     def __init__(self, out: Path) -> None:
         self.out = out
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
-        pl_module.eval()
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank == 0:
@@ -50,6 +47,7 @@ def main() -> None:
         accelerator="cpu",
         devices=int(devices),
         strategy="ddp" if int(devices) > 1 else "auto",
+        plugins=[GlooSyncBatchNorm()] if int(devices) > 1 else None,
         max_steps=1,
         callbacks=[_Probe(Path(out))],
         logger=False,

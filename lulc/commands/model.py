@@ -92,6 +92,13 @@ def train_cmd(
         False, "--resume", help="Continue from the last checkpoint (weights, optimizer, scheduler) if there is one."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    tracking_run: str | None = typer.Option(
+        None,
+        "--tracking-run",
+        envvar="LULC_TRACKING_RUN",
+        help="Log the curves into this existing run of the registry's tracker (rank 0; the pipeline sets it for "
+        "the training jobs it launches).",
+    ),
 ) -> None:
     """Train a SegFormer on the training tiles and write the model bundle to OUT/bundle.
 
@@ -124,7 +131,14 @@ def train_cmd(
     cfg = load_run_config(config, {k: v for k, v in overrides.items() if v})
     out.mkdir(parents=True, exist_ok=True)
     tile_split = _split(cfg, split, tiles, out)
-    result = train(cfg, imagery, labels, DatasetStats.load(stats), tile_split, out, progress=progress, resume=resume)
+    data = (imagery, labels, DatasetStats.load(stats), tile_split, out)
+    if tracking_run:
+        from lulc_core.registry import tracked
+
+        with tracked(cfg, join=tracking_run) as run:
+            result = train(cfg, *data, progress=progress, resume=resume, tracking=run)
+    else:
+        result = train(cfg, *data, progress=progress, resume=resume)
     from lightning.pytorch.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:  # the other DDP processes report nothing

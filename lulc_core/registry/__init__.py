@@ -92,16 +92,21 @@ def build_registry(cfg: RegistryConfig, work_dir: Path, ref: str | None = None) 
 
 
 @contextlib.contextmanager
-def tracked(cfg: RunConfig, registry: ModelRegistry | None = None) -> Iterator[TrainingRun | None]:
+def tracked(
+    cfg: RunConfig, registry: ModelRegistry | None = None, join: str | None = None
+) -> Iterator[TrainingRun | None]:
     """`training_run(registry, cfg.name)` when `registry.track_training` is on (the registry of `cfg` unless
-    given), else None; also None in the extra processes of a multi-process (DDP) run: rank 0 tracks."""
+    given), else None; also None in the extra processes of a multi-process (DDP) run: rank 0 tracks.
+
+    `join`: the id of a run another process started (the pipeline's train step, for the training job it launched):
+    the curves go into that run instead of a new one."""
     ranks = (os.environ.get(k, "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
     if not cfg.registry.track_training or any(r != "0" for r in ranks):
         yield None
         return
     from lulc_core.registry.tracking import training_run
 
-    with training_run(registry or build_registry(cfg.registry, cfg.work_dir), cfg.name) as run:
+    with training_run(registry or build_registry(cfg.registry, cfg.work_dir), cfg.name, join=join) as run:
         yield run
 
 

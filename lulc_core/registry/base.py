@@ -422,6 +422,10 @@ class ModelRegistry(ABC):
         """A run of this backend's tracker for training curves (see `lulc_core.registry.tracking`)."""
         raise InputError("registry.track_training", f"the {self.backend} backend has no tracker", "set it to false")
 
+    def join_training_run(self, run_id: str) -> TrainingRun:
+        """The existing tracker run `run_id` (started by another process, e.g. the pipeline's train step)."""
+        raise InputError("registry.track_training", f"the {self.backend} backend has no tracker", "set it to false")
+
     @abstractmethod
     def _download(self, info: ModelVersionInfo, staging: Path) -> Path:
         """Download the version's bundle below `staging`; return the directory holding lulc.json."""

@@ -347,6 +347,12 @@ class MlflowRegistry(ModelRegistry):
             run = self.client.create_run(exp_id, run_name=name, tags={"lulc.kind": "training"})
         return MlflowTrainingRun(self, run.info.run_id, self._run_url(exp_id, run.info.run_id))
 
+    def join_training_run(self, run_id: str) -> TrainingRun:
+        """The run `run_id` of this tracking store (the pipeline step's run, joined by a training job's rank 0)."""
+        with self._errors(f"training run {run_id}"):
+            run = self.client.get_run(run_id)
+        return MlflowTrainingRun(self, run_id, self._run_url(run.info.experiment_id, run_id))
+
     def get(self, ref: str | ModelRef) -> ModelVersionInfo:
         r = self.ref(ref)
         with self._errors(str(r)):

@@ -405,6 +405,13 @@ class NeptuneRegistry(ModelRegistry):
             url = run.get_url() if online else None
         return NeptuneTrainingRun(run, run_id, url, self)
 
+    def join_training_run(self, run_id: str) -> TrainingRun:
+        """The Neptune run `run_id` (the pipeline step's run, joined by a training job's rank 0)."""
+        with self._errors(f"training run {run_id}"):
+            run = _neptune().init_run(with_id=run_id, **self._kwargs(self.mode), **QUIET_RUN)
+            url = run.get_url() if self.mode not in ("offline", "debug") else None
+        return NeptuneTrainingRun(run, run_id, url, self)
+
     def _link_training_run(self, run_id: str, version_id: str) -> None:
         """Record the registered version in the training run (the version already records the run)."""
         try:

@@ -47,9 +47,10 @@ class TrainingRun(ABC):
 
 
 @contextlib.contextmanager
-def training_run(registry: ModelRegistry, name: str) -> Iterator[TrainingRun]:
-    """Start a training run on `registry`'s tracker; close it when the block ends (failed when it raised)."""
-    run = registry.start_training_run(name)
+def training_run(registry: ModelRegistry, name: str, join: str | None = None) -> Iterator[TrainingRun]:
+    """Start a training run on `registry`'s tracker (or join the existing run `join`); close it when the block
+    ends (failed when it raised)."""
+    run = registry.join_training_run(join) if join else registry.start_training_run(name)
     log.info("training curves go to %s run %s %s", run.backend, run.run_id, run.url or "")
     try:
         yield run
