@@ -456,6 +456,13 @@ class MappingConfig(StrictModel):
         default="nvidia.com/gpu", description="Accelerator of the predict step (None: CPU nodes)."
     )
     accelerator_limit: int = Field(default=1, ge=1, description="Accelerators per predict task.")
+    cpu_per_worker: float | None = Field(
+        default=None,
+        gt=0,
+        description="CPUs of one predict-blocks worker: its task's cpu request and limit, and the threads torch, "
+        "onnxruntime and GDAL use in it (at least 1). Unset: pipeline.cpu_request/limit, and threads from the "
+        "worker's CPU quota (cgroup), else the machine's cores / mapping.parallelism (local runs).",
+    )
     fusion_mode: Literal[FUSION_MODES] = Field(  # type: ignore[valid-type]
         default="only_model", description="How model and OSM are combined (as the predictor's fusion modes)."
     )

@@ -44,6 +44,12 @@ def _accelerator(task: PipelineTask, cfg: RunConfig) -> PipelineTask:
     return _gpu(task, cfg.pipeline.model_copy(update=update))
 
 
+def _worker_cpu(task: PipelineTask, cfg: RunConfig) -> PipelineTask:
+    """A predict worker's CPU request and limit = mapping.cpu_per_worker (its threads follow; unset: `pipeline`'s)."""
+    cpus = cfg.mapping.cpu_per_worker
+    return task if cpus is None else task.set_cpu_request(f"{cpus:g}").set_cpu_limit(f"{cpus:g}")
+
+
 def build_mapping_pipeline(cfg: RunConfig, image: str | None = None) -> GraphComponent:
     """The mapping pipeline for the task settings in `cfg`; `cfg` is the run_config default.
 
@@ -85,7 +91,7 @@ def build_mapping_pipeline(cfg: RunConfig, image: str | None = None) -> GraphCom
             blk = map_blocks(config=config, plan=plan.outputs["plan"], bundle=plan.outputs["bundle"], shard=shard)
             # resumable by itself (valid blocks are skipped): no KFP cache, retries redo only unfinished blocks
             step(blk, "predict blocks", cache=False)
-            _cache(_secrets(_accelerator(_heavy(_network(blk, s), s), cfg), "lulc-sentinelhub"), s)
+            _cache(_secrets(_accelerator(_worker_cpu(_heavy(_network(blk, s), s), cfg), cfg), "lulc-sentinelhub"), s)
         statuses = dsl.Collected(blk.outputs["statuses"])
         asm = step(map_assemble(config=config, plan=plan.outputs["plan"], statuses=statuses), "assemble", cache=False)
         _cache(_heavy(asm, s), s)

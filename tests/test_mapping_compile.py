@@ -143,6 +143,18 @@ def test_cpu_configuration_differs_only_in_task_settings(tmp_path: Path, spec: p
     assert "accelerator" not in _resources(cpu, "comp-map-blocks")
     blocks = cpu_platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-map-blocks"]
     assert "tolerations" not in blocks and "nodeSelector" not in blocks
+    assert _resources(cpu, "comp-map-blocks")["resourceCpuLimit"] == "8"  # unset: pipeline.cpu_limit
+
+
+def test_cpu_per_worker_sets_the_predict_task_cpu_request_and_limit(tmp_path: Path) -> None:
+    cfg = mapping_config(gpu=False)
+    cfg = cfg.model_copy(update={"mapping": cfg.mapping.model_copy(update={"cpu_per_worker": 1.5})})
+    compiled = json_format.ParseDict(
+        next(yaml.safe_load_all(_compile(tmp_path, cfg).read_text())), pipeline_spec_pb2.PipelineSpec()
+    )
+    blocks = _resources(compiled, "comp-map-blocks")
+    assert (blocks["resourceCpuRequest"], blocks["resourceCpuLimit"]) == ("1.5", "1.5")
+    assert _resources(compiled, "comp-map-assemble")["resourceCpuLimit"] == "8"  # the other heavy steps keep theirs
 
 
 def _normalised(text: str) -> list[Any]:
