@@ -445,10 +445,11 @@ class MappingConfig(StrictModel):
     block_px: int = Field(
         default=10_240, ge=64, le=40_960, description="Block edge in pixels on each UTM zone's grid (one COG each)."
     )
-    output_dir: Path | None = Field(
+    output_dir: str | None = Field(
         default=None,
-        description="Where blocks, zone mosaics, STAC and reports go: a local directory or a mounted PVC path "
-        "(default <work_dir>/maps/<area name>). Blocks already there and valid are skipped (resume).",
+        description="Where blocks, zone mosaics and STAC go: a local directory, a mounted PVC path or an object "
+        "store prefix s3://bucket/prefix (endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...; default "
+        "<work_dir>/maps/<area name>). Blocks already there and valid are skipped (resume).",
     )
     shards: int = Field(default=8, ge=1, description="Shards of blocks (one ParallelFor iteration each).")
     parallelism: int = Field(default=4, ge=1, description="Shards predicted at the same time.")

@@ -37,6 +37,7 @@ from lulc_core.inference import PredictOptions, Predictor
 from lulc_core.inference.options import FusionMode
 from lulc_core.inference.predictor import CONFIDENCE_SCALE
 from lulc_core.mapping.plan import MapBlock, MapPlan
+from lulc_core.objectstore import exists
 from lulc_core.raster import Raster, atomic_path, write_geotiff
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def is_cog(path: Path) -> bool:
 
 def is_valid_block(path: Path, block: MapBlock, fingerprint: str) -> bool:
     """Whether `path` is a complete COG of `block` written under the same plan fingerprint."""
-    if not path.is_file():
+    if not exists(path):
         return False
     try:
         with rasterio.open(path) as src:
