@@ -71,9 +71,10 @@ def block_path(out_dir: Path, block: MapBlock, kind: str = "") -> Path:
 
 
 def is_cog(path: Path) -> bool:
-    """GDAL reports the COG layout (tiles, overviews and header first, as written by the COG driver)."""
+    """GDAL reports the COG layout (tiles, overviews and header first, as written by the COG driver). Not rasterio's
+    `tiled`: it is false for an image of exactly one tile (a 512 px block in the COG driver's 512 px tiles)."""
     with rasterio.open(path) as src:
-        return src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.profile.get("tiled", False)
+        return src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
 
 
 def is_valid_block(path: Path, block: MapBlock, fingerprint: str) -> bool:
