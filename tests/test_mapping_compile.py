@@ -114,6 +114,9 @@ def test_fan_out_gpu_and_resources(spec: pipeline_spec_pb2.PipelineSpec, platfor
     assert exec_blocks["nodeSelector"]["labels"] == dict([NODE_LABEL])
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in exec_blocks["tolerations"]
     assert exec_blocks["secretAsEnv"][0]["secretName"] == "lulc-sentinelhub"
+    for step in ("exec-map-blocks", "exec-map-assemble", "exec-map-areas", "exec-map-gaps"):  # s3:// outputs
+        (output,) = [e for e in platform[step]["secretAsEnv"] if e["secretName"] == "lulc-map-output"]
+        assert output["optional"] and {k["envVar"] for k in output["keyToEnv"]} >= {"AWS_ENDPOINT_URL"}
     assert exec_blocks["pvcMount"][0]["mountPath"] == "/var/cache/lulc"
     assert {s["secretName"] for s in platform["exec-map-plan"]["secretAsEnv"]} == {"lulc-mlflow", "lulc-neptune"}
     executors = spec.deployment_spec["executors"]

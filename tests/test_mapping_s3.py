@@ -42,7 +42,7 @@ def test_map_to_s3_and_resume_there(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     aoi["features"] = aoi["features"][:1]  # one zone keeps the test short
     (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
     config = tmp_path / "run.json"
-    config.write_text(sample_config(tmp_path, shards=2).model_dump_json())
+    config.write_text(sample_config(tmp_path, shards=1).model_dump_json())
     with S3StandIn() as server:
         for key, value in server.env().items():
             monkeypatch.setenv(key, value)
@@ -50,6 +50,7 @@ def test_map_to_s3_and_resume_there(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         s3.create_bucket(Bucket=BUCKET)
         first = _run(tmp_path, config, tmp_path / "aoi.geojson")
         assert first.exit_code == 0, first.output
+        assert f"s3://{BUCKET}/{PREFIX}" in first.output
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX)["Contents"]}
         blocks = sorted(k for k in keys if k.startswith(f"{PREFIX}/blocks/") and not k.endswith(".confidence.tif"))
         zones = [k for k in keys if k.startswith(f"{PREFIX}/zones/")]

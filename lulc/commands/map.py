@@ -106,7 +106,7 @@ def run_cmd(
     resolve_model(cfg, cfg.mapping.model)
     run = run_mapping_local(cfg, pipeline_root, model=cfg.mapping.model or "")
     typer.echo(f"blocks         {', '.join(f'{n} {k}' for k, n in sorted(run.statuses.items()))}")
-    typer.echo(f"map            {run.output_dir} (zones/, blocks/)")
+    typer.echo(f"map            {cfg.mapping.output_dir or run.output_dir} (zones/, blocks/)")
     typer.echo(f"STAC           {run.collection}")
     typer.echo(f"area estimates {run.areas_dir / 'areas.csv'}")
     typer.echo(f"OSM gaps       {run.gaps_dir / 'gaps.parquet'} ({run.metrics.get('gap_polygons', 0):.0f} polygons)")
