@@ -15,7 +15,7 @@ assemble -> areas -> OSM gaps) on a local imagery store, a fresh output location
 The model is the small SegFormer of `benchmarks.large_areas` (random init, MiT dims 16/32/64/128, one block per
 stage, 15 bands); imagery is that benchmark's synthetic 100 m GeoTIFF warped to the 10 m block grids.
 
-    .venv/bin/python -m benchmarks.mapping_scale            # 20,000² px, blocks of 4,096 px (about 15 min)
+    .venv/bin/python -m benchmarks.mapping_scale            # 20,000² px, blocks of 2,048 px (15-20 min)
     .venv/bin/python -m benchmarks.mapping_scale --quick    # 1,024² px, blocks of 512 px, no 2-thread run
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 from benchmarks.common import REPO, Row, Section, bench_main, progress, run_child
 
 COMMAND = ".venv/bin/python -m benchmarks.mapping_scale"
-FULL, QUICK = (20_000, 8192, 2048), (1024, 1024, 512)
+FULL, QUICK = (20_000, 6144, 2048), (1024, 1024, 512)
 """(area px, px of the 1-vs-2-worker area at its centre, block px)."""
 MODEL = "bench@production"
 ONE = {"shards": 1, "parallelism": 1, "cpu_per_worker": 1.0}
