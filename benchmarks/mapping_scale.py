@@ -250,7 +250,7 @@ def run(quick: bool = False, rounds: int = 1) -> Section:
         "1 worker: mapping.shards 1, parallelism 1, cpu_per_worker 1; 2 workers: shards 2, parallelism 2, "
         "cpu_per_worker 1; info: shards 1, parallelism 1, cpu_per_worker 2 (threads per worker = cpu_per_worker)",
         "runs (Mpx/s predict, wall s): " + "; ".join(
-            f"{k}: " + ", ".join(f"{r['mpx_s']:.3f}/{r['wall_s']:.0f}" for r in v) for k, v in runs.items()),
+            f"{k}: " + ", ".join(f"{r['mpx_s']:.3f}/{r['wall_s']:.0f}" for r in v) for k, v in runs.items() if v),
         "workers' peak RSS MB (threads): " + ", ".join(f"{w['peak_rss_mb']:.0f} ({w['threads']})" for w in workers),
         f"kill: {killed}",
         "the machine may be shared with other jobs: the two-worker speed-up is bounded by the cores actually free",
