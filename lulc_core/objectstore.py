@@ -67,11 +67,10 @@ def exists(path: str | os.PathLike[str]) -> bool:
     """Whether a local file or an S3 object (/vsis3/...) exists."""
     if not is_s3(path):
         return Path(path).is_file()
-    from botocore.exceptions import ClientError
-
     bucket, key = bucket_key(path)
+    client = _client()
     try:
-        _client().head_object(Bucket=bucket, Key=key)
-    except ClientError:
+        client.head_object(Bucket=bucket, Key=key)
+    except client.exceptions.ClientError:
         return False
     return True
