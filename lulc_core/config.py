@@ -477,10 +477,11 @@ class MappingConfig(StrictModel):
     block_px: int = Field(
         default=10_240, ge=64, le=40_960, description="Block edge in pixels on each UTM zone's grid (one COG each)."
     )
-    output_dir: Path | None = Field(
+    output_dir: str | None = Field(
         default=None,
-        description="Where blocks, zone mosaics, STAC and reports go: a local directory or a mounted PVC path "
-        "(default <work_dir>/maps/<area name>). Blocks already there and valid are skipped (resume).",
+        description="Where blocks, zone mosaics and STAC go: a local directory, a mounted PVC path or an object "
+        "store prefix s3://bucket/prefix (endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...; default "
+        "<work_dir>/maps/<area name>). Blocks already there and valid are skipped (resume).",
     )
     shards: int = Field(default=8, ge=1, description="Shards of blocks (one ParallelFor iteration each).")
     parallelism: int = Field(default=4, ge=1, description="Shards predicted at the same time.")
@@ -488,6 +489,13 @@ class MappingConfig(StrictModel):
         default="nvidia.com/gpu", description="Accelerator of the predict step (None: CPU nodes)."
     )
     accelerator_limit: int = Field(default=1, ge=1, description="Accelerators per predict task.")
+    cpu_per_worker: float | None = Field(
+        default=None,
+        gt=0,
+        description="CPUs of one predict-blocks worker: its task's cpu request and limit, and the threads torch, "
+        "onnxruntime and GDAL use in it (at least 1). Unset: pipeline.cpu_request/limit, and threads from the "
+        "worker's CPU quota (cgroup), else the machine's cores / mapping.parallelism (local runs).",
+    )
     fusion_mode: Literal[FUSION_MODES] = Field(  # type: ignore[valid-type]
         default="only_model", description="How model and OSM are combined (as the predictor's fusion modes)."
     )

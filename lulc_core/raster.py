@@ -99,8 +99,20 @@ def publish_tree(root: str | os.PathLike[str]) -> None:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. A `/vsis3/` target
+    (`lulc_core.objectstore`) is staged in a local temporary file and uploaded whole when the block succeeds."""
     target = Path(path)
+    if str(target).startswith("/vsis3/"):
+        from lulc_core.objectstore import upload
+
+        fd, staged = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            yield Path(staged)
+            upload(Path(staged), target)
+        finally:
+            Path(staged).unlink(missing_ok=True)
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)

@@ -9,7 +9,7 @@ user may change per run — the model, the AOI, the time frames, the image — a
 # No `from __future__ import annotations`: KFP reads the pipeline signature's annotations as types.
 from typing import NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Metrics
 from kfp.dsl.graph_component import GraphComponent
 from kfp.dsl.pipeline_task import PipelineTask
@@ -25,6 +25,9 @@ from lulc_core.config import RunConfig
 from pipelines.training import _cache, _gpu, _heavy, _network, _secrets
 
 PIPELINE_NAME = "lulc-mapping"
+OUTPUT_SECRET = "lulc-map-output"
+"""Optional secret with the keys of an s3:// mapping.output_dir, given to every step that reads or writes it."""
+OUTPUT_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}
 
 
 class MappingOutputs(NamedTuple):
@@ -42,6 +45,18 @@ def _accelerator(task: PipelineTask, cfg: RunConfig) -> PipelineTask:
     m = cfg.mapping
     update = {"accelerator_type": m.accelerator_type, "accelerator_limit": m.accelerator_limit}
     return _gpu(task, cfg.pipeline.model_copy(update=update))
+
+
+def _output(task: PipelineTask) -> PipelineTask:
+    """The object store keys of an s3:// output location (secret `lulc-map-output`, optional)."""
+    kubernetes.use_secret_as_env(task, secret_name=OUTPUT_SECRET, secret_key_to_env=OUTPUT_KEYS, optional=True)
+    return task
+
+
+def _worker_cpu(task: PipelineTask, cfg: RunConfig) -> PipelineTask:
+    """A predict worker's CPU request and limit = mapping.cpu_per_worker (its threads follow; unset: `pipeline`'s)."""
+    cpus = cfg.mapping.cpu_per_worker
+    return task if cpus is None else task.set_cpu_request(f"{cpus:g}").set_cpu_limit(f"{cpus:g}")
 
 
 def build_mapping_pipeline(cfg: RunConfig, image: str | None = None) -> GraphComponent:
@@ -85,15 +100,16 @@ def build_mapping_pipeline(cfg: RunConfig, image: str | None = None) -> GraphCom
             blk = map_blocks(config=config, plan=plan.outputs["plan"], bundle=plan.outputs["bundle"], shard=shard)
             # resumable by itself (valid blocks are skipped): no KFP cache, retries redo only unfinished blocks
             step(blk, "predict blocks", cache=False)
-            _cache(_secrets(_accelerator(_heavy(_network(blk, s), s), cfg), "lulc-sentinelhub"), s)
+            _cache(_secrets(_accelerator(_worker_cpu(_heavy(_network(blk, s), s), cfg), cfg), "lulc-sentinelhub"), s)
+            _output(blk)
         statuses = dsl.Collected(blk.outputs["statuses"])
         asm = step(map_assemble(config=config, plan=plan.outputs["plan"], statuses=statuses), "assemble", cache=False)
-        _cache(_heavy(asm, s), s)
+        _output(_cache(_heavy(asm, s), s))
         catalog = asm.outputs["catalog"]
         areas = step(map_areas(config=config, plan=plan.outputs["plan"], catalog=catalog), "area estimates")
-        _cache(areas, s)
+        _output(_cache(areas, s))
         gaps = step(map_gaps(config=config, plan=plan.outputs["plan"], catalog=catalog), "OSM gaps")
-        _cache(_network(gaps, s), s)
+        _output(_cache(_network(gaps, s), s))
         return MappingOutputs(
             catalog=catalog, areas=areas.outputs["areas"], gaps=gaps.outputs["gaps"], metrics=gaps.outputs["metrics"]
         )

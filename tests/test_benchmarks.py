@@ -123,8 +123,9 @@ def test_mapping_scale_quick(quick: dict[str, Section]) -> None:
     assert rss.met is True, rss  # a worker over every block of its shard stays near one block's memory
     (resume,) = _rows(section, "blocks redone after kill")
     assert resume.met is True, resume  # only the unfinished blocks are predicted again
-    (speed,) = _rows(section, "wall s, 1 worker -> 2 workers")
+    (speed,) = _rows(section, "predict Mpx/s, 1 worker (cpu 1) -> 2 workers")
     assert speed.ratio is not None and speed.ratio > 0  # the speed-up depends on the free cores of a shared box
+    assert any("(1)" in d for d in section.details if d.startswith("workers' peak RSS"))  # 1 thread per worker
 
 
 def test_report_is_one_markdown_table(quick: dict[str, Section]) -> None:

@@ -114,6 +114,9 @@ def test_fan_out_gpu_and_resources(spec: pipeline_spec_pb2.PipelineSpec, platfor
     assert exec_blocks["nodeSelector"]["labels"] == dict([NODE_LABEL])
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in exec_blocks["tolerations"]
     assert exec_blocks["secretAsEnv"][0]["secretName"] == "lulc-sentinelhub"
+    for step in ("exec-map-blocks", "exec-map-assemble", "exec-map-areas", "exec-map-gaps"):  # s3:// outputs
+        (output,) = [e for e in platform[step]["secretAsEnv"] if e["secretName"] == "lulc-map-output"]
+        assert output["optional"] and {k["envVar"] for k in output["keyToEnv"]} >= {"AWS_ENDPOINT_URL"}
     assert exec_blocks["pvcMount"][0]["mountPath"] == "/var/cache/lulc"
     assert {s["secretName"] for s in platform["exec-map-plan"]["secretAsEnv"]} == {"lulc-mlflow", "lulc-neptune"}
     executors = spec.deployment_spec["executors"]
@@ -143,6 +146,18 @@ def test_cpu_configuration_differs_only_in_task_settings(tmp_path: Path, spec: p
     assert "accelerator" not in _resources(cpu, "comp-map-blocks")
     blocks = cpu_platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-map-blocks"]
     assert "tolerations" not in blocks and "nodeSelector" not in blocks
+    assert _resources(cpu, "comp-map-blocks")["resourceCpuLimit"] == "8"  # unset: pipeline.cpu_limit
+
+
+def test_cpu_per_worker_sets_the_predict_task_cpu_request_and_limit(tmp_path: Path) -> None:
+    cfg = mapping_config(gpu=False)
+    cfg = cfg.model_copy(update={"mapping": cfg.mapping.model_copy(update={"cpu_per_worker": 1.5})})
+    compiled = json_format.ParseDict(
+        next(yaml.safe_load_all(_compile(tmp_path, cfg).read_text())), pipeline_spec_pb2.PipelineSpec()
+    )
+    blocks = _resources(compiled, "comp-map-blocks")
+    assert (blocks["resourceCpuRequest"], blocks["resourceCpuLimit"]) == ("1.5", "1.5")
+    assert _resources(compiled, "comp-map-assemble")["resourceCpuLimit"] == "8"  # the other heavy steps keep theirs
 
 
 def _normalised(text: str) -> list[Any]:

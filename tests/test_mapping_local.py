@@ -9,6 +9,7 @@ model finds gaps. One run (~1.5-3 min on the shared 2 cores) serves every test o
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import geopandas as gpd
@@ -197,6 +198,33 @@ def test_gap_report(run: dict[str, Any]) -> None:
     metrics = json.loads((run["run_dir"] / "map-gaps" / "executor_output.json").read_text())
     logged = metrics["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert logged["gap_polygons"] == len(gaps)
+
+
+def test_gaps_across_block_borders_are_one_polygon(run: dict[str, Any]) -> None:
+    gaps = gpd.read_parquet(run["run_dir"] / "map-gaps" / "gaps" / "gaps.parquet")
+    spanning = gaps.block.str.contains(",")
+    assert spanning.sum() > 0  # the sample's gaps straddle its 128 px blocks
+    for zone in gaps.zone.unique():
+        part = gaps[gaps.zone == zone]
+        utm = part.to_crs(part.estimate_utm_crs())
+        for cls in part["class"].unique():
+            same = utm[utm["class"] == cls].geometry.values
+            for i in range(len(same)):  # no two polygons of a class share an edge (a corner may touch)
+                shared = shapely.length(shapely.intersection(same[i], same[i + 1 :]))
+                assert (shared < 1.0).all(), (zone, cls)
+        # the area of a merged polygon (pixel counts summed over its blocks) is its geometry's (clipped to the AOI)
+        merged = utm[spanning[gaps.zone == zone]]
+        assert (merged.geometry.area <= merged.area_m2 * 1.01).all()
+        assert (merged.geometry.area >= merged.area_m2 * 0.9).all()
+
+
+def test_each_worker_runs_on_its_share_of_the_cores(run: dict[str, Any]) -> None:
+    outputs = [json.loads(p.read_text()) for p in run["run_dir"].glob("*/map-blocks/executor_output.json")]
+    meta = [o["artifacts"]["statuses"]["artifacts"][0]["metadata"] for o in outputs]
+    assert len(meta) == run["cfg"].mapping.shards
+    # 2 shards at parallelism 4 on this machine's cores, no cpu_per_worker: cores // 4, at least 1
+    expected = max(1, len(os.sched_getaffinity(0)) // run["cfg"].mapping.parallelism)
+    assert {m["threads"] for m in meta} == {expected} and all(m["peak_rss_mb"] > 0 for m in meta)
 
 
 def test_a_rerun_redoes_only_missing_blocks(run: dict[str, Any]) -> None:

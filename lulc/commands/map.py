@@ -29,7 +29,7 @@ def map_config(
     aoi: Path | None = None,
     time_frames: list[str] | None = None,
     block_px: int | None = None,
-    output_dir: Path | None = None,
+    output_dir: str | None = None,
 ) -> RunConfig:
     """The run configuration with the command-line overrides applied (validated like the file)."""
     from components._runtime import parse_time_frames
@@ -44,7 +44,9 @@ def map_config(
     if block_px:
         over["mapping"]["block_px"] = block_px
     if output_dir is not None:
-        over["mapping"]["output_dir"] = str(output_dir.resolve())
+        over["mapping"]["output_dir"] = (
+            output_dir if output_dir.startswith("s3://") else str(Path(output_dir).resolve())
+        )
     return load_run_config(config, over)
 
 
@@ -81,7 +83,9 @@ def run_cmd(
     aoi: Path | None = AOI_OPTION,
     time_frame: list[str] | None = FRAME_OPTION,
     block_px: int | None = BLOCK_OPTION,
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output location (mapping.output_dir)."),
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="Output directory or s3://bucket/prefix (mapping.output_dir)."
+    ),
     pipeline_root: Path | None = typer.Option(None, "--pipeline-root", help="Artifacts (default <work_dir>/kfp)."),
 ) -> None:
     """Run the mapping pipeline locally with kfp.local: blocks, zone COGs + STAC, area estimates, OSM gaps.
@@ -102,7 +106,7 @@ def run_cmd(
     resolve_model(cfg, cfg.mapping.model)
     run = run_mapping_local(cfg, pipeline_root, model=cfg.mapping.model or "")
     typer.echo(f"blocks         {', '.join(f'{n} {k}' for k, n in sorted(run.statuses.items()))}")
-    typer.echo(f"map            {run.output_dir} (zones/, blocks/)")
+    typer.echo(f"map            {cfg.mapping.output_dir or run.output_dir} (zones/, blocks/)")
     typer.echo(f"STAC           {run.collection}")
     typer.echo(f"area estimates {run.areas_dir / 'areas.csv'}")
     typer.echo(f"OSM gaps       {run.gaps_dir / 'gaps.parquet'} ({run.metrics.get('gap_polygons', 0):.0f} polygons)")

@@ -210,6 +210,22 @@ def _asset(path: Path, title: str, roles: list[str]) -> Any:
     return pystac.Asset(href=str(path.resolve()), media_type=COG_TYPE, title=title, roles=roles)
 
 
+def _atomic_stac_io() -> Any:
+    import pystac
+
+    class AtomicStacIO(pystac.StacIO):  # type: ignore[misc]
+        """pystac's default reader; every document written through `atomic_path` (a local file or an S3 object)."""
+
+        def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
+            return str(pystac.StacIO.default().read_text(source, *args, **kwargs))
+
+        def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
+            with atomic_path(str(dest)) as tmp:
+                tmp.write_text(txt)
+
+    return AtomicStacIO()
+
+
 def write_stac(plan: MapPlan, statuses: Sequence[BlockStatus], zones: Sequence[ZoneMosaic], out_dir: Path) -> Path:
     """A self-contained STAC Collection under `<out>/stac/` (relative hrefs); returns collection.json's path."""
     import pystac
@@ -256,7 +272,7 @@ def write_stac(plan: MapPlan, statuses: Sequence[BlockStatus], zones: Sequence[Z
     collection.make_all_asset_hrefs_relative()
     pystac.set_stac_version(STAC_VERSION)  # the objects here are plain STAC 1.0.0 (no 1.1 fields)
     try:
-        collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, stac_io=_atomic_stac_io())
     finally:
         pystac.set_stac_version(None)
     return root / "collection.json"

@@ -37,6 +37,7 @@ from lulc_core.inference import PredictOptions, Predictor
 from lulc_core.inference.options import FusionMode
 from lulc_core.inference.predictor import CONFIDENCE_SCALE
 from lulc_core.mapping.plan import MapBlock, MapPlan
+from lulc_core.objectstore import exists
 from lulc_core.raster import Raster, atomic_path, write_geotiff
 
 log = logging.getLogger(__name__)
@@ -70,14 +71,15 @@ def block_path(out_dir: Path, block: MapBlock, kind: str = "") -> Path:
 
 
 def is_cog(path: Path) -> bool:
-    """GDAL reports the COG layout (tiles, overviews and header first, as written by the COG driver)."""
+    """GDAL reports the COG layout (tiles, overviews and header first, as written by the COG driver). Not rasterio's
+    `tiled`: it is false for an image of exactly one tile (a 512 px block in the COG driver's 512 px tiles)."""
     with rasterio.open(path) as src:
-        return src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.profile.get("tiled", False)
+        return src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
 
 
 def is_valid_block(path: Path, block: MapBlock, fingerprint: str) -> bool:
     """Whether `path` is a complete COG of `block` written under the same plan fingerprint."""
-    if not path.is_file():
+    if not exists(path):
         return False
     try:
         with rasterio.open(path) as src:

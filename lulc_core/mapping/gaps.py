@@ -10,7 +10,10 @@ compared with the block's classes and confidence:
 - conflicts: OSM says class o, the model says k ≠ o with that confidence.
 
 Gaps and conflicts become polygons (4-connected pixels of one class / pair, at least `mapping.gap_min_pixels`)
-with class, area and mean confidence, clipped to the AOI, in EPSG:4326. Polygons end at block borders.
+with class, area and mean confidence, clipped to the AOI, in EPSG:4326. A polygon that reaches a block border is
+kept whatever its size and dissolved with the polygons of the same class (or pair) it shares an edge with in the
+neighbouring blocks of its zone (area summed, confidence averaged by area), so a gap across blocks is one polygon;
+the size threshold applies to the merged polygon.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ PREVIEW_PX = 1024
 
 
 def _components(values: np.ndarray, conf: np.ndarray, min_px: int, transform: Any) -> list[dict[str, Any]]:
-    """Polygons of 4-connected pixels of equal non-zero value, with value, pixel count and mean confidence."""
+    """Polygons of 4-connected pixels of equal non-zero value, with value, pixel count and mean confidence: those of
+    at least `min_px` pixels and those touching the array's edge (their other part may lie in the next block)."""
     out = []
     for value in np.unique(values[values > 0]):
         labels, n = ndimage.label(values == value, structure=FOUR)
@@ -55,7 +59,8 @@ def _components(values: np.ndarray, conf: np.ndarray, min_px: int, transform: An
         ids = np.arange(1, n + 1)
         count = np.bincount(labels.ravel(), minlength=n + 1)[1:]
         mean_conf = ndimage.mean(conf, labels, ids)
-        keep = set(ids[count >= min_px].tolist())
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        keep = set(ids[count >= min_px].tolist()) | set(edge[edge > 0].tolist())
         if not keep:
             continue
         kept = np.where(np.isin(labels, list(keep)), labels, 0).astype(np.int32)
@@ -105,6 +110,42 @@ def compare_block(
     return counts, gaps, conflicts
 
 
+def merge_across_blocks(rows: list[dict[str, Any]], keys: Sequence[str], resolution: float) -> list[dict[str, Any]]:
+    """Dissolve polygons of one zone and equal `keys` (class, or OSM/model class pair) that share an edge across
+    block borders: one polygon each, area summed, mean confidence weighted by area, the blocks joined by ','."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from shapely.strtree import STRtree
+
+    if not rows:
+        return []
+    grid = resolution / 1000  # pixel corners of neighbouring blocks coincide up to float noise
+    geoms = shapely.set_precision(np.array([r["geometry"] for r in rows], dtype=object), grid)
+    edges = []
+    for i, j in np.asarray(STRtree(geoms).query(geoms, predicate="intersects")).T:
+        a, b = rows[i], rows[j]
+        same = i < j and a["block"] != b["block"] and a["zone"] == b["zone"] and all(a[k] == b[k] for k in keys)
+        if same and shapely.intersection(geoms[i], geoms[j]).length > 0:  # a shared edge, not a corner
+            edges.append((i, j))
+    pairs = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    adjacency = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(rows), len(rows)))
+    _, group_of = connected_components(adjacency, directed=False)
+    merged = []
+    for group in (np.flatnonzero(group_of == g).tolist() for g in np.unique(group_of)):
+        parts = [rows[i] for i in group]
+        area = sum(p["area_m2"] for p in parts)
+        merged.append(
+            {
+                **parts[0],
+                "area_m2": area,
+                "mean_confidence": sum(p["mean_confidence"] * p["area_m2"] for p in parts) / area,
+                "block": ",".join(sorted({p["block"] for p in parts})),
+                "geometry": shapely.union_all(geoms[group], grid_size=grid) if len(group) > 1 else geoms[group[0]],
+            }
+        )
+    return merged
+
+
 def _to_wgs84(rows: list[dict[str, Any]], aoi: gpd.GeoDataFrame, columns: list[str]) -> gpd.GeoDataFrame:
     """Polygons of several UTM zones -> one frame in EPSG:4326, clipped to the AOI."""
     frames = []
@@ -148,6 +189,10 @@ def gap_report(
         counts += c
         gaps += g
         conflicts += k
+    res = plan.blocks[0].resolution if plan.blocks else 10.0
+    min_m2 = min_px * res**2
+    gaps = [g for g in merge_across_blocks(gaps, ["class"], res) if g["area_m2"] >= min_m2]
+    conflicts = [c for c in merge_across_blocks(conflicts, ["osm_class", "model_class"], res) if c["area_m2"] >= min_m2]
     aoi = plan.aoi_frame()
     base = ["area_m2", "mean_confidence", "block", "zone"]
     gap_frame = _to_wgs84(gaps, aoi, ["class", *base])

@@ -530,5 +530,11 @@ def make_plan(cfg: RunConfig, model: ModelInfo, bundle_dir: Path, *, throughput_
 
 
 def output_dir(cfg: RunConfig) -> Path:
-    """The run's output location: mapping.output_dir, else <work_dir>/maps/<area name>."""
-    return Path(cfg.mapping.output_dir or cfg.work_dir / "maps" / _safe(cfg.area.name))
+    """The run's output location: mapping.output_dir, else <work_dir>/maps/<area name>; an `s3://bucket/prefix` is
+    GDAL's `/vsis3/bucket/prefix` (`lulc_core.objectstore`: read by GDAL, written whole by boto3)."""
+    from lulc_core.objectstore import is_s3, vsi_path
+
+    out = cfg.mapping.output_dir
+    if out and is_s3(out):
+        return vsi_path(out)
+    return Path(out or cfg.work_dir / "maps" / _safe(cfg.area.name))
