@@ -147,21 +147,54 @@ def test_real_scl_median_composite_has_no_flagged_pixel_and_nodata_where_nothing
             assert not np.isclose(data[:, flagged], scene.s2[:, flagged], atol=0.51).all(axis=0).all()
 
 
-def test_real_cloud_least_cloudy_composite_fills_the_first_scene_gaps_from_the_next(
-    real_sh: SentinelHubStandIn, tmp_path: Path
-) -> None:
-    scenes = sorted(scenes_in(WINTER), key=lambda s: (s.cloud_percent, s.day))  # Sentinel Hub's leastCC order
-    data, _ = _imagery(tmp_path, real_sh, WINTER, "least_cloudy")
+def _first_valid(scenes: list[Scene]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel the first valid look in the order of `scenes` (NaN where none) and where one was taken."""
     expected = np.full(scenes[0].s2.shape, np.nan)
     taken = np.zeros(scenes[0].clm.shape, bool)
     for scene in scenes:
         use = _valid(scene) & ~taken
         expected[:, use] = scene.s2[:, use]
         taken |= use
-    first_gaps = ~_valid(scenes[0]) & taken
-    assert first_gaps.mean() > 0.1  # 13 % of the least cloudy scene has no clear look but another date has
+    return expected, taken
+
+
+def _orbit_dates(scenes: list[Scene]) -> list[str]:
+    return [f"{s.day.isoformat()}T00:00:00Z" for s in scenes]
+
+
+def test_real_cloud_least_cloudy_composite_sorts_the_orbits_itself_and_fills_gaps_from_the_next(
+    real_sh: SentinelHubStandIn, tmp_path: Path
+) -> None:
+    """The stand-in hands the ORBIT samples newest first, not in leastCC order; lulc_v2's preProcessScenes puts the
+    least cloudy orbit first (mean tile cloudCoverage, ties newest first) and fills its gaps from the next."""
+    newest_first = sorted(scenes_in(WINTER), key=lambda s: s.day, reverse=True)
+    least_cloudy = sorted(newest_first, key=lambda s: s.cloud_percent)  # stable: ties stay newest first
+    assert least_cloudy[0] is not newest_first[0]  # 2017-01-01 (0 %) vs 2017-02-20 (78 % flagged)
+    data, _ = _imagery(tmp_path, real_sh, WINTER, "least_cloudy")
+    order = real_sh.scene_orders[-1]["s2"]
+    assert order["given"] == _orbit_dates(newest_first)  # what Sentinel Hub may hand over
+    assert order["used"] == _orbit_dates(least_cloudy)  # what the evalscript made of it
+    expected, taken = _first_valid(least_cloudy)
+    first_gaps = ~_valid(least_cloudy[0]) & taken
+    assert first_gaps.mean() > 0.08  # 9 % of the least cloudy scene has no clear look but another date has
     assert np.allclose(data[:, taken], expected[:, taken], atol=0.51)
     assert np.isnan(data[:, ~taken]).all()
+    in_given_order, _ = _first_valid(newest_first)
+    differs = taken & ~np.isclose(in_given_order, expected, atol=0.51).all(axis=0)
+    assert differs.mean() > 0.4  # 51 %: taking the samples as handed over would give another image there
+
+
+def test_real_cloud_least_cloudy_composite_keeps_the_service_order_without_tile_cloud_cover(tmp_path: Path) -> None:
+    """Sentinel Hub's Evalscript V3 page describes preProcessScenes orbits without `tiles`: nothing to rank by, so
+    lulc_v2 leaves the order as handed over (leastCC on the service, if it honours it for ORBIT)."""
+    if shutil.which("node") is None:
+        pytest.skip("the Sentinel Hub stand-in runs evalscripts with node (not installed)")
+    newest_first = sorted(scenes_in(WINTER), key=lambda s: s.day, reverse=True)
+    with SentinelHubStandIn({CLIENT: SECRET}, real_scenes=True, orbit_tiles=False) as server:
+        data, _ = _imagery(tmp_path, server, WINTER, "least_cloudy")
+        assert server.scene_orders[-1]["s2"]["used"] == _orbit_dates(newest_first)
+    expected, taken = _first_valid(newest_first)
+    assert np.allclose(data[:, taken], expected[:, taken], atol=0.51) and np.isnan(data[:, ~taken]).all()
 
 
 def test_real_cloud_nodata_becomes_unknown_in_lulc_predict(

@@ -8,12 +8,12 @@
 // of the time frame is cloud-free at this pixel -> nodata, never a class).
 // A Sentinel-2 observation is invalid when dataMask is 0, SCL is 1 (saturated/defective), 3 (cloud shadow),
 // 8/9 (cloud medium/high probability) or 10 (thin cirrus), or CLM is 1 — when LULC_SPEC.cloud_mask is true.
-// ORBIT mosaicking: every observation of the time frame is a sample, in the request's mosaickingOrder (leastCC:
-// least cloudy scene first). LULC_SPEC.composite:
+// ORBIT mosaicking: every acquisition day (orbit) of the time frame is a sample. LULC_SPEC.composite:
 //   "median"       per band the median of the valid samples (the same rule as the local and STAC stores,
-//                  lulc_core/imagery/clouds.py).
-//   "least_cloudy" per pixel the first valid sample: the least cloudy scene where it is clear, its flagged pixels
-//                  filled from the next scene, and so on (SIMPLE mosaicking would leave them as gaps).
+//                  lulc_core/imagery/clouds.py); the order of the samples does not matter.
+//   "least_cloudy" per pixel the first valid sample with the orbits sorted least cloudy first (preProcessScenes):
+//                  the least cloudy scene where it is clear, its flagged pixels filled from the next scene, and so on
+//                  (SIMPLE mosaicking would leave them as gaps).
 // Processing units count every sample (lulc_core.imagery.sentinelhub.tile_processing_units estimates them).
 // LULC_SPEC is strict JSON: lulc reads it to name the bands of each output, and writes its configured
 // composite/cloud_mask into it before sending, so a cached response always matches its settings.
@@ -55,6 +55,52 @@ function setup() {
     }),
     mosaicking: Mosaicking.ORBIT
   };
+}
+
+// Sentinel Hub hands evaluatePixel the ORBIT samples in the order of the orbits preProcessScenes returns. It does
+// not document that mosaickingOrder (leastCC) orders them, and its examples sort them themselves (Evalscript V3
+// page, "Select one image per month": sort by dateFrom), so least_cloudy sorts here. Shapes of `collections`
+// (Evalscript V3 page, "preProcessScenes"): one data source collections.scenes.orbits; data fusion
+// collections.<datasource id>.scenes.orbits (the same page's updateOutput uses collection.<id>.scenes for data
+// fusion; the public CLMS HR-VPP drought-impact evalscript sorts collections.VPP1.scenes.orbits) — lulc_v2 fuses s2,
+// s1 and dem, so collections.s2. An orbit's cloud cover is the MEAN cloudCoverage of its tiles: the tiles of one
+// orbit are the granules (about 110 km each) of one day's pass mosaicked over the request, each percentage is for its
+// whole granule, so none is the cloud over our few kilometres; the mean estimates it without letting one cloudy
+// neighbour granule that barely touches the request (the max would) push a clear day behind a cloudy one. Ties:
+// newest first. The V3 page describes these orbits without `tiles`: where no orbit carries a cloudCoverage the order
+// is left as the service gave it (with leastCC, if it honours that order for ORBIT). Orbits without one go last.
+function orbitCloudCover(orbit) {
+  const covers = (orbit.tiles || []).map(function (t) { return t.cloudCoverage; }).filter(function (c) {
+    return typeof c === "number" && isFinite(c);
+  });
+  return covers.length ? covers.reduce(function (a, b) { return a + b; }, 0) / covers.length : null;
+}
+
+function leastCloudyFirst(orbits) {
+  const keyed = orbits.map(function (orbit) {
+    return {orbit: orbit, cover: orbitCloudCover(orbit), time: new Date(orbit.dateFrom).getTime()};
+  });
+  if (keyed.every(function (k) { return k.cover === null; })) {
+    return orbits;
+  }
+  keyed.sort(function (a, b) {
+    if (a.cover === null || b.cover === null) {
+      return (a.cover === null) - (b.cover === null) || b.time - a.time;
+    }
+    return a.cover - b.cover || b.time - a.time;
+  });
+  return keyed.map(function (k) { return k.orbit; });
+}
+
+function preProcessScenes(collections) {
+  if (MEDIAN) {
+    return collections;
+  }
+  const s2 = collections.scenes ? collections : collections.s2;  // one data source, or data fusion
+  if (s2 && s2.scenes && Array.isArray(s2.scenes.orbits)) {
+    s2.scenes.orbits = leastCloudyFirst(s2.scenes.orbits);
+  }
+  return collections;
 }
 
 function clearView(s) {

@@ -1,11 +1,17 @@
 // Runs a Sentinel Hub V3 evalscript over per-pixel samples, for the Sentinel Hub stand-in (tests only).
 //
 // stdin:  uint32 LE header length, JSON header {evalscript, npix, sources: {id: {bands: [...], reflectance: [...],
-//         observations: n}}, fusion}, then float64 LE arrays (npix each) for every observation of every source, band
-//         by band in header order. Observations come in the request's mosaicking order.
+//         observations: n, scenes: {from, to, orbits: [{dateFrom, dateTo, tiles?}] (one per observation)}}},
+//         fusion}, then float64 LE arrays (npix each) for every observation of every source, band by band in header
+//         order. Observations come in the request's mosaicking order.
 // Mosaicking SIMPLE (default): one sample per source and pixel — the first observation with dataMask 1 (else the
-// first). ORBIT/TILE: every observation is a sample (dataMask 0 where it has no data), as Sentinel Hub gives them.
-// stdout: uint32 LE header length, JSON {setup: {input, output, mosaicking}, outputs: [{id, bands, sampleType}]} or {error},
+// first). ORBIT/TILE: every observation is a sample (dataMask 0 where it has no data), in date order, newest first;
+// an evalscript's preProcessScenes(collections) sees the orbits in that order and may sort or filter them — the
+// samples follow the orbits it returns. `collections` has the shapes of Sentinel Hub's Evalscript V3 page
+// ("preProcessScenes"): one source {from, to, scenes: {orbits}}; data fusion {<datasource id>: {from, to, scenes:
+// {orbits}}}; from/to are Dates, dateFrom/dateTo ISO strings.
+// stdout: uint32 LE header length, JSON {setup: {input, output, mosaicking}, outputs: [{id, bands, sampleType}],
+//         samples: {id: n}, scenes: {id: {given: [dateFrom], used: [dateFrom]}}} or {error},
 //         then float64 LE arrays (bands x npix) per output in header order.
 "use strict";
 const vm = require("vm");
@@ -72,6 +78,7 @@ function run(buf) {
     }
   }
   const multi = setup.mosaicking === "ORBIT" || setup.mosaicking === "TILE";
+  const scenes = multi ? arrangeScenes(context, header, data, fusion) : {};
   const result = outputs.map(function (o) { return new Float64Array(o.bands * npix); });
   const sampleOf = function (id, obs, p) {
     const sample = {};
@@ -125,7 +132,57 @@ function run(buf) {
   const described = outputs.map(function (o) {
     return {id: o.id || "default", bands: o.bands, sampleType: o.sampleType || "AUTO"};
   });
-  reply({setup: {input: inputs, output: described, mosaicking: setup.mosaicking || "SIMPLE"}, outputs: described}, result);
+  const counts = {};
+  for (const id of Object.keys(data)) {
+    counts[id] = data[id].length;
+  }
+  const usedSetup = {input: inputs, output: described, mosaicking: setup.mosaicking || "SIMPLE"};
+  reply({setup: usedSetup, outputs: described, samples: counts, scenes: scenes}, result);
+}
+
+// ORBIT/TILE: order every source's observations by date (newest first), let preProcessScenes sort or filter the
+// orbits, and reorder `data` to match. Returns {id: {given, used}} (the orbits' dateFrom before and after).
+function arrangeScenes(context, header, data, fusion) {
+  const ids = Object.keys(header.sources);
+  const collections = {};
+  const given = {};
+  for (const id of ids) {
+    const meta = header.sources[id].scenes || {orbits: []};
+    const orbits = (meta.orbits || []).map(function (orbit, i) {
+      return Object.assign({}, orbit, {__idx: i});  // "__" fields are the service's own (the docs forbid touching them)
+    });
+    orbits.sort(function (a, b) { return Date.parse(b.dateFrom) - Date.parse(a.dateFrom); });
+    given[id] = orbits.map(function (o) { return o.dateFrom; });
+    collections[id] = {
+      from: meta.from ? new Date(meta.from) : undefined,
+      to: meta.to ? new Date(meta.to) : undefined,
+      scenes: {orbits: orbits}
+    };
+  }
+  let arranged = fusion ? collections : collections[ids[0]];
+  if (typeof context.preProcessScenes === "function") {
+    arranged = context.preProcessScenes(arranged);
+    if (!arranged || typeof arranged !== "object") {
+      throw new Error("preProcessScenes must return the collections object");
+    }
+  }
+  const out = {};
+  for (const id of ids) {
+    const one = fusion ? arranged[id] : arranged;
+    const orbits = one && one.scenes && one.scenes.orbits;
+    if (!Array.isArray(orbits)) {
+      throw new Error("preProcessScenes returned no scenes.orbits" + (fusion ? " for datasource '" + id + "'" : ""));
+    }
+    const list = data[id];
+    data[id] = orbits.map(function (orbit) {
+      if (!(orbit.__idx in list)) {
+        throw new Error("preProcessScenes returned an orbit the service did not offer");
+      }
+      return list[orbit.__idx];
+    });
+    out[id] = {given: given[id], used: orbits.map(function (o) { return o.dateFrom; })};
+  }
+  return out;
 }
 
 const chunks = [];

@@ -172,6 +172,13 @@ class SentinelHubStandIn(StandIn):
             shapes over the Danish patch); `clear_cloudy_patch=False` leaves out that patch's clear scene.
         real_scenes: also serve the ten real Sentinel-2 scenes of eo-learn's Slovenian patch (`standins.cloudy.
             real_scenes`: real bands and clouds, real CLM, real SCL for the winter ones) on their own place and dates.
+        orbit_tiles: give each orbit handed to the evalscript's `preProcessScenes` its `tiles` (one per observation,
+            Sentinel-2 with `cloudCoverage`: the observation's cloud share); False gives orbits without `tiles`, as
+            Sentinel Hub's Evalscript V3 page describes the `preProcessScenes` argument.
+
+    With ORBIT or TILE mosaicking the samples (and the orbits `preProcessScenes` sees) come in date order, newest
+    first, whatever the request's `mosaickingOrder`: an evalscript that wants another order sorts them itself. With
+    SIMPLE mosaicking `mosaickingOrder` decides which observation is the sample (leastCC: least cloudy first).
 
     Processing units (`x-processingunits-spent`) follow Sentinel Hub's rules: output pixels / 512^2 (at least
     0.01) x input bands / 3 x 2 for FLOAT32 output; with ORBIT or TILE mosaicking each source's bands count once
@@ -188,9 +195,12 @@ class SentinelHubStandIn(StandIn):
         cloudy_observations: bool = False,
         clear_cloudy_patch: bool = True,
         real_scenes: bool = False,
+        orbit_tiles: bool = True,
     ) -> None:
         super().__init__(latency_s=latency_s)
         self.real_scenes = real_scenes
+        self.orbit_tiles = orbit_tiles
+        self.scene_orders: list[dict[str, dict[str, list[str]]]] = []  # per request: source -> given/used dateFrom
         self.cloudy_observations = cloudy_observations
         self.clear_cloudy_patch = clear_cloudy_patch
         self.clients = clients or {"lulc-test-client": "lulc-test-secret"}
@@ -312,12 +322,18 @@ class SentinelHubStandIn(StandIn):
         fusion = len(data) > 1
         sources: dict[str, list[dict[str, np.ndarray]]] = {}
         reflectance: dict[str, list[str]] = {}
+        scenes: dict[str, dict[str, Any]] = {}
         for datum in data:
             ident = datum.get("id") or ("default" if not fusion else None)
             if ident is None:
                 raise BadRequestError("With several input data sources every one needs an id.")
-            sources[ident], reflectance[ident] = self._source(datum, crs, transform, width, height)
-        header, outputs = self._run_evalscript(payload["evalscript"], sources, reflectance, fusion, width * height)
+            sources[ident], reflectance[ident], scenes[ident] = self._source(datum, crs, transform, width, height)
+        header, outputs = self._run_evalscript(
+            payload["evalscript"], sources, reflectance, scenes, fusion, width * height
+        )
+        if header.get("scenes"):
+            with self._lock:
+                self.scene_orders.append(header["scenes"])
         declared = {o["id"]: o for o in header["outputs"]}
         responses = payload.get("output", {}).get("responses") or [
             {"identifier": "default", "format": {"type": "image/tiff"}}
@@ -339,7 +355,7 @@ class SentinelHubStandIn(StandIn):
         input_bands = 0
         for spec in header["setup"]["input"]:
             ident = spec.get("datasource") if fusion else next(iter(sources))
-            samples = len(sources[ident or ""]) if multi else 1
+            samples = header.get("samples", {}).get(ident or "", len(sources[ident or ""])) if multi else 1
             if multi and all(not obs["dataMask"].any() for obs in sources[ident or ""]):
                 samples = 0  # nothing found: the placeholder observation is no data sample
             input_bands += samples * sum(1 for b in spec["bands"] if b != "dataMask")
@@ -353,7 +369,9 @@ class SentinelHubStandIn(StandIn):
 
     def _source(
         self, datum: dict[str, Any], crs: CRS, transform: Affine, width: int, height: int
-    ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+    ) -> tuple[list[dict[str, np.ndarray]], list[str], dict[str, Any]]:
+        """One input's observations on the request grid (in its mosaickingOrder), band names with reflectance
+        scaling, and its scenes: `from`/`to` of the time range and one orbit per observation (same order)."""
         kind = datum.get("type", "")
         data_filter = datum.get("dataFilter", {})
         patches = load_patches()
@@ -428,12 +446,23 @@ class SentinelHubStandIn(StandIn):
             observations.sort(key=lambda o: o[3], reverse=order == "mostRecent")
         if not observations:
             observations = [(0.0, np.zeros((len(names), height, width)), np.zeros((height, width)), date.min)]
-        out = []
-        for _, values, cover, _ in observations:
+        out, orbits = [], []
+        for n, (cc, values, cover, day) in enumerate(observations):
             arrays = {name: values[i] for i, name in enumerate(names)}
             arrays["dataMask"] = cover
             out.append(arrays)
-        return out, reflect
+            tile: dict[str, Any] = {"date": f"{day.isoformat()}T10:00:00Z", "shId": n + 1}
+            if kind == "sentinel-2-l2a":
+                tile["cloudCoverage"] = round(cc, 2)  # the observation's cloud share, as the service's tile metadata
+            orbit: dict[str, Any] = {
+                "dateFrom": f"{day.isoformat()}T00:00:00Z",
+                "dateTo": f"{day.isoformat()}T23:59:59Z",
+            }
+            if self.orbit_tiles:
+                orbit["tiles"] = [tile]
+            orbits.append(orbit)
+        time_range = data_filter.get("timeRange") or {}
+        return out, reflect, {"from": time_range.get("from"), "to": time_range.get("to"), "orbits": orbits}
 
     @staticmethod
     def _warp(
@@ -465,6 +494,7 @@ class SentinelHubStandIn(StandIn):
         evalscript: str,
         sources: dict[str, list[dict[str, np.ndarray]]],
         reflectance: dict[str, list[str]],
+        scenes: dict[str, dict[str, Any]],
         fusion: bool,
         npix: int,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -475,7 +505,7 @@ class SentinelHubStandIn(StandIn):
             "npix": npix,
             "fusion": fusion,
             "sources": {
-                k: {"bands": list(v[0]), "reflectance": reflectance[k], "observations": len(v)}
+                k: {"bands": list(v[0]), "reflectance": reflectance[k], "observations": len(v), "scenes": scenes[k]}
                 for k, v in sources.items()
             },
         }
