@@ -5,8 +5,9 @@ checked against fp32 on the test tiles before it may be served.
 evaluate step, before registration):
 
 1. `model.onnx` (exported and verified against torch if missing) goes through onnxruntime's `quant_pre_process`
-   (symbolic shape inference, graph optimisation), then `quantize_static` in QDQ format: int8 weights per output
-   channel, uint8 activations whose ranges come from a `CalibrationDataReader` over `data.chip_size` chips of the
+   (symbolic shape inference, graph optimisation), then `quantize_static` in QDQ format of the nodes `int8_nodes`
+   chooses (convolutions, the encoder's dense MatMuls, the decoder's concat): int8 weights per output channel,
+   uint8 activations whose ranges come from a `CalibrationDataReader` over `data.chip_size` chips of the
    *training* tiles (never the test tiles).
 2. fp32 and int8 sessions predict every test tile whole; the share of pixels with the same class (agreement) and
    each one's test mIoU (torchmetrics, as `lulc_core.evaluation`) are compared.
@@ -152,17 +153,16 @@ def int8_nodes(model_path: Path) -> list[str]:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node.op_type)
-    chosen = []
-    for node in graph.node:
+
+    def quantised(node: Any) -> bool:
         if node.op_type == "Conv":
             depthwise = any(a.name == "group" and a.i > 1 for a in node.attribute)
-            if not depthwise and node.name not in edges:
-                chosen.append(node.name)
-        elif node.op_type == "MatMul" and "decode_head" not in node.name:
-            chosen.append(node.name)
-        elif node.op_type == "Concat" and "Conv" in consumers.get(node.output[0], []):
-            chosen.append(node.name)
-    return chosen
+            return not depthwise and node.name not in edges
+        if node.op_type == "MatMul":
+            return "decode_head" not in node.name
+        return node.op_type == "Concat" and "Conv" in consumers.get(node.output[0], [])
+
+    return [node.name for node in graph.node if quantised(node)]
 
 
 def edge_nodes(model_path: Path) -> list[str]:
