@@ -5,8 +5,9 @@ checked against fp32 on the test tiles before it may be served.
 evaluate step, before registration):
 
 1. `model.onnx` (exported and verified against torch if missing) goes through onnxruntime's `quant_pre_process`
-   (symbolic shape inference, graph optimisation), then `quantize_static` in QDQ format: int8 weights per output
-   channel, uint8 activations whose ranges come from a `CalibrationDataReader` over `data.chip_size` chips of the
+   (symbolic shape inference, graph optimisation), then `quantize_static` in QDQ format of the nodes `int8_nodes`
+   chooses (convolutions, the encoder's dense MatMuls, the decoder's concat): int8 weights per output channel,
+   uint8 activations whose ranges come from a `CalibrationDataReader` over `data.chip_size` chips of the
    *training* tiles (never the test tiles).
 2. fp32 and int8 sessions predict every test tile whole; the share of pixels with the same class (agreement) and
    each one's test mIoU (torchmetrics, as `lulc_core.evaluation`) are compared.
@@ -127,10 +128,41 @@ def session(path: Path, threads: int = 1) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-QUANTIZED_OPS = ("Conv",)
-"""Operators quantised. Convolutions carry SegFormer's heaviest layer (the decoder's 1x1 fuse, about a fifth of the
-fp32 time at 512², five times faster in int8); quantising MatMul, Resize, Concat or Transpose too added more
-quantise/dequantise work than it saved on this CPU (AVX-512 VNNI) and lowered the agreement."""
+QUANTIZED_OPS = ("Conv", "MatMul", "Concat")
+"""Operator types quantised (which nodes of them: `int8_nodes`)."""
+
+
+def int8_nodes(model_path: Path) -> list[str]:
+    """The nodes quantised: the int8 setup measured fastest at agreement >= 0.99 (docs/performance.md, int8).
+
+    - Convolutions except depthwise ones (the MixFFN 3x3: int8 gains little there and its NHWC layout adds
+      transposes) and the two at the graph's ends (`edge_nodes`).
+    - The encoder's MatMuls with constant weights (attention Q/K/V/output, MixFFN dense layers; `MatMulConstBOnly`
+      keeps the attention's activation x activation products fp32, whose quantised Softmax costs more than it saves).
+    - The Concat feeding a convolution (the decoder's 4 x 256 maps at 1/4 resolution): uint8, a quarter of the bytes.
+
+    Kept fp32: the decoder's MatMuls (their outputs are upsampled in fp32: int8 bilinear Resize is not fused on the
+    CPU, so quantising them only adds quantise/dequantise passes), Resize, LayerNorm, Softmax, GELU.
+    The exported graph names its nodes after the torch modules (`/model/decode_head/...`).
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    edges = set(edge_nodes(model_path))
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+
+    def quantised(node: Any) -> bool:
+        if node.op_type == "Conv":
+            depthwise = any(a.name == "group" and a.i > 1 for a in node.attribute)
+            return not depthwise and node.name not in edges
+        if node.op_type == "MatMul":
+            return "decode_head" not in node.name
+        return node.op_type == "Concat" and "Conv" in consumers.get(node.output[0], [])
+
+    return [node.name for node in graph.node if quantised(node)]
 
 
 def edge_nodes(model_path: Path) -> list[str]:
@@ -140,7 +172,7 @@ def edge_nodes(model_path: Path) -> list[str]:
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     ends = {i.name for i in graph.input} | {o.name for o in graph.output}
-    return [n.name for n in graph.node if n.op_type in QUANTIZED_OPS and ends & {*n.input, *n.output}]
+    return [n.name for n in graph.node if n.op_type == "Conv" and ends & {*n.input, *n.output}]
 
 
 def quantize_onnx(fp32: Path, target: Path, chips: CalibrationChips, per_channel: bool = True) -> Path:
@@ -158,12 +190,12 @@ def quantize_onnx(fp32: Path, target: Path, chips: CalibrationChips, per_channel
                 chips.reader(),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS),
-                nodes_to_exclude=edge_nodes(prepared),
+                nodes_to_quantize=int8_nodes(prepared),
                 per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"CalibTensorRangeSymmetric": False},
+                extra_options={"CalibTensorRangeSymmetric": False, "MatMulConstBOnly": True},
             )
     return target
 
