@@ -522,6 +522,34 @@ class RunConfig(StrictModel):
         return self.registry.tracking_uri or f"sqlite:///{(self.work_dir / 'mlflow.db').resolve()}"
 
 
+CLUSTER_ARTIFACT_SCHEMES = ("s3", "gs", "hdfs")  # MLflow artifact stores KServe's storage initializer reads
+
+
+def check_deploy_target(cfg: RunConfig, target: str) -> None:
+    """Refuse `deploy_target: kserve` when the registered bundle would stay on this machine.
+
+    Refused: MLflow with its artifacts where KServe's storage initializer cannot fetch them — a local directory
+    (the default: the embedded SQLite registry with `<work_dir>/mlruns`, or `registry.artifact_root` a path or
+    file://) or wasbs://. An s3://, gs:// or hdfs:// artifact root works with any tracking URI (SQLite too); a
+    tracking server chooses its own root; Neptune versions reach KServe through the neptune:// storage container.
+    """
+    reg = cfg.registry
+    if target != "kserve" or reg.backend != "mlflow":
+        return
+    root, tracking = reg.artifact_root, cfg.tracking_uri
+    if root and "://" in root and root.split("://", 1)[0].lower() in CLUSTER_ARTIFACT_SCHEMES:
+        return
+    if root is None and "://" in tracking and not tracking.startswith(("sqlite:", "file:")):
+        return  # a tracking server: its own artifact root decides (the deploy step checks the version's URI)
+    where = root or f"<work_dir>/mlruns beside the embedded registry {tracking}"
+    raise ConfigError(
+        "registry.artifact_root",
+        f"deploy_target kserve with MLflow artifacts in {where}: a KServe pod cannot read them",
+        "set registry.artifact_root: s3://bucket/prefix (or gs://), use a tracking server that stores them there, "
+        "or registry.backend: neptune",
+    )
+
+
 def format_validation_error(exc: ValidationError, prefix: str = "") -> ConfigError:
     """The first pydantic error as a ConfigError naming the dotted field path."""
     err = exc.errors()[0]

@@ -154,3 +154,44 @@ def test_cli_submit_and_schedule(kfp_api: KfpApiStandIn, package: Path, repo_roo
     defaults = [json.loads(s.root.input_definitions.parameters["run_config"].default_value.string_value) for s in specs]
     assert {d["name"] for d in defaults} == {"golden", "sample"}
     assert yaml.safe_load(Path(package).read_text().split("\n---\n")[0])["pipelineInfo"]["name"] == "lulc-training"
+
+
+def test_kserve_deploy_with_a_local_mlflow_registry_is_refused_before_anything_runs(
+    kfp_api: KfpApiStandIn, package: Path, tmp_path: Path
+) -> None:
+    """deploy_target=kserve with the embedded registry's local artifacts: one line at submission and in the
+    configure step (not after training, in the deploy step); the combinations KServe can fetch from still pass."""
+    from components._runtime import CONFIGURE_OUTPUTS
+    from components.configure import configure
+    from lulc.cli import app
+    from lulc_core.errors import ConfigError
+
+    runner = CliRunner()
+    args = ["pipeline", "submit", "--host", kfp_api.url, "--package", str(package)]
+    refused = runner.invoke(app, [*args, "-p", "deploy_target=kserve"])
+    message = str(refused.exception)
+    assert isinstance(refused.exception, ConfigError) and refused.exit_code != 0, refused.output
+    assert message.startswith("registry.artifact_root:") and "s3://" in message and "\n" not in message
+    scheduled = runner.invoke(app, ["pipeline", "schedule", "--host", kfp_api.url, "--package", str(package),
+                                    "--cron", "0 2 * * *", "-p", "deploy_target=kserve"])  # fmt: skip
+    assert isinstance(scheduled.exception, ConfigError)
+    assert not kfp_api.runs and not kfp_api.recurring_runs, "refused before anything is sent"
+    neptune = runner.invoke(app, [*args, "-p", "deploy_target=kserve", "-p", "registry=neptune"])
+    assert neptune.exit_code == 0, neptune.output  # neptune:// versions reach KServe through its storage container
+    local = runner.invoke(app, [*args, "-p", "deploy_target=none"])
+    assert local.exit_code == 0, local.output
+
+    params: dict[str, object] = {"aoi_bbox": [], "aoi_file": "", "time_frames": [], "label_set": "", "epochs": 0}
+    params |= {"imagery_store": "", "model_variant": "", "registry": ""}
+    cfg = pipeline_run_config()
+    with pytest.raises(ConfigError, match=r"^registry\.artifact_root: deploy_target kserve"):
+        configure.python_func(run_config=cfg.model_dump_json(), deploy_target="kserve", **params)
+    for artifact_root in ("s3://models/mlflow", "gs://models/mlflow"):  # the embedded SQLite registry stays
+        cfg.registry.artifact_root = artifact_root
+        outputs = configure.python_func(run_config=cfg.model_dump_json(), deploy_target="kserve", **params)
+        assert len(outputs) == len(CONFIGURE_OUTPUTS)
+    cfg.registry.artifact_root, cfg.registry.tracking_uri = None, "http://mlflow.mlflow:5000"  # a tracking server
+    configure.python_func(run_config=cfg.model_dump_json(), deploy_target="kserve", **params)
+    cfg.registry.artifact_root = str(tmp_path / "mlruns")
+    with pytest.raises(ConfigError, match="artifact_root"):
+        configure.python_func(run_config=cfg.model_dump_json(), deploy_target="kserve", **params)
