@@ -1,6 +1,6 @@
 """The whole training pipeline with kfp.local (SubprocessRunner, this environment) on the bundled sample area.
 
-One run (1 epoch, ~2 min on 2 cores) is shared by the assertions on its artifacts: tiles, imagery and label
+One run (1 epoch, 2 shards, ~2 min on 2 cores) is shared by the assertions on its artifacts: tiles, imagery and label
 rasters per shard and gathered, statistics and split, the model bundle, metrics, the registered version and
 the skipped deploy.
 """
@@ -24,7 +24,10 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tupl
     from pipelines.local import run_local
 
     work = tmp_path_factory.mktemp("kfp-local")
-    cfg = load_run_config(repo_root / "conf" / "run.yaml", {"work_dir": str(work), "training": {"epochs": 1}})
+    # the default configuration, with one epoch and two shards (not four: each shard is two more step processes,
+    # and two already prove the split, the per-shard rasters and the gather)
+    overrides = {"work_dir": str(work), "training": {"epochs": 1}, "pipeline": {"shards": 2}}
+    cfg = load_run_config(repo_root / "conf" / "run.yaml", overrides)
     run = run_local(cfg)
     run_dir = run.bundle_dir.parents[1]
     return cfg, run, run_dir
