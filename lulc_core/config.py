@@ -335,7 +335,7 @@ class RegistryConfig(StrictModel):
     artifact_root: str | None = Field(
         default=None,
         description="Where MLflow stores new runs' artifacts, e.g. s3://bucket/mlflow (KServe's storage initializer "
-        "fetches s3://, gs:// and Azure URIs directly; S3 endpoint and keys from AWS_ENDPOINT_URL, "
+        "fetches s3://, gs:// and hdfs:// directly, not MLflow's wasbs://; S3 endpoint and keys from AWS_ENDPOINT_URL, "
         "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); default <work_dir>/mlruns. Applies when the experiment is created.",
     )
     neptune_project: str | None = Field(default=None, description="Neptune project (else NEPTUNE_PROJECT).")
