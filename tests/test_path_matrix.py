@@ -227,7 +227,7 @@ def servers(production: dict[str, Path]) -> Iterator[dict[str, str]]:
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(production)) as pool:
         started = {
             cell: pool.submit(
-                stack.enter_context, local_server("matrix@production", cfg, cli=True, ready_timeout_s=300)
+                stack.enter_context, local_server("matrix@production", cfg, cli=True, ready_timeout_s=600)
             )
             for cell, cfg in production.items()
         }
