@@ -108,7 +108,7 @@ def configure_run(config_json: str, deploy_target: str = "none", **overrides: An
     from lulc_core.steps import step_configs
 
     cfg = apply_overrides(config_json, **overrides)
-    check_deploy_target(cfg, deploy_target)  # refused now, not after training in the deploy step
+    check_deploy_target(cfg, deploy_target, os.environ)  # refused now, not after training in the deploy step
     check_corine_config(cfg, credentials=False)  # credentials are the labels step's secret, not this step's
     log.info("run %s, config %s", cfg.name, cfg.fingerprint())
     slices = {"full": cfg.model_dump_json(), **step_configs(cfg)}

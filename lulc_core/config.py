@@ -8,6 +8,7 @@ against the directory of that file.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -525,23 +526,29 @@ class RunConfig(StrictModel):
 CLUSTER_ARTIFACT_SCHEMES = ("s3", "gs", "hdfs")  # MLflow artifact stores KServe's storage initializer reads
 
 
-def check_deploy_target(cfg: RunConfig, target: str) -> None:
-    """Refuse `deploy_target: kserve` when the registered bundle would stay on this machine.
+def check_deploy_target(cfg: RunConfig, target: str, cluster_env: Mapping[str, str] | None = None) -> None:
+    """Refuse `deploy_target: kserve` when the registered bundle would stay where KServe cannot fetch it.
 
-    Refused: MLflow with its artifacts where KServe's storage initializer cannot fetch them — a local directory
-    (the default: the embedded SQLite registry with `<work_dir>/mlruns`, or `registry.artifact_root` a path or
-    file://) or wasbs://. An s3://, gs:// or hdfs:// artifact root works with any tracking URI (SQLite too); a
-    tracking server chooses its own root; Neptune versions reach KServe through the neptune:// storage container.
+    Refused: MLflow with its artifacts in a local directory — the embedded SQLite registry's `<work_dir>/mlruns`,
+    or `registry.artifact_root` a path or file:// — or at wasbs://. An s3://, gs:// or hdfs:// artifact root works
+    with any tracking URI (SQLite too); a tracking server chooses its own root; Neptune versions reach KServe
+    through the neptune:// storage container. `cluster_env` is the environment of the cluster's steps (the
+    configure step passes its own): without `registry.tracking_uri` their MLFLOW_TRACKING_URI picks the registry,
+    so with `cluster_env` None (at submission) only what the configuration itself names is judged.
     """
     reg = cfg.registry
     if target != "kserve" or reg.backend != "mlflow":
         return
-    root, tracking = reg.artifact_root, cfg.tracking_uri
+    root = reg.artifact_root
     if root and "://" in root and root.split("://", 1)[0].lower() in CLUSTER_ARTIFACT_SCHEMES:
         return
-    if root is None and "://" in tracking and not tracking.startswith(("sqlite:", "file:")):
-        return  # a tracking server: its own artifact root decides (the deploy step checks the version's URI)
-    where = root or f"<work_dir>/mlruns beside the embedded registry {tracking}"
+    if root is None:
+        if reg.tracking_uri is None and cluster_env is None:
+            return  # the cluster's MLFLOW_TRACKING_URI decides: judged by the configure step
+        tracking = reg.tracking_uri or (cluster_env or {}).get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+        if "://" in tracking and not tracking.startswith(("sqlite:", "file:")):
+            return  # a tracking server: its own artifact root decides (the deploy step checks the version's URI)
+    where = root or f"<work_dir>/mlruns beside the embedded registry {reg.tracking_uri or cfg.tracking_uri}"
     raise ConfigError(
         "registry.artifact_root",
         f"deploy_target kserve with MLflow artifacts in {where}: a KServe pod cannot read them",
