@@ -100,13 +100,15 @@ CONFIGURE_OUTPUTS = ("full", "area_grid", "imagery", "labels", "statistics", "tr
 """The configure step's outputs, in order: the whole configuration, then the slice of each step that takes one."""
 
 
-def configure_run(config_json: str, **overrides: Any) -> tuple[str, ...]:
+def configure_run(config_json: str, deploy_target: str = "none", **overrides: Any) -> tuple[str, ...]:
     """The configure step: overrides applied, then the whole RunConfig JSON and each step's slice, as
     `CONFIGURE_OUTPUTS`."""
+    from lulc_core.config import check_deploy_target
     from lulc_core.corine import check_corine_config
     from lulc_core.steps import step_configs
 
     cfg = apply_overrides(config_json, **overrides)
+    check_deploy_target(cfg, deploy_target, os.environ)  # refused now, not after training in the deploy step
     check_corine_config(cfg, credentials=False)  # credentials are the labels step's secret, not this step's
     log.info("run %s, config %s", cfg.name, cfg.fingerprint())
     slices = {"full": cfg.model_dump_json(), **step_configs(cfg)}

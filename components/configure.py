@@ -18,6 +18,7 @@ def configure(
     model_variant: str,
     epochs: int,
     registry: str,
+    deploy_target: str = "none",
 ) -> NamedTuple(  # type: ignore[valid-type]
     "StepConfigs",
     [
@@ -44,17 +45,10 @@ def configure(
         model_variant: SegFormer variant b0..b5, or "".
         epochs: Maximum epochs, or 0 to keep.
         registry: 'mlflow' or 'neptune', or "".
+        deploy_target: The deploy step's target: 'kserve' is refused here when the registry keeps the bundle local.
     """
     from components._runtime import configure_run
 
-    return configure_run(
-        run_config,
-        aoi_bbox=aoi_bbox,
-        aoi_file=aoi_file,
-        time_frames=time_frames,
-        label_set=label_set,
-        imagery_store=imagery_store,
-        model_variant=model_variant,
-        epochs=epochs,
-        registry=registry,
-    )
+    overrides: dict = {"aoi_bbox": aoi_bbox, "aoi_file": aoi_file, "time_frames": time_frames, "label_set": label_set}
+    overrides |= {"imagery_store": imagery_store, "model_variant": model_variant, "epochs": epochs}
+    return configure_run(run_config, registry=registry, deploy_target=deploy_target, **overrides)

@@ -8,6 +8,7 @@ against the directory of that file.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -344,7 +345,7 @@ class RegistryConfig(StrictModel):
     artifact_root: str | None = Field(
         default=None,
         description="Where MLflow stores new runs' artifacts, e.g. s3://bucket/mlflow (KServe's storage initializer "
-        "fetches s3://, gs:// and Azure URIs directly; S3 endpoint and keys from AWS_ENDPOINT_URL, "
+        "fetches s3://, gs:// and hdfs:// directly, not MLflow's wasbs://; S3 endpoint and keys from AWS_ENDPOINT_URL, "
         "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); default <work_dir>/mlruns. Applies when the experiment is created.",
     )
     neptune_project: str | None = Field(default=None, description="Neptune project (else NEPTUNE_PROJECT).")
@@ -570,6 +571,40 @@ class RunConfig(StrictModel):
     @property
     def tracking_uri(self) -> str:
         return self.registry.tracking_uri or f"sqlite:///{(self.work_dir / 'mlflow.db').resolve()}"
+
+
+CLUSTER_ARTIFACT_SCHEMES = ("s3", "gs", "hdfs")  # MLflow artifact stores KServe's storage initializer reads
+
+
+def check_deploy_target(cfg: RunConfig, target: str, cluster_env: Mapping[str, str] | None = None) -> None:
+    """Refuse `deploy_target: kserve` when the registered bundle would stay where KServe cannot fetch it.
+
+    Refused: MLflow with its artifacts in a local directory — the embedded SQLite registry's `<work_dir>/mlruns`,
+    or `registry.artifact_root` a path or file:// — or at wasbs://. An s3://, gs:// or hdfs:// artifact root works
+    with any tracking URI (SQLite too); a tracking server chooses its own root; Neptune versions reach KServe
+    through the neptune:// storage container. `cluster_env` is the environment of the cluster's steps (the
+    configure step passes its own): without `registry.tracking_uri` their MLFLOW_TRACKING_URI picks the registry,
+    so with `cluster_env` None (at submission) only what the configuration itself names is judged.
+    """
+    reg = cfg.registry
+    if target != "kserve" or reg.backend != "mlflow":
+        return
+    root = reg.artifact_root
+    if root and "://" in root and root.split("://", 1)[0].lower() in CLUSTER_ARTIFACT_SCHEMES:
+        return
+    if root is None:
+        if reg.tracking_uri is None and cluster_env is None:
+            return  # the cluster's MLFLOW_TRACKING_URI decides: judged by the configure step
+        tracking = reg.tracking_uri or (cluster_env or {}).get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+        if "://" in tracking and not tracking.startswith(("sqlite:", "file:")):
+            return  # a tracking server: its own artifact root decides (the deploy step checks the version's URI)
+    where = root or f"<work_dir>/mlruns beside the embedded registry {reg.tracking_uri or cfg.tracking_uri}"
+    raise ConfigError(
+        "registry.artifact_root",
+        f"deploy_target kserve with MLflow artifacts in {where}: a KServe pod cannot read them",
+        "set registry.artifact_root: s3://bucket/prefix (or gs://), use a tracking server that stores them there, "
+        "or registry.backend: neptune",
+    )
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> ConfigError:

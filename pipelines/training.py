@@ -140,6 +140,7 @@ def build_pipeline(cfg: RunConfig, image: str | None = None) -> GraphComponent:
                 model_variant=model_variant,
                 epochs=epochs,
                 registry=registry,
+                deploy_target=deploy_target,
             ),
             "configure",
         )

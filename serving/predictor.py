@@ -19,7 +19,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
 from lulc_core.bundle import ModelBundle
-from lulc_core.config import RunConfig, load_run_config
+from lulc_core.config import RunConfig, ServingConfig, load_run_config
 from lulc_core.errors import ConfigError, InputError, NotFoundError, TooLargeError
 from serving.protocol import AreaJob, Batch, encode_v1, encode_v2, parse_v1, parse_v2
 from serving.service import LulcService, with_fix
@@ -96,6 +96,7 @@ class LulcModel(Model):
         self.timeout_s = timeout_s
         self.service: LulcService | None = None
         self.root_path = ""  # the run configuration's serving.root_path, known once loaded
+        self.serving_config: ServingConfig | None = None  # the run configuration's serving section, once loaded
 
     def load(self) -> bool:
         """Load the bundle and data sources once, warm up, then become ready."""
@@ -111,6 +112,7 @@ class LulcModel(Model):
         store = build_imagery_store(cfg.imagery, cache_dir=cfg.imagery.cache_dir or cache_dir)
         predictor = Predictor(bundle, store, labels, cfg.serving, corine=corine)
         self.root_path = cfg.serving.root_path
+        self.serving_config = cfg.serving
         self.service = LulcService(
             predictor, bundle, cfg.serving, max_concurrency=self.max_concurrency, timeout_s=self.timeout_s
         )

@@ -23,6 +23,7 @@ from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.model import BaseKServeModel
 from kserve.protocol.rest.server import RESTServer
 
+from lulc_core.config import ServingConfig
 from lulc_core.redaction import install_redaction
 from serving.api import DEFAULT_MAX_BODY_BYTES, install_api, invalid_input_handler
 from serving.predictor import LulcModel
@@ -96,7 +97,7 @@ def checked_root_path(value: str) -> str:
     """`value` without a trailing slash ('/' -> ''), or ConfigError naming `root_path` when it is not a URL path."""
     from pydantic import ValidationError
 
-    from lulc_core.config import ServingConfig, format_validation_error
+    from lulc_core.config import format_validation_error
 
     try:
         return ServingConfig(root_path=value.strip().rstrip("/")).root_path
@@ -107,8 +108,8 @@ def checked_root_path(value: str) -> str:
 def run_server(
     model: LulcModel,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
+    host: str | None = None,
+    port: int | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     grace_period_s: int = 30,
     root_path: str | None = None,
@@ -116,7 +117,8 @@ def run_server(
     """Load `model` (if not yet), mount the original API on KServe's app and serve (blocks).
 
     `root_path` (else the run configuration's `serving.root_path`) is the URL prefix a proxy in front adds: the
-    OpenAPI document and /docs name it, requests arrive with or without it.
+    OpenAPI document and /docs name it, requests arrive with or without it. `host` and `port` default to the
+    configuration's `serving.host` / `serving.port` — the model's: --config, else the one saved in the bundle.
     """
     from kserve.model_server import app
 
@@ -124,4 +126,7 @@ def run_server(
         model.load()
     root = checked_root_path(model.root_path if root_path is None else root_path)
     install_api(app, model, max_body_bytes, root_path=root)
+    settings = model.serving_config or ServingConfig()
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
     LulcModelServer(host=host, http_port=port, grace_period=grace_period_s).start([model])

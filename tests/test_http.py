@@ -243,18 +243,41 @@ def test_fetch_cached_hits_refetches_corrupt_entries_and_retries_corrupt_downloa
 
 
 def test_rate_limiter_bounds_in_flight_requests_and_start_rate(echo: EchoStandIn):
+    """The limiter's guarantees, measured where it holds them (inside its slot), so load cannot break them.
+
+    Never more than `max_in_flight` requests at once; the k-th start no earlier than (k-1)/`per_second` after the
+    first could begin. A loaded machine only makes requests slower and sparser, never denser.
+    """
     echo.latency_s = 0.2
-    p = HttpPolicy("Thing API", RetryPolicy(max_retries=0), RateLimiter(per_second=20, max_in_flight=2))
-    threads = [threading.Thread(target=get_with, args=(p, echo)) for _ in range(6)]
-    start = time.monotonic()
+    rate, slots, n = 20.0, 2, 6
+    p = HttpPolicy("Thing API", RetryPolicy(max_retries=0), RateLimiter(per_second=rate, max_in_flight=slots))
+    lock = threading.Lock()
+    in_flight, peak, starts = 0, 0, []
+
+    def attempt() -> dict[str, str]:
+        nonlocal in_flight, peak
+        with lock:
+            starts.append(time.monotonic())
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            return get(echo, timeout=30.0)  # generous: a loaded machine must not turn this into a timeout
+        finally:
+            with lock:
+                in_flight -= 1
+
+    threads = [threading.Thread(target=p.call, args=(attempt,), kwargs={"what": ROUTE}) for _ in range(n)]
+    begin = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - start
-    assert echo.count(ROUTE) == 6
-    assert echo.max_in_flight == 2
-    assert elapsed >= 0.6  # 6 requests of 0.2 s, two at a time
+    elapsed = time.monotonic() - begin
+    assert echo.count(ROUTE) == n and len(starts) == n
+    assert 1 <= peak <= slots
+    for k, started in enumerate(sorted(starts)):
+        assert started - begin >= k / rate - 1e-3, (k, started - begin)
+    assert elapsed >= (n / slots) * echo.latency_s  # 6 requests of 0.2 s, at most two at a time
 
 
 def test_rate_limiter_spacing_and_pause():

@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +85,13 @@ def labels_section(source: str, services: dict[str, Any]) -> dict[str, Any]:
     return {"label_set": label_set, "source": "corine"}
 
 
-def write_config(tmp: Path, source: str, registry: str, services: dict[str, Any], model_name: str) -> Path:
-    """A user's run YAML for one cell: the sample patch, local imagery, the cell's label source and registry."""
+def write_config(
+    tmp: Path, source: str, registry: str, services: dict[str, Any], model_name: str, tracking: Path | None = None
+) -> Path:
+    """A user's run YAML for one cell: the sample patch, local imagery, the cell's label source and registry.
+
+    `tracking`: the MLflow database (default `<tmp>/mlflow.db`); the module's cells share one, as a user's runs do.
+    """
     sh = services["sh"]
     cfg = {
         "name": f"matrix-{source}-{registry}",
@@ -111,13 +118,24 @@ def write_config(tmp: Path, source: str, registry: str, services: dict[str, Any]
         },
         "labels": labels_section(source, services),
         "training": {"epochs": 1, "batch_size": 8, "accelerator": "cpu", "num_workers": 0},
-        "registry": {"backend": registry, "model_name": model_name, "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"},
+        "registry": {
+            "backend": registry,
+            "model_name": model_name,
+            "tracking_uri": f"sqlite:///{tracking or tmp / 'mlflow.db'}",
+        },
         "serving": {"window": 64, "overlap": 16, "batch_size": 4, "edge_buffer_m": 0, "cache_size": 0},
         "pipeline": {"shards": 1, "parallelism": 1},
     }
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded MLflow database for the module's cells (each its own model name), as one user's runs share it:
+    created by the first cell, not once per cell (creating one runs MLflow's schema migrations, seconds each)."""
+    return tmp_path_factory.mktemp("matrix-mlflow") / "mlflow.db"
 
 
 def invoke(*args: str) -> str:
@@ -143,8 +161,8 @@ def assert_classes(tif: Path | bytes) -> None:
 
 
 @pytest.mark.parametrize(("source", "registry"), CELLS)
-def test_lulc_run(source: str, registry: str, services: dict[str, Any], tmp_path: Path) -> None:
-    config = write_config(tmp_path, source, registry, services, f"matrix-run-{source}")
+def test_lulc_run(source: str, registry: str, services: dict[str, Any], tmp_path: Path, mlflow_db: Path) -> None:
+    config = write_config(tmp_path, source, registry, services, f"matrix-run-{source}", mlflow_db)
     invoke("run", "--config", str(config), "--epochs", "1")
     bundle = registered(config)
     assert (bundle / "lulc.json").is_file()
@@ -153,8 +171,8 @@ def test_lulc_run(source: str, registry: str, services: dict[str, Any], tmp_path
 
 
 @pytest.mark.parametrize(("source", "registry"), CELLS)
-def test_pipeline_local(source: str, registry: str, services: dict[str, Any], tmp_path: Path) -> None:
-    config = write_config(tmp_path, source, registry, services, f"matrix-kfp-{source}")
+def test_pipeline_local(source: str, registry: str, services: dict[str, Any], tmp_path: Path, mlflow_db: Path) -> None:
+    config = write_config(tmp_path, source, registry, services, f"matrix-kfp-{source}", mlflow_db)
     invoke("pipeline", "run", "--local", "--config", str(config), "--epochs", "1", "--deploy-target", "none")
     assert (registered(config) / "lulc.json").is_file()
 
@@ -163,7 +181,7 @@ def test_pipeline_local(source: str, registry: str, services: dict[str, Any], tm
 
 
 @pytest.fixture(scope="module")
-def production(services: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def production(services: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, mlflow_db: Path) -> dict[str, Path]:
     """One model per registry, registered and promoted with the CLI; returns each registry's run YAML per source."""
     configs: dict[str, Path] = {}
     bundle = make_registry_bundle(tmp_path_factory.mktemp("matrix-bundle") / "bundle")
@@ -171,7 +189,9 @@ def production(services: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
         root = tmp_path_factory.mktemp(f"matrix-{registry}")
         for source in SOURCES:
             (root / source).mkdir()
-            configs[f"{source}-{registry}"] = write_config(root / source, source, registry, services, "matrix")
+            configs[f"{source}-{registry}"] = write_config(
+                root / source, source, registry, services, "matrix", mlflow_db
+            )
             # the three sources of one registry share its store (same tracking URI / Neptune project)
             text = configs[f"{source}-{registry}"].read_text().replace(str(root / source), str(root))
             configs[f"{source}-{registry}"].write_text(text)
@@ -194,14 +214,28 @@ def test_lulc_predict(source: str, registry: str, production: dict[str, Path], t
     assert_classes(out)
 
 
+def terminate(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
 @pytest.fixture(scope="module")
 def servers(production: dict[str, Path]) -> Iterator[dict[str, str]]:
-    """One `lulc serve` per cell (label source x registry), each with that cell's run YAML."""
-    with contextlib.ExitStack() as stack:
-        yield {
-            cell: stack.enter_context(local_server("matrix@production", cfg, cli=True, ready_timeout_s=240))[0]
+    """One `lulc serve` per cell (label source x registry), each with that cell's run YAML, started side by side
+    (each waits mostly on its own imports and warm-up; one at a time they took minutes)."""
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(production)) as pool:
+        started = {
+            cell: pool.submit(
+                stack.enter_context, local_server("matrix@production", cfg, cli=True, ready_timeout_s=600)
+            )
             for cell, cfg in production.items()
         }
+        wait(started.values())  # every server up (or failed) before any is used or the stack stops them
+        servers = {cell: future.result() for cell, future in started.items()}
+        # on exit, SIGTERM all at once (then each context waits for its own): graceful shutdowns overlap
+        stack.callback(terminate, [pid for _, pid in servers.values()])
+        yield {cell: url for cell, (url, _) in servers.items()}
 
 
 AREA = {"area_coords": BBOX, "start_date": START, "end_date": END, "fusion_mode": "favour_osm"}

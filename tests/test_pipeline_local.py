@@ -1,6 +1,6 @@
 """The whole training pipeline with kfp.local (SubprocessRunner, this environment) on the bundled sample area.
 
-One run (1 epoch, ~2 min on 2 cores) is shared by the assertions on its artifacts: tiles, imagery and label
+One run (1 epoch, 2 shards, ~2 min on 2 cores) is shared by the assertions on its artifacts: tiles, imagery and label
 rasters per shard and gathered, statistics and split, the model bundle, metrics, the registered version and
 the skipped deploy.
 """
@@ -24,9 +24,11 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tupl
     from pipelines.local import run_local
 
     work = tmp_path_factory.mktemp("kfp-local")
-    # with int8 (registry.onnx_quantization): the evaluate step quantises, register records it (1 epoch: looser gate)
+    # one epoch and two shards (not four: each shard is two more step processes, and two already prove the split,
+    # the per-shard rasters and the gather); with int8 (registry.onnx_quantization): the evaluate step quantises,
+    # register records it (1 epoch: looser gate)
     int8 = {"onnx_quantization": "int8", "int8_min_agreement": 0.97, "int8_max_miou_drop": 0.02}
-    overrides = {"work_dir": str(work), "training": {"epochs": 1}, "registry": int8}
+    overrides = {"work_dir": str(work), "training": {"epochs": 1}, "pipeline": {"shards": 2}, "registry": int8}
     cfg = load_run_config(repo_root / "conf" / "run.yaml", overrides)
     run = run_local(cfg)
     run_dir = run.bundle_dir.parents[1]

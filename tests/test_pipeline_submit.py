@@ -154,3 +154,56 @@ def test_cli_submit_and_schedule(kfp_api: KfpApiStandIn, package: Path, repo_roo
     defaults = [json.loads(s.root.input_definitions.parameters["run_config"].default_value.string_value) for s in specs]
     assert {d["name"] for d in defaults} == {"golden", "sample"}
     assert yaml.safe_load(Path(package).read_text().split("\n---\n")[0])["pipelineInfo"]["name"] == "lulc-training"
+
+
+def test_kserve_deploy_with_a_local_mlflow_registry_is_refused_before_anything_runs(
+    kfp_api: KfpApiStandIn, package: Path, tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy_target=kserve with MLflow artifacts KServe cannot fetch: one line at submission (what the config
+    names) and in the configure step (with the cluster's environment) — not after training, in the deploy step.
+    The combinations KServe can fetch from still pass."""
+    from components._runtime import CONFIGURE_OUTPUTS
+    from components.configure import configure
+    from lulc.cli import app
+    from lulc_core.config import load_run_config
+    from lulc_core.errors import ConfigError
+
+    runner = CliRunner()
+    local = load_run_config(repo_root / "conf" / "run.yaml").model_dump(mode="json")
+    local["registry"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the embedded registry, named
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(local))
+    submit_local = ["pipeline", "submit", "--host", kfp_api.url, "-c", str(tmp_path / "run.yaml"), "--image", IMAGE]
+    refused = runner.invoke(app, [*submit_local, "-p", "deploy_target=kserve"])
+    message = str(refused.exception)
+    assert isinstance(refused.exception, ConfigError) and refused.exit_code != 0, refused.output
+    assert message.startswith("registry.artifact_root:") and "s3://" in message and "\n" not in message
+    schedule = ["pipeline", "schedule", "--host", kfp_api.url, "-c", str(tmp_path / "run.yaml"), "--image", IMAGE]
+    scheduled = runner.invoke(app, [*schedule, "--cron", "0 2 * * *", "-p", "deploy_target=kserve"])
+    assert isinstance(scheduled.exception, ConfigError)
+    assert not kfp_api.runs and not kfp_api.recurring_runs, "refused before anything is sent"
+    neptune = runner.invoke(app, [*submit_local, "-p", "deploy_target=kserve", "-p", "registry=neptune"])
+    assert neptune.exit_code == 0, neptune.output  # neptune:// versions reach KServe through its storage container
+    # no tracking_uri in the configuration: the cluster's MLFLOW_TRACKING_URI decides, so the configure step judges
+    unnamed = ["pipeline", "submit", "--host", kfp_api.url, "--package", str(package), "-p", "deploy_target=kserve"]
+    assert runner.invoke(app, unnamed).exit_code == 0
+
+    params: dict[str, object] = {"aoi_bbox": [], "aoi_file": "", "time_frames": [], "label_set": "", "epochs": 0}
+    params |= {"imagery_store": "", "model_variant": "", "registry": ""}
+    cfg = pipeline_run_config()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the step's environment: the embedded registry
+    with pytest.raises(ConfigError, match=r"^registry\.artifact_root: deploy_target kserve"):
+        configure.python_func(run_config=cfg.model_dump_json(), deploy_target="kserve", **params)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.mlflow:5000")  # a tracking server in the cluster
+    assert len(configure.python_func(run_config=cfg.model_dump_json(), deploy_target="kserve", **params)) == len(
+        CONFIGURE_OUTPUTS
+    )
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    for artifact_root in ("s3://models/mlflow", "gs://models/mlflow"):  # the embedded SQLite registry stays
+        cfg.registry.artifact_root = artifact_root
+        configure.python_func(run_config=cfg.model_dump_json(), deploy_target="kserve", **params)
+    for artifact_root in (str(tmp_path / "mlruns"), "wasbs://models@acct.blob.core.windows.net/mlflow"):
+        cfg.registry.artifact_root = artifact_root
+        with pytest.raises(ConfigError, match="artifact_root"):
+            configure.python_func(run_config=cfg.model_dump_json(), deploy_target="kserve", **params)
+    cfg.registry.artifact_root = None
+    configure.python_func(run_config=cfg.model_dump_json(), deploy_target="local", **params)  # kfp.local's target

@@ -53,7 +53,8 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 
 
 def check_params(package: Path, params: dict[str, Any]) -> None:
-    """Every parameter must be one the compiled pipeline declares."""
+    """Every parameter must be one the compiled pipeline declares; `deploy_target=kserve` needs a registry KServe
+    can fetch from (`lulc_core.config.check_deploy_target`)."""
     import yaml
 
     from pipelines.submit import check_package
@@ -63,6 +64,14 @@ def check_params(package: Path, params: dict[str, Any]) -> None:
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise InputError("--param", f"unknown pipeline parameters {unknown}", f"choose from {sorted(declared)}")
+    if params.get("deploy_target") == "kserve":  # refused now, as the configure step would, not after training
+        from components._runtime import apply_overrides
+        from lulc_core.config import check_deploy_target
+
+        config_json = params.get("run_config") or declared["run_config"]["defaultValue"]
+        keys = ("aoi_bbox", "aoi_file", "time_frames", "label_set", "imagery_store", "model_variant", "epochs")
+        overrides = {k: params[k] for k in (*keys, "registry") if k in params}
+        check_deploy_target(apply_overrides(config_json, **overrides), "kserve")
 
 
 @contextmanager

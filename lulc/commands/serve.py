@@ -58,8 +58,12 @@ def serve(
             "--config", "-c", envvar="LULC_CONFIG", help="Run YAML (default: the bundle's, else conf/run.yaml)."
         ),
     ] = None,
-    host: Annotated[str | None, typer.Option("--host", help="Bind address (default: serving.host, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="HTTP port (default: serving.port, 8080).")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Bind address (default: serving.host of --config, else the bundle's).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="HTTP port (default: serving.port of --config, else the bundle's).")
+    ] = None,
     name: Annotated[str, typer.Option("--name", help="Model name on /v1/models/<name>.")] = "lulc",
     device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda.")] = "auto",
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body (MB).")] = 32.0,
@@ -79,12 +83,11 @@ def serve(
         from serving.server import run_server
 
     configure_logging()
-    settings = cfg.serving if cfg else None
     lulc_model = LulcModel(name, model, cfg, device=device)
-    run_server(
+    run_server(  # host, port, root_path: the flags, else the serving section of --config or the bundle's run config
         lulc_model,
-        host=host or (settings.host if settings else "127.0.0.1"),
-        port=port or (settings.port if settings else 8080),
+        host=host,
+        port=port,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         root_path=root_path or None,
     )
