@@ -87,8 +87,8 @@ def step_flops(chip: int = 256, bands: int = 15) -> float:
 def run(quick: bool = False) -> Section:
     """Write the tiles, train with 1 and 2 processes, report rates, efficiency and the per-sample cost."""
     from benchmarks.input_pipeline import write_tiles
-    from lulc_core.dataset import TileSplit
     from lulc_core.labels import LabelSet
+    from lulc_core.split import TileSplit
     from lulc_core.stats import compute_stats
 
     n_tiles, epochs = (2, 2) if quick else (8, 4)

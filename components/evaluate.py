@@ -37,9 +37,9 @@ def evaluate(
 
     from components._report import evaluation_html, sample_previews
     from components._runtime import copy_dir, load_config
-    from lulc_core.dataset import TileSplit
     from lulc_core.evaluation import evaluate as run_evaluation
     from lulc_core.quantization import quantize_if_configured
+    from lulc_core.split import TileSplit
 
     cfg = load_config(config)
     tile_split = TileSplit.model_validate_json(Path(split.path).read_text())

@@ -31,10 +31,10 @@ def statistics(
 
     from components._report import md_table
     from components._runtime import TILES_FILE, load_config
-    from lulc_core.dataset import split_tiles
     from lulc_core.grid import read_tiles
     from lulc_core.imagery import tiles_with_imagery
     from lulc_core.labels import LabelSet
+    from lulc_core.split import split_tiles
     from lulc_core.stats import compute_stats
 
     cfg = load_config(config)

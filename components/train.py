@@ -33,8 +33,8 @@ def train(
 
     from components._runtime import CACHE_ENV, copy_dir, load_config
     from lulc_core import training
-    from lulc_core.dataset import TileSplit
     from lulc_core.registry import tracked
+    from lulc_core.split import TileSplit
     from lulc_core.stats import DatasetStats
     from pipelines.trainjob import train_on_cluster
 

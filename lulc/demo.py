@@ -19,11 +19,11 @@ from pydantic import BaseModel, Field
 
 from lulc_core.comparison import Agreement, Panel, agreement, on_grid, plot_comparison, reference_mosaic
 from lulc_core.config import RunConfig
-from lulc_core.dataset import TileSplit
 from lulc_core.errors import ConfigError, UpstreamError
 from lulc_core.geo import BBox, Tile
 from lulc_core.grid import read_tiles
 from lulc_core.labels import LabelSet
+from lulc_core.split import TileSplit
 
 log = logging.getLogger(__name__)
 

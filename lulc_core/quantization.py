@@ -38,7 +38,7 @@ from lulc_core.raster import atomic_path
 
 if TYPE_CHECKING:
     from lulc_core.config import RegistryConfig
-    from lulc_core.dataset import TileSplit
+    from lulc_core.split import TileSplit
 
 log = logging.getLogger(__name__)
 

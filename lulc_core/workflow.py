@@ -69,7 +69,6 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
 
     check_corine_config(cfg)  # before the heavy imports: a misconfigured run is refused at once
     from lulc_core.bundle import ModelBundle
-    from lulc_core.dataset import split_tiles
     from lulc_core.evaluation import evaluate
     from lulc_core.grid import build_grid, plot_tiles, write_tiles
     from lulc_core.imagery import REPORT_FILE, build_imagery_store, fetch_tiles, tiles_with_imagery
@@ -80,6 +79,7 @@ def run_main_job(cfg: RunConfig, out_dir: Path | None = None, predict_bbox: BBox
     from lulc_core.quantization import quantize_if_configured
     from lulc_core.registry import RegistrationInfo, build_registry, tracked
     from lulc_core.registry.gate import apply_gate
+    from lulc_core.split import split_tiles
     from lulc_core.stats import compute_stats
     from lulc_core.training import train
 

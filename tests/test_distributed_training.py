@@ -27,8 +27,9 @@ from standins.kubernetes_api import JobScript, KubeApiStandIn
 
 from lulc.cli import app
 from lulc_core.config import RunConfig, load_run_config
-from lulc_core.dataset import ChipDataset, ShardedSampler, split_tiles
+from lulc_core.dataset import ChipDataset, ShardedSampler
 from lulc_core.errors import ConfigError
+from lulc_core.split import split_tiles
 from pipelines.trainjob import JobRunner, JobSpec, TrainJobError, build_job, train_on_cluster
 
 REPO = Path(__file__).resolve().parents[1]

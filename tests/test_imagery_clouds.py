@@ -152,8 +152,8 @@ def test_cloud_min_valid_share_skips_tiles_with_a_count(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from lulc.cli import app
-    from lulc_core.dataset import TileSplit
     from lulc_core.grid import write_tiles
+    from lulc_core.split import TileSplit
 
     write_tiles(tiles, tmp_path / "tiles.geojson")
     result = CliRunner().invoke(

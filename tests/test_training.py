@@ -10,9 +10,9 @@ import torch
 
 from lulc_core.bundle import ModelBundle
 from lulc_core.config import RunConfig, load_run_config
-from lulc_core.dataset import TileSplit, split_tiles
 from lulc_core.errors import ConfigError, InputError
 from lulc_core.labels import LabelSet
+from lulc_core.split import TileSplit, split_tiles
 from lulc_core.training import SegmentationTask, TrainResult, _hardware, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -21,8 +21,8 @@ LABELS_OPTION = typer.Option(..., "--labels", "-l", help="Directory of <tile id>
 
 
 def _split(cfg: RunConfig, split: Path | None, tiles: Path | None, out: Path) -> Any:
-    from lulc_core.dataset import TileSplit, split_tiles
     from lulc_core.grid import read_tiles
+    from lulc_core.split import TileSplit, split_tiles
 
     if split is not None:
         return TileSplit.load(split)
@@ -52,9 +52,9 @@ def split_cmd(
 
       lulc model split -c conf/run.yaml -t tiles.geojson --block-tiles 2 --imagery out/imagery
     """
-    from lulc_core.dataset import split_tiles
     from lulc_core.grid import read_tiles
     from lulc_core.imagery import tiles_with_imagery
+    from lulc_core.split import split_tiles
 
     cfg = load_run_config(config)
     grid = read_tiles(tiles)
@@ -173,8 +173,8 @@ def evaluate_cmd(
 
       lulc model evaluate out/training/bundle -i out/imagery -l out/labels --tile 637U_r0_c1 -o out/eval
     """
-    from lulc_core.dataset import TileSplit
     from lulc_core.evaluation import evaluate
+    from lulc_core.split import TileSplit
 
     if tile:
         ids = list(tile)
