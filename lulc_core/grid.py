@@ -137,11 +137,30 @@ def _zone_pieces(parts: list[AoiPart]) -> dict[int, list[tuple[int, BaseGeometry
                 lat0, lat1 = (0.0, 90.0) if north else (-90.0, 0.0)
                 if n <= lat0 or s >= lat1:
                     continue
-                strip = box(-180 + 6 * (zone - 1), lat0, -180 + 6 * zone, lat1)
-                piece = part.geometry.intersection(strip)
+                piece = part.geometry.intersection(zone_strip(_utm_epsg(zone, north)))
                 if piece.area > 0:
                     out.setdefault(_utm_epsg(zone, north), []).append((idx, piece))
     return out
+
+
+def zone_strip(epsg: int) -> Polygon:
+    """The lon/lat strip (EPSG:4326) of a UTM zone given by its EPSG code (326zz north, 327zz south)."""
+    zone, north = epsg % 100, epsg // 100 == 326
+    lat0, lat1 = (0.0, 90.0) if north else (-90.0, 0.0)
+    return box(-180 + 6 * (zone - 1), lat0, -180 + 6 * zone, lat1)
+
+
+def project_in_zone(geom: BaseGeometry, crs: str) -> BaseGeometry:
+    """`geom` (EPSG:4326) cut to the UTM zone of `crs` ("EPSG:326zz"/"EPSG:327zz") and projected onto it.
+
+    Zone grids reach across their zone's border (a block is a square on the grid), so what is counted or masked
+    per zone must be the AOI's piece in that zone, or the strips along zone borders count twice. Any other CRS
+    gets the whole geometry.
+    """
+    epsg = int(crs.upper().removeprefix("EPSG:")) if crs.upper().startswith("EPSG:") else 0
+    if epsg // 100 in (326, 327) and 1 <= epsg % 100 <= 60:
+        geom = geom.intersection(zone_strip(epsg))
+    return _project(geom, crs)
 
 
 def _project(geom: BaseGeometry, crs: str) -> BaseGeometry:

@@ -116,6 +116,28 @@ def test_country_sized_aoi_over_three_zones(work: Path, tmp_path: Path) -> None:
     assert max(b.width for b in plan.blocks) == 10240
 
 
+def test_country_border_area_counts_each_zone_once(work: Path, tmp_path: Path) -> None:
+    """Germany's border (Natural Earth) over zones 31-33: the AOI area is its geodesic area, not more.
+
+    Zone grids reach across zone borders, so counting the whole country on each zone's blocks would count the strips
+    along 6 E and 12 E twice (it did: 374,495 km2 for 357,000)."""
+    from pyproj import Geod
+
+    from lulc_core.mapping.plan import MapPlan
+
+    aoi = Path(__file__).resolve().parents[1] / "data" / "aoi" / "germany.geojson"
+    result = _plan(
+        work, tmp_path, "--model", MODEL, "--aoi", str(aoi), "--time-frame", "2023-06-01/2023-08-31",
+        "--save", str(tmp_path / "de.json"), "--throughput", "1e6",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan = MapPlan.load(tmp_path / "de.json")
+    geodesic = abs(Geod(ellps="WGS84").geometry_area_perimeter(gpd.read_file(aoi).geometry.iloc[0])[0]) / 1e6
+    assert 350_000 < geodesic < 365_000
+    assert plan.cost.aoi_km2 == pytest.approx(geodesic, rel=0.003)  # UTM scale within a zone: < 0.2 % here
+    assert {b.crs for b in plan.blocks} == {"EPSG:32631", "EPSG:32632", "EPSG:32633"}
+
+
 def test_calibrated_throughput_is_measured_and_said(work: Path) -> None:
     from lulc_core.mapping.plan import make_plan, resolve_model
 

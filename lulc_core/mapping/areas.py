@@ -35,7 +35,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 from shapely.geometry import shape
 
-from lulc_core.grid import _project
+from lulc_core.grid import project_in_zone
 from lulc_core.mapping.assemble import ZoneMosaic
 from lulc_core.mapping.blocks import NODATA
 from lulc_core.mapping.plan import MapPlan
@@ -93,7 +93,8 @@ def count_pixels(plan: MapPlan, zones: Sequence[ZoneMosaic]) -> dict[str, np.nda
     counts: dict[str, np.ndarray] = {}
     names = {f.index: f.name for f in plan.features}
     for z in zones:
-        feats = [(f.index, _project(shape(f.geometry), z.crs)) for f in plan.features]
+        feats = [(f.index, project_in_zone(shape(f.geometry), z.crs)) for f in plan.features]
+        feats = [(index, geom) for index, geom in feats if not geom.is_empty]  # a feature outside this zone
         with rasterio.open(z.path) as src:
             for r0 in range(0, src.height, ROWS_PER_WINDOW):
                 win = Window(0, r0, src.width, min(ROWS_PER_WINDOW, src.height - r0))

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from lulc_core.config import RunConfig
 from lulc_core.errors import LulcError, NotCoveredError
-from lulc_core.grid import _project
+from lulc_core.grid import project_in_zone
 from lulc_core.inference import PredictOptions, Predictor
 from lulc_core.inference.options import FusionMode
 from lulc_core.inference.predictor import CONFIDENCE_SCALE
@@ -98,9 +98,11 @@ def is_valid_block(path: Path, block: MapBlock, fingerprint: str) -> bool:
 
 def aoi_mask(plan: MapPlan, block: MapBlock) -> np.ndarray:
     """True where a pixel centre of the block lies in an AOI feature the block touches."""
-    geoms = [_project(shape(f.geometry), block.crs) for f in plan.features if f.index in block.features]
+    geoms = [project_in_zone(shape(f.geometry), block.crs) for f in plan.features if f.index in block.features]
     transform = rasterio.transform.from_origin(block.bounds[0], block.bounds[3], block.resolution, block.resolution)
     union = shapely.union_all(geoms)
+    if union.is_empty:
+        return np.zeros((block.height, block.width), dtype=bool)
     return geometry_mask([union], (block.height, block.width), transform, invert=True)
 
 

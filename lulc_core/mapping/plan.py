@@ -33,7 +33,7 @@ from lulc_core import __version__
 from lulc_core.config import AreaConfig, RunConfig
 from lulc_core.errors import InputError
 from lulc_core.geo import Tile, TimeRange
-from lulc_core.grid import AoiPart, _project, _safe, _zone_pieces
+from lulc_core.grid import AoiPart, _project, _safe, _zone_pieces, project_in_zone
 from lulc_core.raster import atomic_path
 
 log = logging.getLogger(__name__)
@@ -348,7 +348,7 @@ def aoi_km2(features: Sequence[AoiFeature], blocks: Sequence[MapBlock]) -> float
     for zone_blocks in _by_zone(blocks).values():
         crs = zone_blocks[0].crs
         wanted = {i for b in zone_blocks for i in b.features}
-        geoms = [_project(shape(f.geometry), crs) for f in features if f.index in wanted]
+        geoms = [project_in_zone(shape(f.geometry), crs) for f in features if f.index in wanted]
         cover = shapely.union_all([box(*b.bounds) for b in zone_blocks])
         total += shapely.union_all(geoms).intersection(cover).area
     return total / 1e6
