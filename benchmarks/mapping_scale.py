@@ -36,7 +36,7 @@ from typing import Any
 from benchmarks.common import REPO, Row, Section, bench_main, progress, run_child
 
 COMMAND = ".venv/bin/python -m benchmarks.mapping_scale"
-FULL, QUICK = (20_000, 6144, 2048), (1024, 1024, 512)
+FULL, QUICK = (20_000, 20_000, 2048), (1024, 1024, 512)
 """(area px, px of the 1-vs-2-worker area at its centre, block px)."""
 MODEL = "bench@production"
 ONE = {"shards": 1, "parallelism": 1, "cpu_per_worker": 1.0}
