@@ -12,17 +12,11 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
-from lulc_core.dataset import (
-    ChipDataset,
-    LulcDataModule,
-    TileSplit,
-    augment_pair,
-    chip_offsets,
-    split_tiles,
-)
+from lulc_core.dataset import ChipDataset, LulcDataModule, augment_pair, chip_offsets
 from lulc_core.errors import InputError
 from lulc_core.geo import Tile
 from lulc_core.raster import Raster, read_geotiff, write_geotiff
+from lulc_core.split import TileSplit, split_tiles
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
