@@ -207,3 +207,24 @@ def test_build_imagery_store_dispatches_to_sentinelhub(monkeypatch: pytest.Monke
         sentinelhub={"base_url": "http://127.0.0.1:9", "token_url": "http://127.0.0.1:9/token"},
     )
     assert isinstance(build_imagery_store(cfg, cache_dir=tmp_path), SentinelHubStore)
+
+
+@pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
+def test_tile_on_the_file_grid_is_read_without_warping_with_the_same_pixels(tmp_path: Path, resampling: str):
+    """A tile whose grid is the file's shifted by whole pixels (partly outside it, with nodata pixels) gets exactly
+    what rasterio's reproject onto the tile grid gives."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(2, 40, 50)).astype(np.float32)
+    data[:, 5:9, 7:12] = -9999.0
+    transform = from_origin(500_000.0, 6_200_000.0, 10.0, 10.0)
+    _write(tmp_path / "f.tif", data, transform, "EPSG:32632", ["B04", "B08"], nodata=-9999.0)
+    store = LocalGeoTiffStore(tmp_path, resampling)
+    tile = _tile((500_000.0 - 30, 6_200_000.0 - 420, 500_000.0 + 290, 6_200_000.0 + 20))  # 32 x 44 px
+    raster = store.fetch(tile, ["B08", "B04"])
+    expected = np.full((2, 44, 32), np.nan, np.float32)
+    source = np.where(data == -9999.0, np.nan, data)[::-1]
+    reproject(source, expected, src_transform=transform, src_crs="EPSG:32632", src_nodata=np.nan,
+              dst_transform=from_origin(tile.bounds[0], tile.bounds[3], 10.0, 10.0), dst_crs="EPSG:32632",
+              dst_nodata=np.nan, resampling=rasterio.enums.Resampling[resampling])  # fmt: skip
+    np.testing.assert_array_equal(raster.data, expected)
+    assert raster.valid is not None and raster.valid.sum() == 29 * 40 - 4 * 5  # 29 columns and 40 rows inside the file

@@ -27,7 +27,7 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from rasterio.warp import reproject, transform_bounds
@@ -179,22 +179,30 @@ class LocalGeoTiffStore:
         height, width = tile.height, tile.width
         dst_transform = from_origin(tile.bounds[0], tile.bounds[3], tile.resolution, tile.resolution)
         dst_crs = CRS.from_user_input(tile.crs)
-        out = np.full((len(names), height, width), np.nan, dtype=np.float32)
         candidates = self.candidates(tile, names)
         observations = [f for f in candidates if self.cloud_mask and set(CLOUD_BANDS) & set(f.band_names)]
+        out: np.ndarray | None = None  # allocated when a second file or a composite must be merged in
         if observations:
+            out = np.full((len(names), height, width), np.nan, dtype=np.float32)
             self._composite_into(observations, tile, names, out, dst_transform, dst_crs)
         for f in candidates:
             if f in observations:
                 continue
-            todo = [b for b in names if b in f.band_names and np.isnan(out[names.index(b)]).any()]
-            if todo:
-                fresh = self._warp(f, tile, todo, (height, width), dst_transform, dst_crs)
-                for k, band in enumerate(todo):
-                    target = out[names.index(band)]
-                    gap = np.isnan(target)
-                    target[gap] = fresh[k][gap]
-                log.debug("tile %s: %s from %s", tile.id, todo, f.path.name)
+            todo = [b for b in names if b in f.band_names and (out is None or np.isnan(out[names.index(b)]).any())]
+            if not todo:
+                continue
+            fresh = self._warp(f, tile, todo, (height, width), dst_transform, dst_crs)
+            log.debug("tile %s: %s from %s", tile.id, todo, f.path.name)
+            if out is None and todo == names:  # the first file holds every band: its array is the tile
+                out = fresh
+                continue
+            if out is None:
+                out = np.full((len(names), height, width), np.nan, dtype=np.float32)
+            for k, band in enumerate(todo):
+                target = out[names.index(band)]
+                np.copyto(target, fresh[k], where=np.isnan(target))
+        if out is None:
+            out = np.full((len(names), height, width), np.nan, dtype=np.float32)
         valid = np.isfinite(out)
         missing = [b for i, b in enumerate(names) if not valid[i].any()]
         if missing:
@@ -267,6 +275,19 @@ def warp_onto_tile(
     """Bands `indexes` of an open dataset (local file or a COG over HTTP) read in the window covering the tile and
     warped onto its grid: float32 (len(indexes), *shape), NaN outside the dataset or where it has no data."""
     fresh = np.full((len(indexes), *shape), np.nan, dtype=np.float32)
+    offset = _grid_offset(src, dst_transform, dst_crs)
+    if offset is not None:  # the tile grid is the file's grid shifted by whole pixels: read, no warp
+        row, col = offset
+        r0, c0 = max(row, 0), max(col, 0)
+        r1, c1 = min(row + shape[0], src.height), min(col + shape[1], src.width)
+        if r1 > r0 and c1 > c0:
+            window = Window(c0, r0, c1 - c0, r1 - r0)
+            part = fresh[:, r0 - row : r1 - row, c0 - col : c1 - col]
+            part[...] = src.read(indexes, window=window, out_dtype="float32")
+            flags = src.mask_flag_enums
+            if not all(MaskFlags.all_valid in flags[i - 1] for i in indexes):
+                part[src.read_masks(indexes, window=window) == 0] = np.nan
+        return fresh
     window = _source_window(src, tile)
     if window is None:
         return fresh
@@ -285,6 +306,20 @@ def warp_onto_tile(
         resampling=resampling,
     )
     return fresh
+
+
+def _grid_offset(
+    src: rasterio.io.DatasetReader, dst_transform: rasterio.Affine, dst_crs: CRS
+) -> tuple[int, int] | None:
+    """(row, col) of the tile grid's first pixel in `src` when both grids are the same up to a whole-pixel shift
+    (same CRS, pixel size and orientation), else None. Any resampling of such a grid returns the source pixels."""
+    s, d = src.transform, dst_transform
+    if s.b or s.d or d.b or d.d or not math.isclose(s.a, d.a, rel_tol=1e-9) or not math.isclose(s.e, d.e, rel_tol=1e-9):
+        return None
+    col, row = (d.c - s.c) / s.a, (d.f - s.f) / s.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6 or src.crs != dst_crs:
+        return None
+    return round(row), round(col)
 
 
 def _source_window(src: rasterio.io.DatasetReader, tile: Tile, pad: int = 2) -> Window | None:
