@@ -156,6 +156,44 @@ def test_blending_is_the_weighted_mean_of_covering_windows(block_px: int) -> Non
     assert (covered == 1).all(), "finished regions tile the grid exactly once"
 
 
+def test_parallel_batches_give_the_same_bits_in_the_same_order() -> None:
+    """Batches predicted on several threads, finishing in any order (random delays), are blended in raster order:
+    the regions and every bit of the means equal the one-thread run's."""
+    import time
+
+    height, width = 150, 230
+    data = np.random.default_rng(5).random((3, height, width), dtype=np.float32)
+    delays = np.random.default_rng(6)
+
+    def source(region: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        r0, r1, c0, c1 = region
+        return data[:, r0:r1, c0:c1], np.ones((r1 - r0, c1 - c0), bool)
+
+    def predict_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        time.sleep(float(delays.uniform(0, 0.01)))
+        p = torch.softmax(x * 3, dim=1)
+        return p, p * p
+
+    def run(workers: int) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
+        regions: list[tuple[int, int, int, int]] = []
+        means: list[np.ndarray] = []
+
+        def on_final(region: tuple[int, int, int, int], mean: np.ndarray, sq: np.ndarray | None, v: np.ndarray) -> None:
+            assert sq is not None
+            regions.append(region)
+            means.extend([mean.copy(), sq.copy()])
+
+        sliding_window(height, width, 3, source, predict_batch, on_final, window=64, overlap=24, batch_size=2,
+                       block_px=80, with_squares=True, workers=workers)  # fmt: skip
+        return regions, means
+
+    regions, means = run(1)
+    regions3, means3 = run(3)
+    assert regions3 == regions and len(regions) > 4
+    for a, b in zip(means, means3, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_blending_equals_whole_image_for_a_pixelwise_model(v3_label_set: LabelSet) -> None:
     """Window offsets, shifted last windows and padding are exact: a 1x1 model gives the whole-image answer."""
     torch.manual_seed(1)

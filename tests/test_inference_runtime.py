@@ -52,6 +52,29 @@ def test_onnx_and_torch_give_the_same_classes_and_probabilities(onnx_bundle: Pat
     assert (by_onnx.classes.data[0, :5, :5] == 0).all()  # nodata stays unknown
 
 
+def test_onnx_on_two_threads_predicts_the_same_as_on_one(onnx_bundle: Path) -> None:
+    """With two torch threads the predictor runs two batches at once on one-thread onnxruntime calls: the
+    probabilities are bit for bit those of one thread (one batch at a time)."""
+    import torch
+
+    from lulc_core.inference.runtime import parallel_batches
+
+    bundle = ModelBundle.load(onnx_bundle)
+    raster = _raster(bundle.metadata.bands, 160)
+    kw = {"window": 64, "overlap": 16, "batch_size": 1, "return_probabilities": True, "progress": False}
+    one = predict_raster(bundle, raster, block_px=64, **kw)  # type: ignore[arg-type]
+    assert parallel_batches(bundle) == 1
+    torch.set_num_threads(2)
+    try:
+        assert parallel_batches(bundle) == 2 and parallel_batches(bundle, "torch") == 1
+        two = predict_raster(bundle, raster, block_px=64, **kw)  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(1)
+    assert one.probabilities is not None and two.probabilities is not None
+    np.testing.assert_array_equal(two.probabilities.data, one.probabilities.data)
+    np.testing.assert_array_equal(two.classes.data, one.classes.data)
+
+
 def test_onnx_logits_match_torch_logits(onnx_bundle: Path) -> None:
     import torch
 

@@ -28,7 +28,7 @@ from lulc_core.errors import ConfigError, InputError, NotCoveredError, TooLargeE
 from lulc_core.geo import BBox, Tile, TimeRange, tile_for_bbox
 from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES, CorineSource, check_fusion, fuse, one_hot
 from lulc_core.inference.options import FusionMode, Prediction, PredictOptions
-from lulc_core.inference.runtime import engine, logits_function, resolve_runtime
+from lulc_core.inference.runtime import engine, logits_function, parallel_batches, resolve_runtime
 from lulc_core.inference.uncertainty import tta_predictor, variance_and_entropy
 from lulc_core.inference.windows import BatchPredictor, BlockSource, Region, check_window, sliding_window
 from lulc_core.labels import LabelSet
@@ -76,7 +76,8 @@ class _ModelRunner:
                 "(+ unknown)",
             )
         self.n_classes = n_classes - 1
-        self.logits = logits_function(bundle, runtime, precision)
+        self.workers = parallel_batches(bundle, runtime, precision)
+        self.logits = logits_function(bundle, runtime, precision, threads=1 if self.workers > 1 else None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # only the predicted classes are upsampled (bilinear, as `logits_at_input_size`) to the input size
@@ -275,6 +276,7 @@ def _run_model(
         block_px=block_px,
         with_squares=uncertainty,
         progress=progress,
+        workers=runner.workers,
     )
     return assembler
 

@@ -66,11 +66,10 @@ def engine(bundle: ModelBundle, runtime: str, precision: str = "fp32") -> str:
     return f"torch:{precision}"
 
 
-def _session(bundle: ModelBundle) -> Any:
-    """The bundle's onnxruntime session for the current torch thread count (created once)."""
+def _session(bundle: ModelBundle, threads: int) -> Any:
+    """The bundle's onnxruntime session running each call on `threads` threads (created once)."""
     import onnxruntime as ort
 
-    threads = torch.get_num_threads()
     with _sessions_lock:
         per_bundle = _sessions.setdefault(bundle, {})
         session = per_bundle.get(threads)
@@ -143,10 +142,22 @@ def resolve_runtime(bundle: ModelBundle, runtime: str = "auto", precision: str =
     return runtime
 
 
-def logits_function(bundle: ModelBundle, runtime: str = "auto", precision: str = "fp32") -> LogitsFunction:
-    """The bundle's network as batch -> 1/4-resolution float32 logits, on the chosen runtime and precision."""
+def parallel_batches(bundle: ModelBundle, runtime: str = "auto", precision: str = "fp32") -> int:
+    """How many batches to predict at once: on onnxruntime one per torch thread, each run on one thread (no
+    synchronisation between the threads of every operator: SegFormer's many small operators keep two threads of one
+    run waiting for each other); 1 on torch, whose operators use every thread themselves."""
+    return torch.get_num_threads() if resolve_runtime(bundle, runtime, precision) == "onnx" else 1
+
+
+def logits_function(
+    bundle: ModelBundle, runtime: str = "auto", precision: str = "fp32", threads: int | None = None
+) -> LogitsFunction:
+    """The bundle's network as batch -> 1/4-resolution float32 logits, on the chosen runtime and precision.
+
+    `threads`: onnxruntime's threads per call (default: torch's thread count); the predictor calls it from
+    `parallel_batches` threads at once with `threads=1`."""
     if resolve_runtime(bundle, runtime, precision) == "onnx":
-        session = _session(bundle)
+        session = _session(bundle, threads or torch.get_num_threads())
 
         def run_onnx(x: torch.Tensor) -> torch.Tensor:
             batch = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

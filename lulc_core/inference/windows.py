@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,15 +131,21 @@ def sliding_window(
     block_px: int = 1024,
     with_squares: bool = False,
     progress: bool | None = None,
+    workers: int = 1,
 ) -> None:
     """Predict a height x width grid window by window and hand every finished region to `on_final`.
+
+    Batches run on `workers` threads while the calling thread fetches the next block's imagery and adds finished
+    batches to the accumulators, one block ahead: the model never waits for imagery or blending, and the next
+    block's first batches start while the current block is being finished. Results are added in raster order
+    whatever the order batches finish in, so they do not depend on `workers`.
 
     Args:
         height: rows of the grid.
         width: columns of the grid.
         n_classes: probability channels `predict_batch` returns.
         source: gives the normalised input of a block footprint (fetches imagery per block).
-        predict_batch: the model (with or without test-time augmentation).
+        predict_batch: the model (with or without test-time augmentation); called from `workers` threads at once.
         on_final: called once per finished region; regions tile the grid without overlap.
         window: window edge in pixels (multiple of 32).
         overlap: overlap of neighbouring windows in pixels (≤ window/2).
@@ -146,6 +153,7 @@ def sliding_window(
         block_px: approximate block edge in pixels (imagery is fetched per block).
         with_squares: also accumulate squared probabilities (test-time augmentation variance).
         progress: show a progress bar (None: only on a terminal).
+        workers: batches predicted at the same time (threads).
     """
     check_window(window, overlap)
     ys = plan_axis(height, window, overlap, block_px)
@@ -157,81 +165,117 @@ def sliding_window(
     total = len(ys.origins) * len(xs.origins)
     bar = tqdm(total=total, desc="predict", unit="window", disable=(not progress) if progress is not None else None)
     carry_below: tuple[int, np.ndarray] | None = None  # (first row, (k, rows, width)) from the block row above
-    try:
-        for bi in range(len(ys.blocks)):
-            y0, y1 = ys.footprint(bi)
-            y_final = ys.final_end(bi)
+    next_below: np.ndarray | None = None  # the strip below the current block row, filled block by block
+    carry_right: tuple[int, np.ndarray] | None = None  # (first col, (k, y1-y0, cols)) from the left block
+
+    def start(bi: int, bj: int) -> _Block:
+        """Fetch block (bi, bj)'s imagery and queue its batches."""
+        (y0, y1), (x0, x1) = ys.footprint(bi), xs.footprint(bj)
+        data, valid = source((y0, y1, x0, x1))
+        windows = [(ys.origins[a], xs.origins[b]) for a in range(*ys.blocks[bi]) for b in range(*xs.blocks[bj])]
+        chunks = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+        shape = (ys.window, xs.window)
+        jobs = [pool.submit(_predict, predict_batch, data, chunk, (y0, x0), shape) for chunk in chunks]
+        return _Block(bi, bj, valid, chunks, jobs)
+
+    def finish(block: _Block) -> None:
+        """Blend block's batches into its accumulator; hand on its final region, carry the rest."""
+        nonlocal carry_below, next_below, carry_right
+        bi, bj = block.bi, block.bj
+        (y0, y1), (x0, x1) = ys.footprint(bi), xs.footprint(bj)
+        y_final, x_final = ys.final_end(bi), xs.final_end(bj)
+        if bj == 0:  # a new block row
+            carry_below = (ys.final_end(bi - 1), next_below) if bi and next_below is not None else None
             next_below = np.zeros((k, y1 - y_final, width), np.float32) if y_final < y1 else None
-            carry_right: tuple[int, np.ndarray] | None = None  # (first col, (k, y1-y0, cols)) from the left block
-            for bj in range(len(xs.blocks)):
-                x0, x1 = xs.footprint(bj)
-                x_final = xs.final_end(bj)
-                acc = np.zeros((k, y1 - y0, x1 - x0), np.float32)
-                skip_cols = x0
-                if carry_right is not None:
-                    cx0, strip = carry_right
-                    acc[:, :, cx0 - x0 : cx0 - x0 + strip.shape[2]] += strip
-                    skip_cols = cx0 + strip.shape[2]  # the left block already added the strip above these
-                if carry_below is not None:
-                    cy0, strip = carry_below
-                    if skip_cols < x1:
-                        acc[:, cy0 - y0 : cy0 - y0 + strip.shape[1], skip_cols - x0 :] += strip[:, :, skip_cols:x1]
-                data, valid = source((y0, y1, x0, x1))
-                _run_block(
-                    acc, data, (y0, x0), ys, xs, bi, bj, weight2d, n_classes, predict_batch, batch_size, with_squares
-                )
-                bar.update((ys.blocks[bi][1] - ys.blocks[bi][0]) * (xs.blocks[bj][1] - xs.blocks[bj][0]))
-                fh, fw = y_final - y0, x_final - x0
-                final = acc[:, :fh, :fw]
-                wsum = final[-1]
-                mean = final[:n_classes] / wsum
-                squares = final[n_classes : 2 * n_classes] / wsum if with_squares else None
-                on_final((y0, y_final, x0, x_final), mean, squares, valid[:fh, :fw])
-                if next_below is not None:
-                    next_below[:, :, x0:x1] = acc[:, fh:, :]
-                carry_right = (x_final, acc[:, :, fw:].copy()) if x_final < x1 else None
-                del acc, data, valid, final
-            carry_below = (y_final, next_below) if next_below is not None else None
+            carry_right = None
+        acc = np.zeros((k, y1 - y0, x1 - x0), np.float32)
+        skip_cols = x0
+        if carry_right is not None:
+            cx0, strip = carry_right
+            acc[:, :, cx0 - x0 : cx0 - x0 + strip.shape[2]] += strip
+            skip_cols = cx0 + strip.shape[2]  # the left block already added the strip above these
+        if carry_below is not None:
+            cy0, strip = carry_below
+            if skip_cols < x1:
+                acc[:, cy0 - y0 : cy0 - y0 + strip.shape[1], skip_cols - x0 :] += strip[:, :, skip_cols:x1]
+        for chunk, job in zip(block.chunks, block.jobs, strict=True):
+            mean, squares = job.result()
+            _add(acc, chunk, (y0, x0), mean, squares, weight2d, n_classes, with_squares)
+        bar.update(sum(len(c) for c in block.chunks))
+        fh, fw = y_final - y0, x_final - x0
+        final = acc[:, :fh, :fw]
+        wsum = final[-1]
+        mean_final = final[:n_classes] / wsum
+        squares_final = final[n_classes : 2 * n_classes] / wsum if with_squares else None
+        on_final((y0, y_final, x0, x_final), mean_final, squares_final, block.valid[:fh, :fw])
+        if next_below is not None:
+            next_below[:, :, x0:x1] = acc[:, fh:, :]
+        carry_right = (x_final, acc[:, :, fw:].copy()) if x_final < x1 else None
+
+    order = [(bi, bj) for bi in range(len(ys.blocks)) for bj in range(len(xs.blocks))]
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lulc-window")
+    pending: _Block | None = None
+    try:
+        for bi, bj in order:
+            started = start(bi, bj)  # while the workers run the pending block's batches
+            if pending is not None:
+                finish(pending)
+            pending = started
+        if pending is not None:
+            finish(pending)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
 
 
-def _run_block(
-    acc: np.ndarray,
+@dataclass
+class _Block:
+    """A block whose batches are queued: its indices, validity mask, batches (window origins) and their futures."""
+
+    bi: int
+    bj: int
+    valid: np.ndarray
+    chunks: list[list[tuple[int, int]]]
+    jobs: list[Future[tuple[np.ndarray, np.ndarray | None]]]
+
+
+def _predict(
+    predict_batch: BatchPredictor,
     data: np.ndarray,
+    chunk: list[tuple[int, int]],
     offset: tuple[int, int],
-    ys: AxisPlan,
-    xs: AxisPlan,
-    bi: int,
-    bj: int,
+    shape: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's mean (and squared) probabilities of the windows at `chunk` (grid origins) of a block."""
+    y0, x0 = offset
+    batch = np.stack([_cut(data, oy - y0, ox - x0, *shape) for oy, ox in chunk])
+    with torch.inference_mode():
+        mean, squares = predict_batch(torch.from_numpy(batch))
+    return mean.float().cpu().numpy(), squares.float().cpu().numpy() if squares is not None else None
+
+
+def _add(
+    acc: np.ndarray,
+    chunk: list[tuple[int, int]],
+    offset: tuple[int, int],
+    mean: np.ndarray,
+    squares: np.ndarray | None,
     weight2d: np.ndarray,
     n_classes: int,
-    predict_batch: BatchPredictor,
-    batch_size: int,
     with_squares: bool,
 ) -> None:
-    """Run every window of block (bi, bj) and add its weighted probabilities to `acc`."""
+    """Add a batch's weighted probabilities (and squares) and weights to the block accumulator `acc`."""
     y0, x0 = offset
-    win_h, win_w = ys.window, xs.window
-    windows = [
-        (ys.origins[a], xs.origins[b]) for a in range(*ys.blocks[bi]) for b in range(*xs.blocks[bj])
-    ]  # origins in grid pixels
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start : start + batch_size]
-        batch = np.stack([_cut(data, oy - y0, ox - x0, win_h, win_w) for oy, ox in chunk])
-        with torch.inference_mode():
-            mean, squares = predict_batch(torch.from_numpy(batch))
-        mean_np = mean.float().cpu().numpy()
-        sq_np = squares.float().cpu().numpy() if squares is not None else None
-        for i, (oy, ox) in enumerate(chunk):
-            ry, rx = oy - y0, ox - x0
-            h = min(win_h, acc.shape[1] - ry)
-            w = min(win_w, acc.shape[2] - rx)
-            wgt = weight2d[:h, :w]
-            acc[:n_classes, ry : ry + h, rx : rx + w] += mean_np[i, :, :h, :w] * wgt
-            if with_squares and sq_np is not None:
-                acc[n_classes : 2 * n_classes, ry : ry + h, rx : rx + w] += sq_np[i, :, :h, :w] * wgt
-            acc[-1, ry : ry + h, rx : rx + w] += wgt
+    win_h, win_w = weight2d.shape
+    for i, (oy, ox) in enumerate(chunk):
+        ry, rx = oy - y0, ox - x0
+        h = min(win_h, acc.shape[1] - ry)
+        w = min(win_w, acc.shape[2] - rx)
+        wgt = weight2d[:h, :w]
+        acc[:n_classes, ry : ry + h, rx : rx + w] += mean[i, :, :h, :w] * wgt
+        if with_squares and squares is not None:
+            acc[n_classes : 2 * n_classes, ry : ry + h, rx : rx + w] += squares[i, :, :h, :w] * wgt
+        acc[-1, ry : ry + h, rx : rx + w] += wgt
 
 
 def _cut(data: np.ndarray, row: int, col: int, h: int, w: int) -> np.ndarray:
