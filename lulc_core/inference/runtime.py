@@ -6,7 +6,9 @@ logits at 1/4 resolution (B, classes, h/4, w/4):
 - "onnx": the bundle's `model.int8.onnx` when it has one (`registry.onnx_quantization: int8`, checked against fp32
   by `lulc_core.quantization`), else its `model.onnx` (written by `lulc_core.bundle.export_onnx`, verified against
   torch there), in an onnxruntime session with its memory arena and memory patterns on (the defaults: buffers are reused from one
-  window to the next instead of being allocated per operator), on as many threads as torch uses;
+  window to the next instead of being allocated per operator). The predictor runs one batch per torch thread at
+  once, each call on one thread (`parallel_batches`): SegFormer has many small operators, and two threads sharing
+  each of them spend much of a call waiting for each other (one thread per call does ~1.2x the work per CPU second);
 - "torch": the bundle's torch model under `torch.inference_mode`;
 - "auto" (default): onnx when the bundle has a `model.onnx` matching its bands and classes, the model is on
   the CPU and the precision is fp32, torch otherwise. On CPU, onnxruntime runs a window about twice as fast as torch.
@@ -92,7 +94,7 @@ def _session(bundle: ModelBundle, threads: int) -> Any:
                 ) from exc
             _check_session(session, bundle)
             per_bundle[threads] = session
-            log.info("inference on onnxruntime: %s (%d threads)", path, threads)
+            log.info("inference on onnxruntime: %s (threads per call: %d)", path, threads)
         return session
 
 
