@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -174,9 +175,19 @@ def test_parallel_batches_give_the_same_bits_in_the_same_order() -> None:
         p = torch.softmax(x * 3, dim=1)
         return p, p * p
 
+    calls: list[int] = []  # threads of each call: 1, or those the last round's batches share
+
+    def predict_on(threads: int) -> Any:
+        def shared(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            calls.append(threads)
+            return predict_batch(x)
+
+        return shared
+
     def run(workers: int) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
         regions: list[tuple[int, int, int, int]] = []
         means: list[np.ndarray] = []
+        calls.clear()
 
         def on_final(region: tuple[int, int, int, int], mean: np.ndarray, sq: np.ndarray | None, v: np.ndarray) -> None:
             assert sq is not None
@@ -184,13 +195,15 @@ def test_parallel_batches_give_the_same_bits_in_the_same_order() -> None:
             means.extend([mean.copy(), sq.copy()])
 
         sliding_window(height, width, 3, source, predict_batch, on_final, window=64, overlap=24, batch_size=2,
-                       block_px=80, with_squares=True, workers=workers)  # fmt: skip
+                       block_px=80, with_squares=True, workers=workers, predict_on=predict_on)  # fmt: skip
         return regions, means
 
     regions, means = run(1)
-    regions3, means3 = run(3)
-    assert regions3 == regions and len(regions) > 4
-    for a, b in zip(means, means3, strict=True):
+    assert calls == []
+    regions5, means5 = run(5)  # 6 blocks of 2 x 2 windows = 12 batches: the last 2 share the 5 threads, 2 each
+    assert calls == [2, 2]
+    assert regions5 == regions and len(regions) == 6
+    for a, b in zip(means, means5, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -8,6 +8,7 @@ fetches imagery per block of windows from the imagery store, so memory stays bou
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -77,7 +78,14 @@ class _ModelRunner:
             )
         self.n_classes = n_classes - 1
         self.workers = parallel_batches(bundle, runtime, precision)
+        self._engine = (bundle, runtime, precision)
         self.logits = logits_function(bundle, runtime, precision, threads=1 if self.workers > 1 else None)
+
+    def on_threads(self, threads: int) -> _ModelRunner:
+        """This runner with every call on `threads` threads (the last batches of a grid, fewer than the workers)."""
+        other = copy.copy(self)
+        other.logits = logits_function(*self._engine, threads=threads)
+        return other
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # only the predicted classes are upsampled (bilinear, as `logits_at_input_size`) to the input size
@@ -277,6 +285,7 @@ def _run_model(
         with_squares=uncertainty,
         progress=progress,
         workers=runner.workers,
+        predict_on=lambda threads: _batch_predictor(runner.on_threads(threads), tta or uncertainty, tta_variants),
     )
     return assembler
 

@@ -132,13 +132,16 @@ def sliding_window(
     with_squares: bool = False,
     progress: bool | None = None,
     workers: int = 1,
+    predict_on: Callable[[int], BatchPredictor] | None = None,
 ) -> None:
     """Predict a height x width grid window by window and hand every finished region to `on_final`.
 
     Batches run on `workers` threads while the calling thread fetches the next block's imagery and adds finished
     batches to the accumulators, one block ahead: the model never waits for imagery or blending, and the next
     block's first batches start while the current block is being finished. Results are added in raster order
-    whatever the order batches finish in, so they do not depend on `workers`.
+    whatever the order batches finish in, so they do not depend on `workers`. The last batches, fewer than the
+    workers, would leave threads idle: with `predict_on` they share them (`predict_on(threads)`: the model on that
+    many threads per call).
 
     Args:
         height: rows of the grid.
@@ -154,6 +157,7 @@ def sliding_window(
         with_squares: also accumulate squared probabilities (test-time augmentation variance).
         progress: show a progress bar (None: only on a terminal).
         workers: batches predicted at the same time (threads).
+        predict_on: the model with each call on a given number of threads, for the last batches (None: `predict_batch`).
     """
     check_window(window, overlap)
     ys = plan_axis(height, window, overlap, block_px)
@@ -168,14 +172,26 @@ def sliding_window(
     next_below: np.ndarray | None = None  # the strip below the current block row, filled block by block
     carry_right: tuple[int, np.ndarray] | None = None  # (first col, (k, y1-y0, cols)) from the left block
 
+    order = [(bi, bj) for bi in range(len(ys.blocks)) for bj in range(len(xs.blocks))]
+    workers = max(1, workers)
+    n_batches = sum(math.ceil(_count(ys.blocks[bi]) * _count(xs.blocks[bj]) / batch_size) for bi, bj in order)
+    last_round = n_batches % workers  # batches of the last round, when they are fewer than the workers
+    shared = predict_on(workers // last_round) if predict_on and last_round and workers // last_round > 1 else None
+    queued = 0
+
     def start(bi: int, bj: int) -> _Block:
         """Fetch block (bi, bj)'s imagery and queue its batches."""
+        nonlocal queued
         (y0, y1), (x0, x1) = ys.footprint(bi), xs.footprint(bj)
         data, valid = source((y0, y1, x0, x1))
         windows = [(ys.origins[a], xs.origins[b]) for a in range(*ys.blocks[bi]) for b in range(*xs.blocks[bj])]
         chunks = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
         shape = (ys.window, xs.window)
-        jobs = [pool.submit(_predict, predict_batch, data, chunk, (y0, x0), shape) for chunk in chunks]
+        jobs = []
+        for chunk in chunks:
+            model = shared if shared is not None and queued >= n_batches - last_round else predict_batch
+            jobs.append(pool.submit(_predict, model, data, chunk, (y0, x0), shape))
+            queued += 1
         return _Block(bi, bj, valid, chunks, jobs)
 
     def finish(block: _Block) -> None:
@@ -212,8 +228,7 @@ def sliding_window(
             next_below[:, :, x0:x1] = acc[:, fh:, :]
         carry_right = (x_final, acc[:, :, fw:].copy()) if x_final < x1 else None
 
-    order = [(bi, bj) for bi in range(len(ys.blocks)) for bj in range(len(xs.blocks))]
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lulc-window")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lulc-window")
     pending: _Block | None = None
     try:
         for bi, bj in order:
@@ -226,6 +241,10 @@ def sliding_window(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
+
+
+def _count(span: tuple[int, int]) -> int:
+    return span[1] - span[0]
 
 
 @dataclass
