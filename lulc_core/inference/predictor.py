@@ -106,7 +106,8 @@ class _Normaliser:
         self.std = np.where(std > 0, std, 1.0).astype(np.float32)[:, None, None]
 
     def __call__(self, data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = (data.astype(np.float32) - self.mean) / self.std
+        x = np.subtract(data, self.mean, dtype=np.float32)  # one new array, normalised in place
+        np.divide(x, self.std, out=x)
         ok = valid & np.isfinite(x).all(axis=0)
         x[:, ~ok] = 0.0
         return x, ok

@@ -14,6 +14,7 @@ batch, not with the area — only the caller's uint8 output grows with the area.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -136,9 +137,9 @@ def sliding_window(
 ) -> None:
     """Predict a height x width grid window by window and hand every finished region to `on_final`.
 
-    Batches run on `workers` threads while the calling thread fetches the next block's imagery and adds finished
-    batches to the accumulators, one block ahead: the model never waits for imagery or blending, and the next
-    block's first batches start while the current block is being finished. Results are added in raster order
+    Batches run on `workers` threads while the calling thread fetches the next blocks' imagery and adds finished
+    batches to the accumulators, one block ahead (two when the next block has fewer batches than workers): the model
+    does not wait for imagery or blending, and the next block's batches start while the current block is finished. Results are added in raster order
     whatever the order batches finish in, so they do not depend on `workers`. The last batches, fewer than the
     workers, would leave threads idle: with `predict_on` they share them (`predict_on(threads)`: the model on that
     many threads per call).
@@ -229,15 +230,20 @@ def sliding_window(
         carry_right = (x_final, acc[:, :, fw:].copy()) if x_final < x1 else None
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lulc-window")
-    pending: _Block | None = None
+    queue: deque[_Block] = deque()  # started blocks, the one to finish first on the left
+    upcoming = iter(order)
     try:
-        for bi, bj in order:
-            started = start(bi, bj)  # while the workers run the pending block's batches
-            if pending is not None:
-                finish(pending)
-            pending = started
-        if pending is not None:
-            finish(pending)
+        while True:
+            # start blocks (fetch, queue batches) until the workers have a batch beyond the block to finish next,
+            # at most two blocks ahead: a worker done with that block's batches then never waits for imagery
+            while len(queue) < 3 and (len(queue) < 2 or sum(len(b.jobs) for b in list(queue)[1:]) < workers):
+                nxt = next(upcoming, None)
+                if nxt is None:
+                    break
+                queue.append(start(*nxt))
+            if not queue:
+                break
+            finish(queue.popleft())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
