@@ -274,20 +274,10 @@ def warp_onto_tile(
 ) -> np.ndarray:
     """Bands `indexes` of an open dataset (local file or a COG over HTTP) read in the window covering the tile and
     warped onto its grid: float32 (len(indexes), *shape), NaN outside the dataset or where it has no data."""
-    fresh = np.full((len(indexes), *shape), np.nan, dtype=np.float32)
     offset = _grid_offset(src, dst_transform, dst_crs)
     if offset is not None:  # the tile grid is the file's grid shifted by whole pixels: read, no warp
-        row, col = offset
-        r0, c0 = max(row, 0), max(col, 0)
-        r1, c1 = min(row + shape[0], src.height), min(col + shape[1], src.width)
-        if r1 > r0 and c1 > c0:
-            window = Window(c0, r0, c1 - c0, r1 - r0)
-            part = fresh[:, r0 - row : r1 - row, c0 - col : c1 - col]
-            part[...] = src.read(indexes, window=window, out_dtype="float32")
-            flags = src.mask_flag_enums
-            if not all(MaskFlags.all_valid in flags[i - 1] for i in indexes):
-                part[src.read_masks(indexes, window=window) == 0] = np.nan
-        return fresh
+        return _read_on_grid(src, indexes, offset, shape)
+    fresh = np.full((len(indexes), *shape), np.nan, dtype=np.float32)
     window = _source_window(src, tile)
     if window is None:
         return fresh
@@ -306,6 +296,29 @@ def warp_onto_tile(
         resampling=resampling,
     )
     return fresh
+
+
+def _read_on_grid(
+    src: rasterio.io.DatasetReader, indexes: list[int], offset: tuple[int, int], shape: tuple[int, int]
+) -> np.ndarray:
+    """Bands `indexes` of the tile whose first pixel is (row, col) = `offset` of `src`'s own grid (NaN outside)."""
+    row, col = offset
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + shape[0], src.height), min(col + shape[1], src.width)
+    inside = (r0, c0, r1, c1) == (row, col, row + shape[0], col + shape[1])
+    size = (len(indexes), *shape)
+    out = np.empty(size, np.float32) if inside else np.full(size, np.nan, np.float32)
+    if r1 > r0 and c1 > c0:
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        part = out[:, r0 - row : r1 - row, c0 - col : c1 - col]
+        if inside:  # straight into the tile's array
+            src.read(indexes, window=window, out=out)
+        else:
+            part[...] = src.read(indexes, window=window, out_dtype="float32")
+        flags = src.mask_flag_enums
+        if not all(MaskFlags.all_valid in flags[i - 1] for i in indexes):
+            part[src.read_masks(indexes, window=window) == 0] = np.nan
+    return out
 
 
 def _grid_offset(
