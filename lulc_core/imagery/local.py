@@ -257,8 +257,12 @@ class LocalGeoTiffStore:
         dst_transform: rasterio.Affine,
         dst_crs: CRS,
     ) -> np.ndarray:
-        """`bands` of file `f` warped onto the tile grid (NaN outside the file or where it has no data)."""
-        with rasterio.open(f.path) as src:
+        """`bands` of file `f` warped onto the tile grid (NaN outside the file or where it has no data).
+
+        Uncompressed files are read without GDAL's block cache (`GTIFF_DIRECT_IO`; compressed ones as usual): the
+        file is opened per fetch, so cached blocks would be dropped anyway, and a 15-band pixel-interleaved block
+        is read in a third of the CPU time."""
+        with rasterio.Env(GTIFF_DIRECT_IO=True), rasterio.open(f.path) as src:
             indexes = [f.band_names.index(b) + 1 for b in bands]
             return warp_onto_tile(src, indexes, tile, shape, dst_transform, dst_crs, self.resampling)
 

@@ -273,7 +273,7 @@ def _predict(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The model's mean (and squared) probabilities of the windows at `chunk` (grid origins) of a block."""
     y0, x0 = offset
-    batch = np.stack([_cut(data, oy - y0, ox - x0, *shape) for oy, ox in chunk])
+    batch = np.stack([_cut(data, oy - y0, ox - x0, *shape) for oy, ox in chunk]).astype(np.float32, copy=False)
     with torch.inference_mode():
         mean, squares = predict_batch(torch.from_numpy(batch))
     return mean.float().cpu().numpy(), squares.float().cpu().numpy() if squares is not None else None
@@ -304,9 +304,10 @@ def _add(
 
 
 def _cut(data: np.ndarray, row: int, col: int, h: int, w: int) -> np.ndarray:
-    """The window at (row, col) of `data`, reflect-padded to (h, w) where the data is smaller."""
+    """The window at (row, col) of `data` (a view when it fits), reflect-padded to (h, w) where the data is smaller;
+    the batch is stacked from these, so each window is copied once."""
     part = data[:, row : row + h, col : col + w]
     pad_h, pad_w = h - part.shape[1], w - part.shape[2]
     if pad_h or pad_w:
         part = np.pad(part, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect" if min(part.shape[1:]) > 1 else "edge")
-    return np.ascontiguousarray(part, dtype=np.float32)
+    return part
