@@ -408,7 +408,12 @@ class ServingConfig(StrictModel):
         "the overlap allows, each only as large as needed.",
     )
     overlap: int = Field(default=32, ge=0, description="Overlap between windows in pixels.")
-    batch_size: int = Field(default=2, ge=1, description="Windows per forward pass.")
+    batch_size: int = Field(
+        default=2,
+        ge=1,
+        description="Windows predicted at once; on onnxruntime shared out over the parallel one-thread calls (2 "
+        "windows on 2 threads: one window per call), so memory stays that of one call of all of them.",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32",
         description="Arithmetic of the network: fp32, or torch autocast to bf16/fp16 (mixed precision, for CUDA; "

@@ -281,7 +281,8 @@ def _run_model(
         assembler,
         window=window,
         overlap=overlap,
-        batch_size=batch_size,
+        # `batch_size` windows at once, shared out over the parallel calls: memory as on one call of all of them
+        batch_size=math.ceil(batch_size / runner.workers),
         block_px=block_px,
         with_squares=uncertainty,
         progress=progress,

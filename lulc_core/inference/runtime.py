@@ -85,6 +85,9 @@ def _session(bundle: ModelBundle, threads: int) -> Any:
             # idle threads sleep instead of spinning: spinning burns a pod's CPU quota and, on shared cores,
             # the time of the very threads it waits for
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # one memory arena for the sessions of every thread count (each keeps what it once needed otherwise)
+            _register_shared_arena(ort)
+            options.add_session_config_entry("session.use_env_allocators", "1")
             path = onnx_file(bundle)
             try:
                 session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -96,6 +99,17 @@ def _session(bundle: ModelBundle, threads: int) -> Any:
             per_bundle[threads] = session
             log.info("inference on onnxruntime: %s (threads per call: %d)", path, threads)
         return session
+
+
+_shared_arena: list[bool] = []
+
+
+def _register_shared_arena(ort: Any) -> None:
+    """Register onnxruntime's process-wide CPU arena once (sessions opt in with `session.use_env_allocators`)."""
+    if not _shared_arena:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, None)
+        _shared_arena.append(True)
 
 
 def _check_session(session: Any, bundle: ModelBundle) -> None:
