@@ -7,7 +7,8 @@ logits at 1/4 resolution (B, classes, h/4, w/4):
   by `lulc_core.quantization`), else its `model.onnx` (written by `lulc_core.bundle.export_onnx`, verified against
   torch there), in an onnxruntime session with its memory arena and memory patterns on (the defaults: buffers are reused from one
   window to the next instead of being allocated per operator), on as many threads as torch uses;
-- "torch": the bundle's torch model under `torch.inference_mode`;
+- "torch": the bundle's torch model with its decode head folded (`lulc_core.decoder_fold`, as in model.onnx)
+  under `torch.inference_mode`;
 - "auto" (default): onnx when the bundle has a `model.onnx` matching its bands and classes, the model is on
   the CPU and the precision is fp32, torch otherwise. On CPU, onnxruntime runs a window about twice as fast as torch.
 
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from lulc_core.bundle import INT8_FILE, ONNX_FILE, ModelBundle
+from lulc_core.decoder_fold import FoldedSegformer
 from lulc_core.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -154,13 +156,13 @@ def logits_function(bundle: ModelBundle, runtime: str = "auto", precision: str =
 
         return run_onnx
 
-    model = bundle.model.eval()
+    model = FoldedSegformer(bundle.model.eval())
     device = next(model.parameters()).device
 
     dtype = AUTOCAST_DTYPES.get(precision)
 
     def run_torch(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            return model(pixel_values=x.to(device)).logits.float()  # type: ignore[no-any-return]
+            return model(x.to(device)).float()  # type: ignore[no-any-return]
 
     return run_torch
