@@ -365,8 +365,8 @@ def run(quick: bool = False) -> Section:
             ">= 1.5x",
             q["int8_pxs"] / q["fp32_pxs"] >= 1.5,
             f"medians of {3 if quick else 9} interleaved runs, {threads} threads, the predictor's onnxruntime "
-            "sessions (model.onnx vs model.int8.onnx: static QDQ of convolutions, encoder dense MatMuls and the "
-            "decoder's concat (lulc_core.quantization.int8_nodes), calibrated on 32 chips of the "
+            "sessions (model.onnx vs model.int8.onnx, both with the decode head folded: static QDQ of the MatMuls with "
+            "constant weights (lulc_core.quantization.int8_nodes), calibrated on 32 chips of the "
             "imagery); agreement of a random-init model's classes (the trained model's agreement and test mIoU "
             "are checked at registration: docs/performance.md)",
             baseline_name="lulc fp32 ONNX",
