@@ -89,12 +89,12 @@ def original_export(bundle: Any, target: Path) -> Path:
     decode head unfolded, with dynamic batch and size (lulc's `model.onnx` has its decode head folded)."""
     import warnings
 
-    from lulc_core.bundle import _LogitsOnly
+    from lulc_core.decoder_fold import LogitsOnly
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _LogitsOnly(bundle.model.eval()),
+            LogitsOnly(bundle.model.eval()),
             (torch.zeros(1, len(bundle.metadata.bands), 64, 64),),
             str(target),
             input_names=["pixel_values"],
@@ -251,9 +251,9 @@ def run(quick: bool = False) -> Section:
     from serving_helpers import write_run_config
 
     from benchmarks.serving_memory import area_bbox
-    from lulc_core.bundle import ModelBundle, _LogitsOnly
+    from lulc_core.bundle import ModelBundle
     from lulc_core.config import ServingConfig
-    from lulc_core.decoder_fold import FoldedSegformer
+    from lulc_core.decoder_fold import FoldedSegformer, LogitsOnly
     from lulc_core.geo import BBox
     from lulc_core.imagery.local import LocalGeoTiffStore
 
@@ -306,7 +306,7 @@ def run(quick: bool = False) -> Section:
         buffer_px = math.ceil(defaults.edge_buffer_m / 10.0)
         windows, win = served_windows(served_shape[0], served_shape[1], defaults.window, defaults.overlap, buffer_px)
         per_window = window_flops(FoldedSegformer(bundle.model), len(bundle.metadata.bands), win)
-        per_window_unfolded = window_flops(_LogitsOnly(bundle.model), len(bundle.metadata.bands), win)
+        per_window_unfolded = window_flops(LogitsOnly(bundle.model), len(bundle.metadata.bands), win)
         progress("inference: int8 vs fp32 ONNX (the predictor's sessions), interleaved")
         mosaic = sample_mosaic(defaults.window * 2, defaults.window * 2)
         q = int8_against_fp32(bundle_dir, mosaic, defaults.window, defaults.batch_size, 3 if quick else 9)
@@ -365,8 +365,8 @@ def run(quick: bool = False) -> Section:
             ">= 1.5x",
             q["int8_pxs"] / q["fp32_pxs"] >= 1.5,
             f"medians of {3 if quick else 9} interleaved runs, {threads} threads, the predictor's onnxruntime "
-            "sessions (model.onnx vs model.int8.onnx: static QDQ of convolutions, encoder dense MatMuls and the "
-            "decoder's concat (lulc_core.quantization.int8_nodes), calibrated on 32 chips of the "
+            "sessions (model.onnx vs model.int8.onnx, both with the decode head folded: static QDQ of the MatMuls with "
+            "constant weights (lulc_core.quantization.int8_nodes), calibrated on 32 chips of the "
             "imagery); agreement of a random-init model's classes (the trained model's agreement and test mIoU "
             "are checked at registration: docs/performance.md)",
             baseline_name="lulc fp32 ONNX",

@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lulc_core import __version__
+from lulc_core.decoder_fold import LogitsOnly, inference_network
 from lulc_core.errors import ConfigError, NotFoundError
 from lulc_core.labels import LabelSet
 from lulc_core.raster import atomic_path, publish_tree
@@ -168,17 +169,6 @@ def save_bundle(path: str | Path, model: Any, metadata: BundleMetadata) -> Path:
     return target
 
 
-class _LogitsOnly(torch.nn.Module):
-    """The SegFormer returning only its logits tensor (what ONNX exports)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits  # type: ignore[no-any-return]
-
-
 def export_onnx(
     bundle_dir: str | Path,
     output: str | Path | None = None,
@@ -197,12 +187,10 @@ def export_onnx(
     """
     import warnings
 
-    from lulc_core.decoder_fold import FoldedSegformer
-
     bundle = ModelBundle.load(bundle_dir)
     bundle.model.eval()
-    original = _LogitsOnly(bundle.model).eval()
-    wrapper = FoldedSegformer(bundle.model)
+    original = LogitsOnly(bundle.model).eval()
+    wrapper = inference_network(bundle.model)
     channels = len(bundle.metadata.bands)
     example = torch.zeros(1, channels, 64, 64)
     target = Path(output) if output is not None else Path(bundle_dir) / ONNX_FILE

@@ -76,3 +76,21 @@ class FoldedSegformer(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         stages = self.encoder(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
         return self.head(tuple(stages))  # type: ignore[no-any-return]
+
+
+def inference_network(model: Any) -> nn.Module:
+    """pixel_values -> 1/4-resolution logits for inference: SegFormer folded, any other model's `.logits` as is."""
+    if hasattr(model, "decode_head") and hasattr(model, "segformer"):
+        return FoldedSegformer(model)
+    return LogitsOnly(model.eval())
+
+
+class LogitsOnly(nn.Module):
+    """A model whose output has `.logits` (transformers' convention) as a tensor function (what ONNX exports)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits  # type: ignore[no-any-return]

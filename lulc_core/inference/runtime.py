@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from lulc_core.bundle import INT8_FILE, ONNX_FILE, ModelBundle
-from lulc_core.decoder_fold import FoldedSegformer
+from lulc_core.decoder_fold import inference_network
 from lulc_core.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def logits_function(bundle: ModelBundle, runtime: str = "auto", precision: str =
 
         return run_onnx
 
-    model = FoldedSegformer(bundle.model.eval())
+    model = inference_network(bundle.model.eval())
     device = next(model.parameters()).device
 
     dtype = AUTOCAST_DTYPES.get(precision)
