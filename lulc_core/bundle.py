@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lulc_core import __version__
+from lulc_core.decoder_fold import LogitsOnly, inference_network
 from lulc_core.errors import ConfigError, NotFoundError
 from lulc_core.labels import LabelSet
 from lulc_core.raster import atomic_path, publish_tree
@@ -168,17 +169,6 @@ def save_bundle(path: str | Path, model: Any, metadata: BundleMetadata) -> Path:
     return target
 
 
-class _LogitsOnly(torch.nn.Module):
-    """The SegFormer returning only its logits tensor (what ONNX exports)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits  # type: ignore[no-any-return]
-
-
 def export_onnx(
     bundle_dir: str | Path,
     output: str | Path | None = None,
@@ -191,13 +181,16 @@ def export_onnx(
 
     Input ``pixel_values`` float32 (batch, bands, height, width), normalised as lulc.json says; output ``logits``
     (batch, classes, height/4, width/4). Batch, height and width are dynamic (height and width multiples of 32).
-    With `verify`, onnxruntime runs the file at two input sizes and must match torch within `atol` (scaled by the
-    logits' magnitude), otherwise nothing is written.
+    The graph is the model with its decode head folded (`lulc_core.decoder_fold`: same logits, about half the
+    FLOPs). With `verify`, onnxruntime runs the file at two input sizes and must match the original (unfolded)
+    torch model within `atol` (scaled by the logits' magnitude), otherwise nothing is written.
     """
     import warnings
 
     bundle = ModelBundle.load(bundle_dir)
-    wrapper = _LogitsOnly(bundle.model).eval()
+    bundle.model.eval()
+    original = LogitsOnly(bundle.model).eval()
+    wrapper = inference_network(bundle.model)
     channels = len(bundle.metadata.bands)
     example = torch.zeros(1, channels, 64, 64)
     target = Path(output) if output is not None else Path(bundle_dir) / ONNX_FILE
@@ -216,9 +209,8 @@ def export_onnx(
             opset_version=opset,
             dynamo=False,
         )
-        wrapper.eval()
         if verify:
-            diff = verify_onnx(wrapper, tmp, channels, atol=atol)
+            diff = verify_onnx(original, tmp, channels, atol=atol)
             log.info("ONNX matches torch (max abs diff %.2e)", diff)
     log.info("ONNX model written to %s", target)
     return target

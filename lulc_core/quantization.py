@@ -6,7 +6,7 @@ evaluate step, before registration):
 
 1. `model.onnx` (exported and verified against torch if missing) goes through onnxruntime's `quant_pre_process`
    (symbolic shape inference, graph optimisation), then `quantize_static` in QDQ format of the nodes `int8_nodes`
-   chooses (convolutions, the encoder's dense MatMuls, the decoder's concat): int8 weights per output channel,
+   chooses (the MatMuls with constant weights): int8 weights per output channel,
    uint8 activations whose ranges come from a `CalibrationDataReader` over `data.chip_size` chips of the
    *training* tiles (never the test tiles).
 2. fp32 and int8 sessions predict every test tile whole; the share of pixels with the same class (agreement) and
@@ -128,51 +128,33 @@ def session(path: Path, threads: int = 1) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-QUANTIZED_OPS = ("Conv", "MatMul", "Concat")
+QUANTIZED_OPS = ("MatMul",)
 """Operator types quantised (which nodes of them: `int8_nodes`)."""
 
 
 def int8_nodes(model_path: Path) -> list[str]:
-    """The nodes quantised: the int8 setup measured fastest at agreement >= 0.99 (docs/performance.md, int8).
+    """The nodes quantised: the MatMuls with constant weights (attention Q/K/V and output projections, the
+    MixFFN's dense layers) — the int8 setup measured fastest at agreement >= 0.99 on the folded graph
+    (docs/performance.md, int8).
 
-    - Convolutions except depthwise ones (the MixFFN 3x3: int8 gains little there and its NHWC layout adds
-      transposes) and the two at the graph's ends (`edge_nodes`).
-    - The encoder's MatMuls with constant weights (attention Q/K/V/output, MixFFN dense layers; `MatMulConstBOnly`
-      keeps the attention's activation x activation products fp32, whose quantised Softmax costs more than it saves).
-    - The Concat feeding a convolution (the decoder's 4 x 256 maps at 1/4 resolution): uint8, a quarter of the bytes.
-
-    Kept fp32: the decoder's MatMuls (their outputs are upsampled in fp32: int8 bilinear Resize is not fused on the
-    CPU, so quantising them only adds quantise/dequantise passes), Resize, LayerNorm, Softmax, GELU.
-    The exported graph names its nodes after the torch modules (`/model/decode_head/...`).
+    Kept fp32: the attention's activation x activation products and Softmax (quantised, `QLinearSoftmax` costs more
+    than it saves; onnxruntime's `MatMulConstBOnly` alone did not keep them out once nodes are listed), every
+    convolution (patch embeddings, the attention's reduction, the MixFFN's depthwise 3x3, the folded decoder's
+    per-stage projections and the classifier: int8 `QLinearConv` needs NHWC transposes that cost more than it saves
+    here), Resize, LayerNorm, GELU. The exported graph names its nodes after the torch modules (`/encoder/...`).
     """
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    edges = set(edge_nodes(model_path))
-    consumers: dict[str, list[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node.op_type)
+    constants = {init.name for init in graph.initializer}
+    constants |= {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    producers = {out: node for node in graph.node for out in node.output}
 
-    def quantised(node: Any) -> bool:
-        if node.op_type == "Conv":
-            depthwise = any(a.name == "group" and a.i > 1 for a in node.attribute)
-            return not depthwise and node.name not in edges
-        if node.op_type == "MatMul":
-            return "decode_head" not in node.name
-        return node.op_type == "Concat" and "Conv" in consumers.get(node.output[0], [])
+    def constant(name: str) -> bool:
+        node = producers.get(name)
+        return name in constants or (node is not None and node.op_type == "Transpose" and constant(node.input[0]))
 
-    return [node.name for node in graph.node if quantised(node)]
-
-
-def edge_nodes(model_path: Path) -> list[str]:
-    """Names of the Conv nodes that read the graph's input or write its output (patch embedding, classifier): kept
-    in fp32, as is usual — the 15-band input and the logits whose argmax is the answer are the most sensitive."""
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    ends = {i.name for i in graph.input} | {o.name for o in graph.output}
-    return [n.name for n in graph.node if n.op_type == "Conv" and ends & {*n.input, *n.output}]
+    return [n.name for n in graph.node if n.op_type == "MatMul" and constant(n.input[1])]
 
 
 def quantize_onnx(fp32: Path, target: Path, chips: CalibrationChips, per_channel: bool = True) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,34 +152,85 @@ def write_geotiff(
     data = raster.data.astype(out_dtype, copy=False)
     if raster.valid is not None and nodata is not None:
         data = np.where(raster.valid[None], data, np.asarray(nodata, dtype=out_dtype))
+    grid = (raster.crs, raster.transform, raster.width, raster.height)
+    return _write_tiff(path, raster, grid, lambda dst: dst.write(data), nodata, colormap, cog, out_dtype)
+
+
+def write_warped_geotiff(
+    path: str | os.PathLike[str],
+    raster: Raster,
+    bounds: tuple[float, float, float, float],
+    crs: str = "EPSG:4326",
+    *,
+    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+) -> Path:
+    """The Cloud-Optimised GeoTIFF `write_geotiff(path, warp_to_bounds(raster, bounds, crs), cog=True, ...)`
+    writes, byte for byte, without the warped array: GDAL's warper writes into the file chunk by chunk.
+
+    For integer rasters (classes) without nodata (the validity mask is not written, as by `write_geotiff`
+    without `nodata`). The file the COG is copied from has strips of one row, as an in-memory array has: GDAL
+    splits its warp into the same chunks, so nearest-neighbour picks the very pixels `warp_to_bounds` picks.
+    """
+    from rasterio.warp import reproject
+
+    if not np.issubdtype(raster.data.dtype, np.integer):
+        raise ValueError(f"write_warped_geotiff writes integer rasters, not {raster.data.dtype}")
+    dst_crs, transform, width, height = _grid_on_bounds(raster, bounds, crs)
+
+    def fill(dst: rasterio.io.DatasetWriter) -> None:
+        common = {"src_transform": raster.transform, "src_crs": raster.crs, "dst_transform": transform}
+        bands = rasterio.band(dst, list(range(1, raster.data.shape[0] + 1)))
+        reproject(raster.data, bands, resampling=Resampling.nearest, dst_crs=dst_crs, **common)
+
+    grid = (dst_crs, transform, width, height)
+    strips = {"tiled": False, "blockysize": 1}
+    return _write_tiff(path, raster, grid, fill, None, colormap, True, str(raster.data.dtype), strips)
+
+
+def _write_tiff(
+    path: str | os.PathLike[str],
+    raster: Raster,
+    grid: tuple[CRS, Affine, int, int],
+    fill: Callable[[rasterio.io.DatasetWriter], object],
+    nodata: float | None,
+    colormap: Mapping[int, tuple[int, int, int, int]] | None,
+    cog: bool,
+    out_dtype: str,
+    layout: Mapping[str, object] | None = None,
+) -> Path:
+    """The GeoTIFF of `raster`'s bands, names and tags on `grid` (crs, transform, width, height), its pixels
+    written by `fill(dataset)`; `layout` overrides the tiling (of the file the COG is copied from)."""
+    crs, transform, width, height = grid
+    count = raster.data.shape[0]
     profile = {
         "driver": "GTiff",
-        "height": raster.height,
-        "width": raster.width,
-        "count": data.shape[0],
+        "height": height,
+        "width": width,
+        "count": count,
         "dtype": out_dtype,
-        "crs": raster.crs,
-        "transform": raster.transform,
+        "crs": crs,
+        "transform": transform,
         "compress": "deflate",
-        "tiled": raster.width >= 256 and raster.height >= 256,
+        "tiled": width >= 256 and height >= 256,
         "nodata": nodata,
     }
     if profile["tiled"]:
         profile.update(blockxsize=256, blockysize=256)
+    profile.update(layout or {})
     if out_dtype.startswith("float"):
         profile["predictor"] = 3
     target = Path(path)
     with atomic_path(target) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
-            if colormap is not None and data.shape[0] == 1 and out_dtype == "uint8":
+            if colormap is not None and count == 1 and out_dtype == "uint8":
                 dst.write_colormap(1, dict(colormap))
-            dst.write(data)
+            fill(dst)
             for i, name in enumerate(raster.band_names, start=1):
                 dst.set_band_description(i, name)
             if raster.tags:
                 dst.update_tags(**raster.tags)
             if cog:
-                factors = [f for f in (2, 4, 8, 16) if min(raster.height, raster.width) // f >= 64]
+                factors = [f for f in (2, 4, 8, 16) if min(height, width) // f >= 64]
                 if factors:
                     resampling = Resampling.nearest if out_dtype == "uint8" else Resampling.average
                     dst.build_overviews(factors, resampling)
@@ -222,15 +273,9 @@ def warp_to_bounds(
     utility sized its EPSG:4326 answers), so pixels keep about the source's ground size. Pixels without a source
     value are 0 (integers) or NaN (floats), and invalid when the source has a validity mask.
     """
-    from rasterio.transform import from_bounds
-    from rasterio.warp import reproject, transform_bounds
+    from rasterio.warp import reproject
 
-    dst_crs = CRS.from_user_input(crs)
-    west, south, east, north = bounds
-    x0, y0, x1, y1 = transform_bounds(dst_crs, raster.crs, west, south, east, north)
-    width = max(1, round((x1 - x0) / abs(raster.transform.a)))
-    height = max(1, round((y1 - y0) / abs(raster.transform.e)))
-    transform = from_bounds(west, south, east, north, width, height)
+    dst_crs, transform, width, height = _grid_on_bounds(raster, bounds, crs)
     fill = np.nan if np.issubdtype(raster.data.dtype, np.floating) else 0
     data = np.full((raster.data.shape[0], height, width), fill, raster.data.dtype)
     common = {"src_transform": raster.transform, "src_crs": raster.crs, "dst_transform": transform, "dst_crs": dst_crs}
@@ -241,3 +286,18 @@ def warp_to_bounds(
         reproject(raster.valid.astype(np.uint8), mask, resampling=Resampling.nearest, dst_nodata=0, **common)
         valid = mask.astype(bool)
     return Raster(data, transform, dst_crs, list(raster.band_names), valid, dict(raster.tags))
+
+
+def _grid_on_bounds(
+    raster: Raster, bounds: tuple[float, float, float, float], crs: str
+) -> tuple[CRS, Affine, int, int]:
+    """The grid on `crs` spanning exactly `bounds` with about `raster`'s pixel size: (crs, transform, w, h)."""
+    from rasterio.transform import from_bounds
+    from rasterio.warp import transform_bounds
+
+    dst_crs = CRS.from_user_input(crs)
+    west, south, east, north = bounds
+    x0, y0, x1, y1 = transform_bounds(dst_crs, raster.crs, west, south, east, north)
+    width = max(1, round((x1 - x0) / abs(raster.transform.a)))
+    height = max(1, round((y1 - y0) / abs(raster.transform.e)))
+    return dst_crs, from_bounds(west, south, east, north, width, height), width, height

@@ -21,21 +21,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
 
 from lulc_core.errors import InputError, LulcError, NotCoveredError, NotFoundError, UpstreamError
 from lulc_core.inference import (
     FusionMode,
-    write_prediction,
+    write_classes,
     write_preview_png,
     write_uncertainty,
     write_uncertainty_preview_png,
@@ -51,14 +52,16 @@ from serving.compat import (
     ignored_fields_warning,
     on_requested_box,
     original_labels,
+    requested_bounds,
 )
 from serving.observability import RequestContextMiddleware
 from serving.service import FIXES as FIELD_FIXES
-from serving.service import AreaJob, AreaRequest, LulcService, encode_file
+from serving.service import AreaJob, AreaRequest, LulcService, written_file
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 PNG = "image/png"
+CHUNK_BYTES = 1024 * 1024
 ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "Bad input: the field and the fix are named."},
     413: {"description": "Area or body larger than the configured limit."},
@@ -176,6 +179,13 @@ async def recursion_error_handler(_: Request, exc: Exception) -> Response:
     return _error(400, "the JSON body is nested too deeply", "body", "send a flat JSON object")
 
 
+def _chunks(file: BinaryIO) -> Iterator[bytes]:
+    """The bytes of `file` in chunks; the file is closed at the end (or with the generator, on a disconnect)."""
+    with file:
+        while chunk := file.read(CHUNK_BYTES):
+            yield chunk
+
+
 def build_router(model: ServiceHolder) -> APIRouter:
     """The original API's routes, answering from `model.service`."""
     router = APIRouter(tags=["lulc"], responses=ERRORS)
@@ -190,12 +200,21 @@ def build_router(model: ServiceHolder) -> APIRouter:
         return await service().predict_area(job)
 
     async def file(write: Callable[[Path], object], media: str, name: str, cached: bool, request: Request) -> Response:
-        content = await asyncio.to_thread(encode_file, write, Path(name).suffix)  # warping/encoding off the loop
-        headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Cache": "hit" if cached else "miss"}
-        ignored = ignored_fields(await request.json())
-        if ignored:
-            headers["Warning"] = ignored_fields_warning(ignored)
-        return Response(content=content, media_type=media, headers=headers)
+        """The file `write(path)` writes, streamed from disk (never whole in memory; deleted before the answer)."""
+        handle = await asyncio.to_thread(written_file, write, Path(name).suffix)  # warping/encoding off the loop
+        try:
+            headers = {
+                "Content-Disposition": f'attachment; filename="{name}"',
+                "Content-Length": str(os.fstat(handle.fileno()).st_size),
+                "X-Cache": "hit" if cached else "miss",
+            }
+            ignored = ignored_fields(await request.json())
+            if ignored:
+                headers["Warning"] = ignored_fields_warning(ignored)
+        except BaseException:
+            handle.close()
+            raise
+        return StreamingResponse(_chunks(handle), media_type=media, headers=headers)
 
     def check_uncertainty(body: OriginalRequest) -> None:
         if body.fusion_mode != FusionMode.ONLY_MODEL:
@@ -215,7 +234,7 @@ def build_router(model: ServiceHolder) -> APIRouter:
         prediction, cached = await run(body)
 
         def write(path: Path) -> None:
-            write_prediction(on_requested_box(prediction, body), path)
+            write_classes(prediction, path, requested_bounds(body))  # warped straight into the file
 
         return await file(write, GEOTIFF, "segmentation.tif", cached, request)
 

@@ -4,7 +4,8 @@
   ignored, as the original ignored them, and named in a `Warning` response header (`ignored_fields_warning`).
   The V1/V2 protocols and lulc's own options stay strict.
 - `on_requested_box`: a prediction on the original's grid, EPSG:4326 spanning exactly the requested box, unless
-  the client opts into lulc's UTM grid (`grid: "utm"`).
+  the client opts into lulc's UTM grid (`grid: "utm"`); `requested_bounds`: that box (for writers that warp
+  straight into the file).
 - `original_labels`: the original's `/segment/describe` keys `osm` and `corine` (name -> descriptor with
   `raster_value` and an RGB `color`).
 """
@@ -112,11 +113,16 @@ def ignored_fields_warning(names: list[str], limit: int = 10) -> str:
     return f'299 - "ignored unknown fields: {", ".join(shown)}{more}"'
 
 
+def requested_bounds(request: OriginalRequest) -> tuple[float, float, float, float] | None:
+    """The EPSG:4326 box a GeoTIFF answer spans exactly, or None for lulc's UTM grid (`grid: "utm"`)."""
+    return None if request.grid == Grid.UTM else request.box()
+
+
 def on_requested_box(prediction: Prediction, request: OriginalRequest) -> Prediction:
     """`prediction` on the grid the client asked for: EPSG:4326 spanning exactly the box (nearest neighbour)."""
-    if request.grid == Grid.UTM:
+    box = requested_bounds(request)
+    if box is None:
         return prediction
-    box = request.box()
     unc = prediction.uncertainty
     return Prediction(
         classes=warp_to_bounds(prediction.classes, box),

@@ -19,13 +19,13 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
 from lulc_core.bundle import ModelBundle
-from lulc_core.config import RunConfig, ServingConfig, load_run_config
-from lulc_core.errors import ConfigError, InputError, NotFoundError, TooLargeError
+from lulc_core.config import RunConfig, ServingConfig
+from lulc_core.errors import InputError, TooLargeError
+from lulc_core.model_source import resolve_source
 from serving.protocol import AreaJob, Batch, encode_v1, encode_v2, parse_v1, parse_v2
 from serving.service import LulcService, with_fix
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = Path("conf/run.yaml")
 
 
 class BadRequest(InvalidInput):
@@ -35,36 +35,6 @@ class BadRequest(InvalidInput):
         super().__init__(str(error))
         self.field = error.field
         self.fix = error.fix
-
-
-def resolve_source(source: str | Path, config: RunConfig | None) -> tuple[Path, RunConfig]:
-    """The local bundle directory of `source` (a path or registry ref) and the run configuration to serve with.
-
-    The configuration is `config` if given, else the one saved in the bundle, else ./conf/run.yaml.
-    """
-    path = Path(source)
-    if not path.is_dir():
-        from lulc_core.registry import build_registry, is_model_ref
-
-        if not is_model_ref(str(source)):
-            raise NotFoundError(
-                f"model {str(source)!r} is neither a bundle directory nor a registry ref (name@stage, or a Neptune "
-                "version id such as LULC-SEG-2)"
-            )
-        cfg = config or _default_config()
-        path = build_registry(cfg.registry, cfg.work_dir, ref=str(source)).resolve(str(source))
-    if config is not None:
-        return path, config
-    meta = ModelBundle.read_metadata(path)
-    if meta.run_config:
-        return path, RunConfig.model_validate(meta.run_config)
-    return path, _default_config()
-
-
-def _default_config() -> RunConfig:
-    if not DEFAULT_CONFIG.is_file():
-        raise ConfigError("config", "no run configuration given and the bundle has none", "pass --config run.yaml")
-    return load_run_config(DEFAULT_CONFIG)
 
 
 def _device(device: str) -> str:

@@ -6,12 +6,13 @@ Used by `lulc demo` and the benchmarks: one way to start the server, wait until 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import requests
@@ -37,11 +38,14 @@ def local_server(
     ready_timeout_s: float = 300.0,
     cwd: Path | None = None,
     cli: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[str, int]]:
     """Start `python -m serving` with `model` and `config`; yield (base URL, pid) once the model is loaded.
 
-    `cli=True` starts it the way a user does, as `lulc serve` (same server, the CLI's options). The server's output goes to `log_path` (a temporary file when None), never to an unread pipe that could fill
-    up and block it. SIGTERM on exit (graceful shutdown), SIGKILL if it does not stop within 60 s.
+    `cli=True` starts it the way a user does, as `lulc serve` (same server, the CLI's options). The server's output
+    goes to `log_path` (a temporary file when None), never to an unread pipe that could fill up and block it. `env`:
+    variables added to this process's environment for the server. SIGTERM on exit (graceful shutdown), SIGKILL if
+    it does not stop within 60 s.
     """
     port = free_port()
     entry = [str(Path(sys.executable).with_name("lulc")), "serve"] if cli else [sys.executable, "-m", "serving"]
@@ -51,7 +55,8 @@ def local_server(
         if log_path is None:
             log_path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lulc-serve-"))) / "server.log"
         with log_path.open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+            environ = None if env is None else os.environ | dict(env)
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=environ)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + ready_timeout_s

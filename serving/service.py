@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -411,9 +411,19 @@ def georeference(raster: Raster) -> dict[str, Any]:
     }
 
 
-def encode_file(write: Callable[[Path], object], suffix: str) -> bytes:
-    """Bytes of a file written by `write(path)` into a temporary directory (deleted afterwards)."""
+def written_file(write: Callable[[Path], object], suffix: str) -> BinaryIO:
+    """A file written by `write(path)` into a temporary directory, open for reading, the directory already deleted.
+
+    Nothing is left on disk whatever happens next (an error in `write`, a client gone mid-answer): the bytes live
+    until the returned file is closed.
+    """
     with tempfile.TemporaryDirectory(prefix="lulc-") as tmp:
         path = Path(tmp) / f"out{suffix}"
         write(path)
-        return path.read_bytes()
+        return path.open("rb")
+
+
+def encode_file(write: Callable[[Path], object], suffix: str) -> bytes:
+    """Bytes of a file written by `write(path)` (for answers that carry them inline, e.g. base64 in JSON)."""
+    with written_file(write, suffix) as file:
+        return file.read()

@@ -338,8 +338,8 @@ def test_an_operators_env_of_the_original_starts_the_server(operator_env: Any) -
 def test_neptune_version_ids_resolve_in_their_project(operator_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from lulc_core.config import RegistryConfig, load_run_config
     from lulc_core.errors import NotFoundError
+    from lulc_core.model_source import resolve_source
     from lulc_core.registry import build_registry
-    from serving.predictor import resolve_source
 
     server, tmp, _ = operator_env
     monkeypatch.setenv("NEPTUNE_API_TOKEN", server.api_token)

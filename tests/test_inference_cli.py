@@ -106,5 +106,30 @@ def test_predict_bad_inputs(sample_config: Path, sample_bundle: Path, tmp_path: 
         assert isinstance(result.exception, InputError), (args, result.output, result.exception)
         assert result.exception.field == field
     missing = runner.invoke(app, [*base, "--bbox", BBOX, "--model", str(tmp_path / "no-bundle")])
-    assert isinstance(missing.exception, NotFoundError) and "does not exist" in str(missing.exception)
+    assert isinstance(missing.exception, NotFoundError) and "neither a bundle directory" in str(missing.exception)
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_predict_without_config_uses_the_bundles_own(
+    sample_config: Path, sample_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `lulc serve`: no --config -> the run configuration saved in the bundle (no conf/run.yaml needed)."""
+    import json
+    import shutil
+
+    from lulc_core.config import load_run_config
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(sample_bundle, bundle)
+    meta = json.loads((bundle / "lulc.json").read_text())
+    meta["run_config"] = load_run_config(sample_config).model_dump(mode="json")
+    (bundle / "lulc.json").write_text(json.dumps(meta))
+    monkeypatch.chdir(tmp_path)  # no conf/run.yaml here
+    out = tmp_path / "own.tif"
+    result = CliRunner().invoke(app, ["predict", "--model", str(bundle), "--bbox", BBOX, *DATES, "-o", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert out.is_file()
+    bare = tmp_path / "bare"
+    shutil.copytree(sample_bundle, bare)
+    result = CliRunner().invoke(app, ["predict", "--model", str(bare), "--bbox", BBOX, *DATES, "-o", str(out)])
+    assert "pass --config run.yaml" in str(result.exception)

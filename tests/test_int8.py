@@ -106,3 +106,34 @@ def test_lulc_run_registers_int8_and_lulc_serve_answers_from_it(
         assert engine(ModelBundle.load(rejected), "auto") == f"onnxruntime:{ONNX_FILE}"
         tags = prepare_registration(rejected, RegistrationInfo(export_onnx=False), "x").version_tags
         assert tags["lulc.int8"].startswith("rejected: agreement") and "\n" not in tags["lulc.int8"]
+
+
+def test_int8_quantises_the_weight_matmuls_and_keeps_attention_products_fp32(
+    registry_tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """Only MatMuls with constant weights are int8; the attention's Q x K and its Softmax stay fp32."""
+    import onnx
+
+    from lulc_core.bundle import export_onnx
+    from lulc_core.quantization import CalibrationChips, int8_nodes, quantize_onnx
+
+    fp32 = export_onnx(registry_tiny_bundle, tmp_path / "model.onnx")
+    graph = onnx.load(str(fp32)).graph
+    weights = {init.name for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    chosen = set(int8_nodes(fp32))
+
+    def from_weights(name: str) -> bool:
+        node = producers.get(name)
+        return name in weights or (node is not None and node.op_type == "Transpose" and from_weights(node.input[0]))
+
+    activation_products = {n.name for n in graph.node if n.op_type == "MatMul" and not from_weights(n.input[1])}
+    assert chosen and activation_products and not chosen & activation_products
+    channels = len(json.loads((registry_tiny_bundle / "lulc.json").read_text())["bands"])
+    rng = np.random.default_rng(0)
+    chips = CalibrationChips([rng.standard_normal((channels, 64, 64)).astype(np.float32) for _ in range(2)])
+    int8 = onnx.load(str(quantize_onnx(fp32, tmp_path / "model.int8.onnx", chips))).graph
+    kinds = {out: node.op_type for node in int8.node for out in node.output}
+    assert sum(n.op_type == "DequantizeLinear" for n in int8.node) >= 2 * len(chosen)  # weight and activation
+    assert {kinds.get(i) for n in int8.node if n.op_type == "Softmax" for i in n.input}.isdisjoint({"DequantizeLinear"})
+    assert not [n for n in int8.node if n.op_type == "Conv" and kinds.get(n.input[1]) == "DequantizeLinear"]

@@ -270,11 +270,8 @@ def test_model_source_is_a_path_or_a_registry_ref(tmp_path: Path) -> None:
 
     from lulc_core.config import load_run_config
     from lulc_core.errors import NotFoundError
+    from lulc_core.model_source import resolve_source
     from lulc_core.registry import RegistrationInfo, build_registry
-    from serving import isolated_argv
-
-    with isolated_argv():
-        from serving.predictor import resolve_source
 
     bundle = make_bundle(tmp_path / "bundle")
     cfg = load_run_config(write_run_config(tmp_path / "run.yaml", tmp_path / "work"))

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from lulc_core.errors import InputError, NotFoundError
+from lulc_core.errors import InputError
 from lulc_core.geo import BBox
 
 log = logging.getLogger(__name__)
@@ -107,14 +107,15 @@ def predict(
     ] = None,
     end: Annotated[str | None, typer.Option("--end", help="Last imagery date YYYY-MM-DD (default: today).")] = None,
     config: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--config",
             "-c",
             envvar="LULC_CONFIG",
-            help="Run YAML: imagery store, OSM source, registry, serving defaults (with --model; a server uses its own).",
+            help="Run YAML: imagery store, OSM source, registry, serving defaults (with --model; default: the "
+            "bundle's, else conf/run.yaml; a server uses its own).",
         ),
-    ] = Path("conf/run.yaml"),
+    ] = None,
     preview: Annotated[Path | None, typer.Option("--preview", help="Also write a PNG preview with legend.")] = None,
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Minimum class probability 0..1 (else unknown).")
@@ -209,7 +210,7 @@ def _predict_in_process(
     bbox: str,
     start: str | None,
     end: str | None,
-    config: Path,
+    config: Path | None,
     output: Path,
     preview: Path | None,
     threshold: float | None,
@@ -232,6 +233,7 @@ def _predict_in_process(
         write_uncertainty_preview_png,
     )
     from lulc_core.inference.fusion import CORINE_MODES, OSM_MODES, build_fusion_sources
+    from lulc_core.model_source import resolve_source
 
     area = parse_bbox(bbox)
     start_d, end_d = date_range(start, end)
@@ -243,15 +245,8 @@ def _predict_in_process(
         edge_buffer_m=edge_buffer_m,
         tta=tta,
     )
-    cfg = load_run_config(config)
-    bundle_dir = Path(model)
-    if not bundle_dir.exists():
-        if "@" not in model and ("/" in model or model.startswith(".")):
-            raise NotFoundError(f"--model: bundle directory {model!r} does not exist (nor is it NAME@<alias|version>)")
-        from lulc_core.registry import build_registry
-
-        bundle_dir = build_registry(cfg.registry, cfg.work_dir, ref=model).resolve(model)
-        log.info("resolved %s to %s", model, bundle_dir)
+    bundle_dir, cfg = resolve_source(model, load_run_config(config) if config else None)  # as `lulc serve` does
+    log.info("model %s: bundle %s", model, bundle_dir)
     bundle = ModelBundle.load(bundle_dir)
     cache = (cfg.imagery.cache_dir or cfg.work_dir / "cache").resolve()
     store = build_imagery_store(cfg.imagery, cache_dir=cache / "imagery")

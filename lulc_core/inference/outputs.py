@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 
 from lulc_core.inference.options import Prediction
 from lulc_core.labels import LabelSet
-from lulc_core.raster import Raster, atomic_path, write_geotiff
+from lulc_core.raster import Raster, atomic_path, write_geotiff, write_warped_geotiff
 
 PREVIEW_MAX_PX = 2048
 """Previews of larger areas are subsampled to at most this many pixels per side."""
@@ -51,7 +51,25 @@ def write_prediction(
         write_geotiff(out, prediction.probabilities, cog=True, dtype="float32")
     if prediction.uncertainty is not None:
         write_uncertainty(prediction, Path(uncertainty_path) if uncertainty_path else siblings["uncertainty"])
-    return write_geotiff(target, prediction.classes, cog=True, colormap=prediction.label_set.colormap(), dtype="uint8")
+    return write_classes(prediction, target)
+
+
+def write_classes(
+    prediction: Prediction,
+    path: str | Path,
+    bounds: tuple[float, float, float, float] | None = None,
+    crs: str = "EPSG:4326",
+) -> Path:
+    """Write the class raster as a cloud-optimised GeoTIFF with the label set's colour map and class names.
+
+    With `bounds` (W, S, E, N in `crs`) it is warped onto `crs` spanning exactly them, nearest neighbour, straight
+    into the file (the bytes `warp_to_bounds` then `write_geotiff` give, without the warped array in memory).
+    """
+    colormap = prediction.label_set.colormap()
+    classes = prediction.classes
+    if bounds is None:
+        return write_geotiff(path, classes, cog=True, colormap=colormap, dtype="uint8")
+    return write_warped_geotiff(path, classes, bounds, crs, colormap=colormap)
 
 
 def prediction_paths(path: str | Path) -> dict[str, Path]:

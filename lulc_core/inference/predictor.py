@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import math
+import mmap
+import tempfile
 from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any, Literal
@@ -163,10 +165,26 @@ class _Assembler:
         self.threshold = threshold
         self.mixin_weight = mixin_weight
         self.osm = osm
-        self.classes = np.zeros((r1 - r0, c1 - c0), np.uint8)
+        self._files: list[mmap.mmap] = []
+        self.classes = self._on_disk((r1 - r0, c1 - c0))
         self.probabilities = np.zeros((n_classes, r1 - r0, c1 - c0), np.float16) if probabilities else None
         self.uncertainty = np.zeros((2, r1 - r0, c1 - c0), np.float32) if uncertainty else None
-        self.confidence = np.zeros((r1 - r0, c1 - c0), np.uint8) if confidence else None
+        self.confidence = self._on_disk((r1 - r0, c1 - c0)) if confidence else None
+
+    def _on_disk(self, shape: tuple[int, int]) -> np.ndarray:
+        """A zero-filled uint8 array mapped from an unlinked temporary file: the rows written go to the file (the
+        page cache), not the heap, so a 10,000² px request does not hold 100 MB; nothing is left on disk."""
+        with tempfile.TemporaryFile(prefix="lulc-classes-") as file:
+            file.truncate(shape[0] * shape[1])
+            mapped = mmap.mmap(file.fileno(), shape[0] * shape[1])  # keeps its own descriptor
+        self._files.append(mapped)
+        return np.frombuffer(mapped, np.uint8).reshape(shape)
+
+    def _release(self) -> None:
+        """Drop the written rows from this process's resident memory (they stay in the file; reads map them back)."""
+        for mapped in self._files:
+            if hasattr(mmap, "MADV_DONTNEED"):
+                mapped.madvise(mmap.MADV_DONTNEED)
 
     def __call__(self, region: Region, mean: np.ndarray, squares: np.ndarray | None, valid: np.ndarray) -> None:
         cr0, cr1, cc0, cc1 = self.crop
@@ -193,6 +211,7 @@ class _Assembler:
             entropy[~v] = np.nan
             self.uncertainty[0][out] = variance
             self.uncertainty[1][out] = entropy
+        self._release()
 
 
 def _to_prediction(

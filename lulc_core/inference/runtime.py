@@ -5,11 +5,13 @@ logits at 1/4 resolution (B, classes, h/4, w/4):
 
 - "onnx": the bundle's `model.int8.onnx` when it has one (`registry.onnx_quantization: int8`, checked against fp32
   by `lulc_core.quantization`), else its `model.onnx` (written by `lulc_core.bundle.export_onnx`, verified against
-  torch there), in an onnxruntime session with its memory arena and memory patterns on (the defaults: buffers are reused from one
-  window to the next instead of being allocated per operator). The predictor runs one batch per torch thread at
-  once, each call on one thread (`parallel_batches`): SegFormer has many small operators, and two threads sharing
-  each of them spend much of a call waiting for each other (one thread per call does ~1.2x the work per CPU second);
-- "torch": the bundle's torch model under `torch.inference_mode`;
+  torch there), in an onnxruntime session with its memory arena on (buffers are reused from one window to the next
+  instead of being allocated per operator) and memory patterns off (a pattern is one more block per input shape,
+  kept beside the arena: SegFormer-b0 at 2 x 512² px holds 377 MB with it, 193 MB without, at the same speed).
+  The predictor runs one batch per torch thread at once, each call on one thread (`parallel_batches`): SegFormer
+  has many small operators, and two threads sharing each of them spend much of a call waiting for each other;
+- "torch": the bundle's torch model with its decode head folded (`lulc_core.decoder_fold`, as in model.onnx)
+  under `torch.inference_mode`;
 - "auto" (default): onnx when the bundle has a `model.onnx` matching its bands and classes, the model is on
   the CPU and the precision is fp32, torch otherwise. On CPU, onnxruntime runs a window about twice as fast as torch.
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from lulc_core.bundle import INT8_FILE, ONNX_FILE, ModelBundle
+from lulc_core.decoder_fold import inference_network
 from lulc_core.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,7 @@ def _session(bundle: ModelBundle, threads: int) -> Any:
         if session is None:
             options = ort.SessionOptions()
             options.enable_cpu_mem_arena = True
-            options.enable_mem_pattern = True
+            options.enable_mem_pattern = False  # see the module docstring: half the memory, same speed
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -181,13 +184,13 @@ def logits_function(
 
         return run_onnx
 
-    model = bundle.model.eval()
+    model = inference_network(bundle.model.eval())
     device = next(model.parameters()).device
 
     dtype = AUTOCAST_DTYPES.get(precision)
 
     def run_torch(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            return model(pixel_values=x.to(device)).logits.float()  # type: ignore[no-any-return]
+            return model(x.to(device)).float()  # type: ignore[no-any-return]
 
     return run_torch
