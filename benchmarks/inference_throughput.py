@@ -361,7 +361,7 @@ def run(quick: bool = False) -> Section:
         ),
         Row(
             "1 inference",
-            "share of the fp32 matmul peak counting the unfolded model's FLOPs (info)",
+            "model FLOPs utilisation: the unfolded model's FLOPs per second over the fp32 matmul peak (info)",
             round(peak, 1),
             round(achieved_unfolded, 1),
             achieved_unfolded / peak,
