@@ -5,7 +5,8 @@ assemble -> areas -> OSM gaps) on a local imagery store, a fresh output location
 
 - throughput of two workers (`mapping.shards 2, parallelism 2, cpu_per_worker 1`) vs one worker on a 1-CPU
   allocation (`shards 1, parallelism 1, cpu_per_worker 1`, what a user sets for one worker on a 1-core pod),
-  runs interleaved; the predict stage (plan done -> last worker done, worker start and model load included) and
+  runs interleaved, each run pinned (`sched_setaffinity`) to cpu_per_worker x parallelism cores as the pods' CPU
+  limits would hold it; the predict stage (plan done -> last worker done, worker start and model load included) and
   the whole run. Informative: one worker with 2 threads (`cpu_per_worker 2`) — what one worker makes of both cores;
 - peak RSS of each pipeline worker (from its `statuses` artifact) vs the pipeline's predict step on one block
   (target <= 1.3x: memory does not grow with the number of blocks);
@@ -122,11 +123,25 @@ def _pipeline_figures(root: Path) -> dict[str, Any]:
     }
 
 
+def allocation(mapping: dict[str, Any]) -> set[int]:
+    """The CPUs a run may use: cpu_per_worker x parallelism of this machine's cores, as the pods' CPU limits would
+    give it (without them one worker's reader thread would run on the core a 1-CPU pod does not have)."""
+    cores = sorted(os.sched_getaffinity(0))
+    return set(cores[: max(1, min(len(cores), round(mapping["cpu_per_worker"] * mapping["parallelism"])))])
+
+
 def map_run(work: Path, name: str, mapping: dict[str, Any], pixels: int) -> dict[str, Any]:
-    """`lulc map run --local` with these mapping settings, in a fresh process; wall time and pipeline figures."""
+    """`lulc map run --local` with these mapping settings, in a fresh process on its CPU `allocation`; wall time and
+    pipeline figures."""
+    cpus = allocation(mapping)
     started = time.perf_counter()
     proc = subprocess.run(
-        _map_command(work, name, mapping, pixels), cwd=REPO, capture_output=True, text=True, check=False
+        _map_command(work, name, mapping, pixels),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
     )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -248,7 +263,7 @@ def run(quick: bool = False, rounds: int = 1) -> Section:
         f"per stage), torch; {settings}; no edge buffer; every run `lulc map run --local` (kfp.local) in a fresh "
         "process with its own output location; the predict stage spans the plan step's end to the last worker's end",
         "1 worker: mapping.shards 1, parallelism 1, cpu_per_worker 1; 2 workers: shards 2, parallelism 2, "
-        "cpu_per_worker 1; info: shards 1, parallelism 1, cpu_per_worker 2 (threads per worker = cpu_per_worker)",
+        "cpu_per_worker 1; info: shards 1, parallelism 1, cpu_per_worker 2 (threads per worker = cpu_per_worker); each run pinned to cpu_per_worker x parallelism cores (a pod's CPU limit)",
         "runs (Mpx/s predict, wall s): " + "; ".join(
             f"{k}: " + ", ".join(f"{r['mpx_s']:.3f}/{r['wall_s']:.0f}" for r in v) for k, v in runs.items() if v),
         "workers' peak RSS MB (threads): " + ", ".join(f"{w['peak_rss_mb']:.0f} ({w['threads']})" for w in workers),
