@@ -188,8 +188,7 @@ def export_onnx(
     import warnings
 
     bundle = ModelBundle.load(bundle_dir)
-    bundle.model.eval()
-    original = LogitsOnly(bundle.model).eval()
+    original = LogitsOnly(bundle.model).eval()  # eval() reaches the model: both graphs use running statistics
     wrapper = inference_network(bundle.model)
     channels = len(bundle.metadata.bands)
     example = torch.zeros(1, channels, 64, 64)

@@ -24,6 +24,7 @@ thread-safe).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -89,7 +90,7 @@ def _session(bundle: ModelBundle, threads: int) -> Any:
             # the time of the very threads it waits for
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             # one memory arena for the sessions of every thread count (each keeps what it once needed otherwise)
-            _register_shared_arena(ort)
+            _register_shared_arena()
             options.add_session_config_entry("session.use_env_allocators", "1")
             path = onnx_file(bundle)
             try:
@@ -104,15 +105,13 @@ def _session(bundle: ModelBundle, threads: int) -> Any:
         return session
 
 
-_shared_arena: list[bool] = []
-
-
-def _register_shared_arena(ort: Any) -> None:
+@functools.cache
+def _register_shared_arena() -> None:
     """Register onnxruntime's process-wide CPU arena once (sessions opt in with `session.use_env_allocators`)."""
-    if not _shared_arena:
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, None)
-        _shared_arena.append(True)
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, None)
 
 
 def _check_session(session: Any, bundle: ModelBundle) -> None:
