@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -51,12 +50,33 @@ class FoldedDecodeHead(nn.Module):
         self.classifier = head.classifier
 
     def forward(self, stages: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Encoder stage maps (B, C_i, H_i, W_i), finest first -> logits (B, classes, H_0, W_0)."""
-        size = stages[0].shape[2:]
+        """Encoder stage maps (B, C_i, H_i, W_i), finest first -> logits (B, classes, H_0, W_0).
+
+        The coarser stages' projections are upsampled and summed by two matrix products: each along its width
+        (B, D, h_i, w_i) @ (w_i, W), then all at once along the height, [A_1 | A_2 | A_3] (H, sum h_i) @ the
+        width-upsampled maps stacked on their rows. The same numbers as `F.interpolate(..., mode="bilinear",
+        align_corners=False)` and three additions, at less than half the time on a CPU (onnxruntime's Resize
+        and Add are memory-bound there; the products are not).
+        """
+        height, width = stages[0].shape[2:]
         mixed = self.projections[0](stages[0]) + self.bias
+        rows, columns = [], []
         for projection, state in zip(self.projections[1:], stages[1:], strict=True):
-            mixed = mixed + F.interpolate(projection(state), size=size, mode="bilinear", align_corners=False)
-        return self.classifier(torch.relu(mixed))  # type: ignore[no-any-return]
+            rows.append(projection(state) @ bilinear_weights(state.shape[3], width, state.device).t())
+            columns.append(bilinear_weights(state.shape[2], height, state.device))
+        upsampled = torch.cat(columns, dim=1) @ torch.cat(rows, dim=2)
+        return self.classifier(torch.relu(mixed + upsampled))  # type: ignore[no-any-return]
+
+
+def bilinear_weights(size_in: Any, size_out: Any, device: torch.device) -> torch.Tensor:
+    """(size_out, size_in) weights of bilinear upsampling along one axis, as `F.interpolate(mode="bilinear",
+    align_corners=False)`: output o samples input position (o + 0.5) * size_in / size_out - 0.5, clamped to the
+    edges, between its two neighbours. Sizes may be traced (ONNX export keeps them dynamic)."""
+    source = torch.arange(size_out, dtype=torch.float32, device=device)
+    positions = torch.arange(size_in, dtype=torch.float32, device=device)
+    source = ((source + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
+    source = torch.minimum(source, positions[-1])
+    return torch.relu(1 - (source[:, None] - positions[None, :]).abs())
 
 
 class FoldedSegformer(nn.Module):

@@ -10,7 +10,7 @@ import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 from lulc_core.bundle import ONNX_FILE, export_onnx
-from lulc_core.decoder_fold import FoldedSegformer
+from lulc_core.decoder_fold import FoldedSegformer, bilinear_weights
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -44,6 +44,16 @@ def test_folded_logits_equal_the_original(size: tuple[int, int]) -> None:
     assert got.shape == expected.shape == (2, 7, size[0] // 4, size[1] // 4)
     assert float((got - expected).abs().max()) <= 1e-5 * max(1.0, float(expected.abs().max()))
     assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [(3, 12), (12, 96), (24, 96), (48, 96), (5, 7), (1, 4), (7, 7)])
+def test_upsampling_products_equal_bilinear_interpolation(size_in: int, size_out: int) -> None:
+    """The folded head upsamples by matrix products; they must be `F.interpolate`'s bilinear, edges included."""
+    x = torch.randn(2, 3, size_in + 1, size_in, generator=torch.Generator().manual_seed(2))
+    expected = torch.nn.functional.interpolate(x, size=(size_out + 2, size_out), mode="bilinear", align_corners=False)
+    rows = bilinear_weights(size_in + 1, size_out + 2, x.device)
+    got = rows @ x @ bilinear_weights(size_in, size_out, x.device).t()
+    assert float((got - expected).abs().max()) < 1e-5
 
 
 def test_folding_removes_most_of_b0s_flops() -> None:
