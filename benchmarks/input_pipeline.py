@@ -68,7 +68,7 @@ def write_tiles(root: Path, n_tiles: int) -> list[str]:
 
 def run(quick: bool = False) -> Section:
     """Write the tiles, then alternate loader epochs and training steps."""
-    from lulc_core.dataset import LulcDataModule
+    from lulc_core.datamodule import LulcDataModule
     from lulc_core.labels import LabelSet
     from lulc_core.split import TileSplit
     from lulc_core.stats import compute_stats

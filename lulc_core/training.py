@@ -37,7 +37,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 
 from lulc_core.bundle import BundleMetadata, Normalisation, save_bundle
 from lulc_core.data_parallel import GlooSyncBatchNorm, seed_stochastic_layers
-from lulc_core.dataset import LulcDataModule, NormalisationStats, num_classes_of
+from lulc_core.datamodule import LulcDataModule
+from lulc_core.dataset import NormalisationStats, num_classes_of
 from lulc_core.errors import ConfigError, InputError
 from lulc_core.labels import LabelSet
 from lulc_core.model import MIT_VARIANTS, build_segformer, logits_at_input_size

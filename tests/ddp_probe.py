@@ -15,7 +15,7 @@ import torch
 
 from lulc_core.config import load_run_config
 from lulc_core.data_parallel import GlooSyncBatchNorm
-from lulc_core.dataset import LulcDataModule
+from lulc_core.datamodule import LulcDataModule
 from lulc_core.labels import LabelSet
 from lulc_core.split import TileSplit
 from lulc_core.stats import DatasetStats

@@ -12,7 +12,8 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
-from lulc_core.dataset import ChipDataset, LulcDataModule, augment_pair, chip_offsets
+from lulc_core.datamodule import LulcDataModule
+from lulc_core.dataset import ChipDataset, augment_pair, chip_offsets
 from lulc_core.errors import InputError
 from lulc_core.geo import Tile
 from lulc_core.raster import Raster, read_geotiff, write_geotiff

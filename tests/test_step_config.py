@@ -187,12 +187,12 @@ def test_what_a_step_reads_is_declared(step: str) -> None:
     import importlib
     import inspect
 
-    from lulc_core import dataset, training
+    from lulc_core import datamodule, training
 
     sources = [(Path(importlib.import_module(f"components.{step}").__file__ or "").read_text(), "cfg")]
     if step == "train":
         sources += [(inspect.getsource(f), "cfg") for f in (training.train, training.check_stats)]
-        sources += [(inspect.getsource(dataset.LulcDataModule.from_config), "cfg")]
+        sources += [(inspect.getsource(datamodule.LulcDataModule.from_config), "cfg")]
     reads = set().union(*(_reads(text, root) for text, root in sources))
     assert reads or not DEPENDENCIES[step], f"found no configuration reads in {step}"
     undeclared = sorted(p for p in reads if not _covered(p, DEPENDENCIES[step]))

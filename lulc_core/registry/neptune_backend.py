@@ -35,7 +35,7 @@ import uuid
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lulc_core.bundle import METADATA_FILE
 from lulc_core.config import RegistryConfig
@@ -54,7 +54,10 @@ from lulc_core.registry.base import (
     parse_stage,
     prepare_registration,
 )
-from lulc_core.registry.tracking import NeptuneRunLogger, TrainingRun
+from lulc_core.registry.tracking import TrainingRun
+
+if TYPE_CHECKING:
+    from lulc_core.registry.neptune_logger import NeptuneRunLogger
 
 log = logging.getLogger(__name__)
 
@@ -540,6 +543,8 @@ class NeptuneTrainingRun(TrainingRun):
         self.registry = registry
 
     def logger(self) -> NeptuneRunLogger:
+        from lulc_core.registry.neptune_logger import NeptuneRunLogger
+
         return NeptuneRunLogger(self.run)
 
     def close(self, failed: bool = False) -> None:

@@ -4,7 +4,7 @@ registration later turns into the model version.
 MLflow: `MlflowRegistry.start_training_run` creates a run in the registry's experiment and Lightning's
 `MLFlowLogger` logs into it; the bundle records its id (`Provenance.tracking_run`), and `register` adds the test
 metrics, the bundle and the tags to that same run before creating the version from it (`runs:/<run>/bundle`).
-Neptune: a Neptune run holds the curves (`training/<metric>` series, logged by `NeptuneRunLogger`, since
+Neptune: a Neptune run holds the curves (`training/<metric>` series, logged by `lulc_core.registry.neptune_logger`, since
 Lightning 2.6 dropped its NeptuneLogger); the model version records the run's id and URL, and the run the version
 id. `training_run(registry, name)` opens one; `lulc_core.registry.tracked(cfg)` is what `lulc run` and the
 pipeline's train step use.
@@ -15,14 +15,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from argparse import Namespace
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_only
+if TYPE_CHECKING:  # Lightning is imported only where a logger is made: it takes seconds (every pipeline step)
+    from lightning.pytorch.loggers import Logger
 
-if TYPE_CHECKING:
     from lulc_core.registry.base import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -58,36 +56,3 @@ def training_run(registry: ModelRegistry, name: str, join: str | None = None) ->
         run.close(failed=True)
         raise
     run.close()
-
-
-class NeptuneRunLogger(Logger):
-    """A Lightning logger appending metrics to series `<prefix>/<name>` of a Neptune run (neptune client 1.x)."""
-
-    def __init__(self, run: Any, prefix: str = "training") -> None:
-        super().__init__()
-        self.run = run
-        self.prefix = prefix
-
-    @property
-    def name(self) -> str:
-        return "neptune"
-
-    @property
-    def version(self) -> str:
-        return "0"
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        for key, value in metrics.items():
-            self.run[f"{self.prefix}/{key}"].append(float(value), step=step)
-
-    @rank_zero_only
-    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
-        values = vars(params) if isinstance(params, Namespace) else dict(params)
-        for key, value in values.items():
-            ok = isinstance(value, str | int | float | bool)
-            self.run[f"{self.prefix}/hyperparams/{key}"] = value if ok else str(value)
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        self.run.wait()
