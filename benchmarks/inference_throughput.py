@@ -367,15 +367,16 @@ def run(quick: bool = False) -> Section:
         ),
         Row(
             "1 inference",
-            "model FLOPs utilisation: the unfolded model's FLOPs per second over the fp32 matmul peak (info)",
+            "the unfolded model's FLOPs per second over the fp32 matmul peak (info: not a utilisation)",
             round(peak, 1),
             round(achieved_unfolded, 1),
             achieved_unfolded / peak,
             "info",
             None,
             f"GFLOP/s of the transformers model's FLOPs ({per_window_unfolded / win**2:,.0f} FLOP/px), whose logits the "
-            "folded graph reproduces: the rate at which the served default delivers the model's work (model FLOPs "
-            "utilisation); the target row counts only the FLOPs run",
+            "folded graph reproduces: the rate at which the served default delivers the original model's work. Not "
+            "a utilisation: the fold skips most of those FLOPs, so it can exceed 1; the target row counts the FLOPs "
+            "run",
             baseline_name="fp32 matmul peak GFLOP/s",
         ),
         Row(

@@ -19,21 +19,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rasterio.windows import Window
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassJaccardIndex,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 from tqdm import tqdm
 
 from lulc_core.bundle import BundleMetadata, ModelBundle
 from lulc_core.dataset import open_tile, read_tile_window
 from lulc_core.errors import InputError
-from lulc_core.model import logits_at_input_size
 from lulc_core.raster import atomic_path
 
 log = logging.getLogger(__name__)
@@ -80,6 +70,18 @@ class SegmentationScorer:
             raise InputError("label_set", "at least one class besides unknown is needed")
         n = num_classes
         self.num_classes = n
+        # torchmetrics (and with it transformers) only where scores are computed: the report models above are what
+        # registration and the gate read, and every pipeline step would otherwise pay seconds to import it
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassConfusionMatrix,
+            MulticlassF1Score,
+            MulticlassJaccardIndex,
+            MulticlassPrecision,
+            MulticlassRecall,
+        )
+
         self.metrics = MetricCollection(
             {
                 "confusion": MulticlassConfusionMatrix(n, ignore_index=0),
@@ -161,6 +163,8 @@ def predict_tile(
     model: torch.nn.Module, image: np.ndarray, max_block: int = MAX_BLOCK, device: str | torch.device = "cpu"
 ) -> np.ndarray:
     """Class values (H, W) uint8 for a normalised image (C, H, W): whole blocks padded to a multiple of 32."""
+    from lulc_core.model import logits_at_input_size  # transformers: imported where a model runs
+
     return classes_by_block(lambda x: logits_at_input_size(model, x), image, max_block, device)  # type: ignore[arg-type]
 
 
