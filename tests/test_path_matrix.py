@@ -51,8 +51,8 @@ CELLS = [(s, r) for s in SOURCES for r in REGISTRIES]
 # The pipeline passes the label source to its labels step and the registry to its register step, two steps that do
 # not read each other's setting: each source and each registry runs once under kfp.local here (file x mlflow is
 # tests/test_pipeline_local.py's run), every pairing through `lulc run` (the same steps, in process). A kfp.local
-# run costs ~40 s, so the other three pairings would add two minutes to the suite and no joint.
-PIPELINE_CELLS = [("file", "neptune"), ("ohsome", "mlflow"), ("corine", "neptune")]
+# run costs ~40 s, so the other pairings would add minutes to the suite and no joint.
+PIPELINE_CELLS = [("ohsome", "neptune"), ("corine", "mlflow")]
 CLIENT, SECRET = "lulc-matrix-client", "lulc-matrix-secret"
 
 pytestmark = pytest.mark.slow
