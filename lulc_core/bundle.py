@@ -16,6 +16,7 @@ it with `ModelBundle.load(path)`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from datetime import UTC, datetime
@@ -37,6 +38,9 @@ METADATA_FILE = "lulc.json"
 WEIGHTS_DIR = "model"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+EXPORT_PROP = "lulc.export"
+"""Key of model.onnx's metadata_props entry that records what a verified export was made from
+(`export_fingerprint`)."""
 
 
 class Normalisation(BaseModel):
@@ -176,6 +180,7 @@ def export_onnx(
     opset: int = 17,
     verify: bool = True,
     atol: float = 1e-4,
+    reuse: bool = False,
 ) -> Path:
     """Export the bundle's SegFormer to ONNX (default `<bundle>/model.onnx`, written atomically).
 
@@ -183,16 +188,26 @@ def export_onnx(
     (batch, classes, height/4, width/4). Batch, height and width are dynamic (height and width multiples of 32).
     The graph is the model with its decode head folded (`lulc_core.decoder_fold`: same logits, about half the
     FLOPs). With `verify`, onnxruntime runs the file at two input sizes and must match the original (unfolded)
-    torch model within `atol` (scaled by the logits' magnitude), otherwise nothing is written.
+    torch model within `atol` (scaled by the logits' magnitude), otherwise nothing is written; a verified file
+    records `export_fingerprint` in its metadata_props.
+
+    `reuse`: keep a target that a verified export of the same weights, export code and opset wrote (registration
+    after `lulc run`'s int8 step, which exported it already) instead of exporting again.
     """
     import warnings
 
+    import onnx
+
+    target = Path(output) if output is not None else Path(bundle_dir) / ONNX_FILE
+    fingerprint = export_fingerprint(bundle_dir, opset)
+    if reuse and verify and recorded_fingerprint(target) == fingerprint:
+        log.info("%s is a verified export of these weights: kept", target)
+        return target
     bundle = ModelBundle.load(bundle_dir)
     original = LogitsOnly(bundle.model).eval()  # eval() reaches the model: both graphs use running statistics
     wrapper = inference_network(bundle.model)
     channels = len(bundle.metadata.bands)
     example = torch.zeros(1, channels, 64, 64)
-    target = Path(output) if output is not None else Path(bundle_dir) / ONNX_FILE
     with atomic_path(target) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -211,8 +226,36 @@ def export_onnx(
         if verify:
             diff = verify_onnx(original, tmp, channels, atol=atol)
             log.info("ONNX matches torch (max abs diff %.2e)", diff)
+            graph = onnx.load(str(tmp))
+            onnx.helper.set_model_props(graph, {EXPORT_PROP: fingerprint})
+            onnx.save(graph, str(tmp))
     log.info("ONNX model written to %s", target)
     return target
+
+
+def export_fingerprint(bundle_dir: str | Path, opset: int) -> str:
+    """SHA-256 of what `export_onnx` makes model.onnx from: the weights' files, the folding code, the opset."""
+    from lulc_core import decoder_fold
+
+    digest = hashlib.sha256(f"opset {opset}".encode())
+    digest.update(Path(decoder_fold.__file__).read_bytes())
+    for path in sorted((Path(bundle_dir) / WEIGHTS_DIR).iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode())
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def recorded_fingerprint(onnx_path: Path) -> str | None:
+    """The `export_fingerprint` a verified export recorded in `onnx_path`, or None (no file, or not recorded)."""
+    if not onnx_path.is_file():
+        return None
+    import onnx
+
+    props = onnx.load(str(onnx_path), load_external_data=False).metadata_props
+    return next((p.value for p in props if p.key == EXPORT_PROP), None)
 
 
 def verify_onnx(

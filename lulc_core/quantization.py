@@ -4,7 +4,7 @@ checked against fp32 on the test tiles before it may be served.
 `quantize_bundle` (`registry.onnx_quantization: int8`; run after evaluation by `lulc run` and the pipeline's
 evaluate step, before registration):
 
-1. `model.onnx` (exported and verified against torch if missing) goes through onnxruntime's `quant_pre_process`
+1. `model.onnx` (exported and verified against torch unless a verified export of these weights is there) goes through onnxruntime's `quant_pre_process`
    (symbolic shape inference, graph optimisation), then `quantize_static` in QDQ format of the nodes `int8_nodes`
    chooses (the MatMuls with constant weights): int8 weights per output channel,
    uint8 activations whose ranges come from a `CalibrationDataReader` over `data.chip_size` chips of the
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from lulc_core.bundle import INT8_FILE, ONNX_FILE, BundleMetadata, ModelBundle
+from lulc_core.bundle import INT8_FILE, BundleMetadata, ModelBundle
 from lulc_core.dataset import chip_offsets
 from lulc_core.errors import InputError
 from lulc_core.raster import atomic_path
@@ -226,11 +226,9 @@ def quantize_bundle(
     if not test_ids:
         raise InputError("split.test", "no test tiles to check the int8 model on", "give the split test tiles")
     bundle_dir = Path(bundle_dir)
-    fp32 = bundle_dir / ONNX_FILE
-    if not fp32.is_file():
-        from lulc_core.bundle import export_onnx
+    from lulc_core.bundle import export_onnx
 
-        export_onnx(bundle_dir)
+    fp32 = export_onnx(bundle_dir, reuse=True)  # a model.onnx of other weights would be quantised otherwise
     meta = ModelBundle.read_metadata(bundle_dir)
     chips = training_chips(meta, Path(imagery_dir), Path(labels_dir), train_ids, calibration_chips)
     target = bundle_dir / INT8_FILE

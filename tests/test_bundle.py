@@ -17,7 +17,9 @@ from lulc_core.bundle import (
     ModelBundle,
     Normalisation,
     Provenance,
+    export_fingerprint,
     export_onnx,
+    recorded_fingerprint,
     save_bundle,
 )
 from lulc_core.errors import ConfigError, NotFoundError
@@ -114,6 +116,33 @@ def test_onnx_export_has_dynamic_size_and_matches_torch(tmp_path: Path, tiny_bun
     got = session.run(["logits"], {"pixel_values": x.numpy()})[0]
     assert got.shape == (3, 11 - 4, 32, 8)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_a_verified_export_of_the_same_weights_is_kept_others_are_redone(
+    tmp_path: Path, tiny_bundle: Path, v3_label_set, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Registration exports with reuse: a file the int8 step exported from these weights is not exported again;
+    other weights, an unverified export, or another opset are."""
+    bundle = tmp_path / "bundle"
+    torch.manual_seed(0)
+    save_bundle(bundle, build_segformer("b0", len(BANDS), v3_label_set.num_classes), metadata(v3_label_set))
+    first = export_onnx(bundle, reuse=True)
+    assert recorded_fingerprint(first) == export_fingerprint(bundle, 17)
+    written = first.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="lulc_core.bundle"):
+        assert export_onnx(bundle, reuse=True) == first
+    assert first.stat().st_mtime_ns == written and "kept" in caplog.text
+    export_onnx(bundle, reuse=True, opset=18)  # another opset: exported again
+    assert first.stat().st_mtime_ns != written
+    torch.manual_seed(1)  # retrained weights in the same bundle
+    save_bundle(bundle, build_segformer("b0", len(BANDS), v3_label_set.num_classes), metadata(v3_label_set))
+    assert recorded_fingerprint(first) != export_fingerprint(bundle, 17)
+    export_onnx(bundle, reuse=True)
+    assert recorded_fingerprint(first) == export_fingerprint(bundle, 17)
+    unverified = export_onnx(bundle, verify=False)
+    assert recorded_fingerprint(unverified) is None  # only a verified export may be kept
+    export_onnx(bundle, reuse=True)
+    assert recorded_fingerprint(first) == export_fingerprint(bundle, 17)
 
 
 def _modes(root: Path) -> dict[str, int]:

@@ -76,6 +76,19 @@ def test_helpers() -> None:
         fuse(FusionMode.FAVOUR_OSM, PROBS, VALID, None, 0.0)
 
 
+def test_model_classes_equal_argmax_with_ties_threshold_and_validity() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.integers(0, 4, (7, 64, 48)).astype(np.float32) / 4  # coarse values: many ties
+    valid = rng.random((64, 48)) > 0.1
+    classes = model_classes(probs, valid, 0.5)
+    winner = np.argmax(probs, axis=0)  # the first class on a tie
+    top = probs.max(axis=0)
+    expected = np.where(valid & (top >= 0.5), winner + 1, 0)
+    assert classes.dtype == np.uint8
+    assert (classes == expected).all()
+    assert 0 < (classes == 0).mean() < 1
+
+
 def test_harmonize_corine_maps_codes_by_label_set(v3_label_set: LabelSet) -> None:
     codes = np.array([[311, 112, 211, 999, 0, 512]], np.uint16)
     expected = [

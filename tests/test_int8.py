@@ -66,6 +66,7 @@ def test_lulc_run_registers_int8_and_lulc_serve_answers_from_it(
     out = tmp_path / "out"
     code, log = run_lulc(capsys, "run", "-c", str(config), "--epochs", "1", "-o", str(out))
     assert code == 0, log[-3000:]
+    assert "is a verified export of these weights: kept" in log  # registration did not export it a second time
     cfg = load_run_config(config)
     version = build_registry(cfg.registry, cfg.work_dir).get(f"{cfg.registry.model_name}@1")
     metrics = version.metrics

@@ -113,10 +113,16 @@ def check_fusion(
 
 
 def model_classes(probabilities: np.ndarray, valid: np.ndarray, threshold: float) -> np.ndarray:
-    """Winning class 1..N; 0 where invalid or the winning probability is below `threshold`."""
-    winner = np.argmax(probabilities, axis=0)
-    top = np.take_along_axis(probabilities, winner[None], axis=0)[0]
-    classes = (winner + 1).astype(np.uint8)
+    """Winning class 1..N (the first on a tie); 0 where invalid or the winning probability is below `threshold`.
+
+    One pass per class over its (h, w) plane, keeping the running maximum: half the time of `np.argmax` along the
+    class axis plus the gather of the winner's probability (numpy reduces a strided first axis slowly).
+    """
+    top = probabilities[0].copy()
+    classes = np.ones(top.shape, np.uint8)
+    for c in range(1, len(probabilities)):
+        classes[np.greater(probabilities[c], top)] = c + 1
+        np.maximum(top, probabilities[c], out=top)
     classes[(top < threshold) | ~valid] = 0
     return classes
 

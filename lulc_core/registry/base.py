@@ -241,7 +241,8 @@ def prepare_registration(bundle_dir: Path, info: RegistrationInfo, default_name:
     """Read the bundle at `bundle_dir` and merge it with `info` into what a backend records.
 
     With `info.export_onnx` (the default), `model.onnx` is exported into the bundle first and verified against
-    torch, so the version is served by onnxruntime.
+    torch, so the version is served by onnxruntime; a verified export of the same weights already there (the int8
+    step's) is kept.
     """
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
@@ -249,7 +250,7 @@ def prepare_registration(bundle_dir: Path, info: RegistrationInfo, default_name:
     if info.export_onnx:
         from lulc_core.bundle import export_onnx
 
-        export_onnx(bundle_dir)
+        export_onnx(bundle_dir, reuse=True)
     metadata = ModelBundle.read_metadata(bundle_dir)
     name = ModelRef.parse(info.name or default_name).name
     metrics = {**flatten_metrics(metadata.metrics), **info.metrics}
