@@ -23,7 +23,9 @@ peak (torch.mm 2048², the best of 5 before and 5 after the runs: a peak measure
 machine would flatter the share; on the threads the runtimes use), the model's FLOPs per window from
 `torch.utils.flop_counter.FlopCounterMode` (multiply-adds counted as 2) of the network the served default runs (decode
 head folded, `lulc_core.decoder_fold`: about half the unfolded model's FLOPs, which the details also give), the
-windows it runs for the area (overlap included), and the achieved share of the peak end to end.
+windows it runs for the area (overlap included), and the achieved share of the peak end to end. Info: the same
+share for the model alone (one window through the served default's session on one thread, against the one-thread
+peak), which shows how much of the distance lies in the network and how much around it.
 
     .venv/bin/python -m benchmarks.inference_throughput            # 1024² px, 5 interleaved repeats
     .venv/bin/python -m benchmarks.inference_throughput --quick    # 512² px, 1 repeat
@@ -179,6 +181,35 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def one_thread_peak_gflops() -> float:
+    """`matmul_peak_gflops` on one torch thread (torch's thread count is restored)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return matmul_peak_gflops()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def model_alone_seconds(bundle_dir: Path, window: int, repeats: int) -> float:
+    """Median seconds of one window through the served default's own session (`logits_function`) on one thread,
+    as each of the predictor's workers runs it; random input, after a warm-up."""
+    from lulc_core.bundle import ModelBundle
+    from lulc_core.inference.runtime import logits_function
+
+    bundle = ModelBundle.load(bundle_dir)
+    logits = logits_function(bundle, threads=1)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, len(bundle.metadata.bands), window, window)))
+    x = x.float()
+    logits(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        logits(x)
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
 def window_flops(model: torch.nn.Module, channels: int, window: int) -> tuple[float, float]:
     """FLOPs of one forward pass of a window (FlopCounterMode: a multiply-add counts 2), and how many of them are
     the folded head's upsampling products (its matrix products; its convolutions are the model's work)."""
@@ -313,6 +344,9 @@ def run(quick: bool = False) -> Section:
         run_window, upsampling = window_flops(FoldedSegformer(bundle.model), len(bundle.metadata.bands), win)
         per_window = run_window - upsampling  # bilinear upsampling counts zero, as torch counts F.interpolate
         per_window_unfolded, _ = window_flops(LogitsOnly(bundle.model), len(bundle.metadata.bands), win)
+        progress("inference: the model alone, one window on one thread")
+        alone = model_alone_seconds(bundle_dir, win, 3 if quick else 12)
+        peak_one = one_thread_peak_gflops()
         progress("inference: int8 vs fp32 ONNX (the predictor's sessions), interleaved")
         mosaic = sample_mosaic(defaults.window * 2, defaults.window * 2)
         q = int8_against_fp32(bundle_dir, mosaic, defaults.window, defaults.batch_size, 3 if quick else 9)
@@ -322,6 +356,8 @@ def run(quick: bool = False) -> Section:
     achieved = per_window * windows / median(ours_t) / 1e9
     share = achieved / peak
     achieved_unfolded = per_window_unfolded * windows / median(ours_t) / 1e9
+    alone_gflops = per_window / alone / 1e9
+    model_part = windows * alone / threads / median(ours_t)  # the request's time the windows would fill at that rate
     original_name = "original: whole image, onnxruntime (arenas off), 1/4-res post-processing"
     section.rows += [
         Row(
@@ -378,6 +414,21 @@ def run(quick: bool = False) -> Section:
             "a utilisation: the fold skips most of those FLOPs, so it can exceed 1; the target row counts the FLOPs "
             "run",
             baseline_name="fp32 matmul peak GFLOP/s",
+        ),
+        Row(
+            "1 inference",
+            f"share of the one-thread fp32 matmul peak, the served model alone: one {win}² window on one thread (info)",
+            round(peak_one, 1),
+            round(alone_gflops, 1),
+            alone_gflops / peak_one,
+            "info",
+            None,
+            f"GFLOP/s of the FLOPs the target row counts, median of {3 if quick else 12} runs of the predictor's "
+            f"own session ({alone * 1e3:.1f} ms per window); peak: torch.mm 2048² on one thread. Where the end-to-end "
+            f"share is lost: at this rate the {windows} windows would fill {model_part:.0%} of the request's time on "
+            f"{threads} threads; the rest goes to reading and normalising the imagery, blending the windows, the "
+            "classes, the GeoTIFF and HTTP, and to the threads sharing the machine",
+            baseline_name="fp32 matmul peak GFLOP/s, one thread",
         ),
         Row(
             "1 inference",
