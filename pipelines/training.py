@@ -29,25 +29,12 @@ from components.register import register
 from components.statistics import statistics
 from components.train import train
 from lulc_core.config import PipelineConfig, RunConfig, TrainingConfig
+from pipelines.secrets import SECRETS, TRACKER_SECRETS
 
 PIPELINE_NAME = "lulc-training"
 CACHE_MOUNT = "/var/cache/lulc"
 GPU_TAINT = "nvidia.com/gpu"
 RETRY_BACKOFF = {"backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "1800s"}
-
-# Kubernetes Secrets the cluster needs (created by the operator; referenced only, optional so that a run without
-# e.g. Neptune still starts): secret name -> {secret key: environment variable}.
-SECRETS: dict[str, dict[str, str]] = {
-    "lulc-sentinelhub": {"SH_CLIENT_ID": "SH_CLIENT_ID", "SH_CLIENT_SECRET": "SH_CLIENT_SECRET"},
-    "lulc-neptune": {"NEPTUNE_API_TOKEN": "NEPTUNE_API_TOKEN", "NEPTUNE_PROJECT": "NEPTUNE_PROJECT"},
-    "lulc-mlflow": {
-        "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
-        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-        "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",  # an S3-compatible store (MinIO, Ceph) as artifact root
-    },
-}
 
 
 class PipelineOutputs(NamedTuple):
@@ -157,7 +144,7 @@ def build_pipeline(cfg: RunConfig, image: str | None = None) -> GraphComponent:
         st = step(statistics(config=part["statistics"], tiles=grid.outputs["tiles"], **data), "statistics")
         split = st.outputs["split"]
         tr = step(train(config=part["train"], stats=st.outputs["stats"], split=split, **data), "train")
-        _cache(_secrets(_gpu(_heavy(tr, s), s, cfg.training), "lulc-neptune", "lulc-mlflow"), s)  # checkpoints
+        _cache(_secrets(_gpu(_heavy(tr, s), s, cfg.training), *TRACKER_SECRETS), s)  # checkpoints
         ev = step(evaluate(config=part["evaluate"], bundle=tr.outputs["bundle"], split=split, **data), "evaluate")
         _heavy(ev, s)
         reg = step(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from components._image import resolve_image
 from lulc_core.config import RunConfig
 from lulc_core.errors import LulcError, UpstreamError
+from pipelines.secrets import SECRETS, TRACKER_SECRETS
 
 if TYPE_CHECKING:
     from lulc_core.registry.tracking import TrainingRun
@@ -65,10 +66,21 @@ class JobSpec(BaseModel):
     env: dict[str, str] = Field(
         default_factory=dict, description="Environment of the training containers (e.g. the tracker run to log into)."
     )
+    secrets: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Kubernetes Secrets of the namespace whose keys become environment variables of the training "
+        "containers, as optional references: secret name -> {key: variable} (the train step's tracker credentials).",
+    )
 
 
-def _env(spec: JobSpec) -> list[dict[str, str]]:
-    return [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+def _env(spec: JobSpec) -> list[dict[str, Any]]:
+    """The containers' env: values, then optional Secret references (as the pipeline's steps get them)."""
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+    for secret, keys in sorted(spec.secrets.items()):
+        for key, variable in sorted(keys.items()):
+            ref = {"name": secret, "key": key, "optional": True}
+            env.append({"name": variable, "valueFrom": {"secretKeyRef": ref}})
+    return env
 
 
 def _torchrun(spec: JobSpec) -> list[str]:
@@ -136,7 +148,7 @@ def build_trainjob(spec: JobSpec) -> dict[str, Any]:
                 "numNodes": spec.num_nodes,
                 "numProcPerNode": spec.devices,  # here, not under mlPolicy.torch (the CRD rejects that)
                 "resourcesPerNode": _resources(spec),
-                **({"env": _env(spec)} if spec.env else {}),
+                **({"env": _env(spec)} if spec.env or spec.secrets else {}),
             },
             "runtimePatches": [
                 {
@@ -158,7 +170,7 @@ def build_pytorchjob(spec: JobSpec) -> dict[str, Any]:
         "args": command[1:],
         "resources": _resources(spec),
         "volumeMounts": [{"name": PVC_VOLUME, "mountPath": spec.mount_path}],
-        **({"env": _env(spec)} if spec.env else {}),
+        **({"env": _env(spec)} if spec.env or spec.secrets else {}),
     }
     template = {"spec": {"containers": [container], **_pod_extras(spec)}}
     replicas: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
@@ -407,6 +419,7 @@ def train_on_cluster(
         memory=pc.memory_limit,
         timeout_s=tc.launcher_timeout_minutes * 60,
         env={"LULC_TRACKING_RUN": tracking.run_id} if tracking and tracking.run_id else {},
+        secrets={name: SECRETS[name] for name in TRACKER_SECRETS},
     )
     JobRunner(spec, api_client=api_client, poll_interval_s=poll_interval_s).run()
     bundle = out / "bundle"

@@ -196,11 +196,22 @@ def _validator(shared: Path, *parts: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(schema.joinpath(*parts).read_text()))
 
 
+NODE_SECRETS = {"lulc-neptune": {"NEPTUNE_API_TOKEN": "NEPTUNE_API_TOKEN"}, "lulc-mlflow": {"PW": "MLFLOW_PASSWORD"}}
+SECRET_ENV = [
+    {"name": "MLFLOW_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "lulc-mlflow", "key": "PW", "optional": True}}},
+    {
+        "name": "NEPTUNE_API_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "lulc-neptune", "key": "NEPTUNE_API_TOKEN", "optional": True}},
+    },
+]
+
+
 def test_trainjob_object_matches_the_trainer_crd(shared_data: Path) -> None:
-    job = build_job(_spec("trainjob"))
+    job = build_job(_spec("trainjob", env={"LULC_TRACKING_RUN": "r1"}, secrets=NODE_SECRETS))
     errors = list(_validator(shared_data, "trainer.kubeflow.org", "trainjob_v1alpha1.json").iter_errors(job))
     assert not errors, [e.message for e in errors]
     trainer = job["spec"]["trainer"]
+    assert trainer["env"] == [{"name": "LULC_TRACKING_RUN", "value": "r1"}, *SECRET_ENV]  # the tracker's credentials
     assert trainer["numNodes"] == 4 and trainer["numProcPerNode"] == 8  # in spec.trainer, not mlPolicy.torch
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
     assert trainer["command"] == ["torchrun"] and trainer["args"][-4:] == [
@@ -217,10 +228,11 @@ def test_trainjob_object_matches_the_trainer_crd(shared_data: Path) -> None:
 
 
 def test_pytorchjob_object_matches_the_training_operator_crd(shared_data: Path) -> None:
-    job = build_job(_spec("pytorchjob"))
+    job = build_job(_spec("pytorchjob", secrets=NODE_SECRETS))
     errors = list(_validator(shared_data, "kubeflow.org", "pytorchjob_v1.json").iter_errors(job))
     assert not errors, [e.message for e in errors]
     replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Worker"]["template"]["spec"]["containers"][0]["env"] == SECRET_ENV
     assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 3
     args = replicas["Master"]["template"]["spec"]["containers"][0]["args"]
     assert "--node-rank=$(RANK)" in args and "--nproc-per-node=8" in args and job["spec"]["nprocPerNode"] == "8"
@@ -335,7 +347,7 @@ def test_trainjob_step_logs_the_curves_into_its_tracker_run(
         trainer = job["spec"]["trainer"]
         node_env.extend(trainer.get("env", []))
         env = {k: v for k, v in _env().items() if not k.startswith(("MLFLOW_", "LULC_"))}
-        env |= {e["name"]: e["value"] for e in trainer.get("env", [])}
+        env |= {e["name"]: e["value"] for e in trainer.get("env", []) if "value" in e}  # the Secrets: none here
         env |= {"PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(_free_port()), "PET_NODE_RANK": "0"}
         subprocess.run([PYTHON, "-m", "torch.distributed.run", *trainer["args"]], env=env, check=True, timeout=240)
 
@@ -353,7 +365,14 @@ def test_trainjob_step_logs_the_curves_into_its_tracker_run(
     )  # fmt: skip
     client = MlflowClient(tracking_uri=store)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert [e["name"] for e in node_env] == ["LULC_TRACKING_RUN"] and node_env[0]["value"] == run.info.run_id
+    assert node_env[0] == {"name": "LULC_TRACKING_RUN", "value": run.info.run_id}
+    from pipelines.secrets import SECRETS, TRACKER_SECRETS  # the nodes get the step's tracker credentials too
+
+    wanted = {(n, k, v) for n in TRACKER_SECRETS for k, v in SECRETS[n].items()}
+    refs = {
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"], e["name"]) for e in node_env[1:]
+    }
+    assert refs == wanted and {"NEPTUNE_API_TOKEN", "MLFLOW_TRACKING_PASSWORD"} <= {e["name"] for e in node_env}
     for metric in ("train_loss", "val_loss", "val_miou"):
         assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric  # one point per epoch, once
     assert run.data.tags["lulc.kind"] == "training" and run.info.status == "FINISHED"
