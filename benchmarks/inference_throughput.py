@@ -19,8 +19,10 @@ Same area, model and imagery for both: SegFormer-b0 (random init, seed 0, 15 ban
 - Info: the same original path with the model in torch eager mode instead of onnxruntime.
 
 Runs alternate (baseline, lulc) after a warm-up of each; medians. Distance to the limit: this machine's fp32 matmul
-peak (torch.mm 2048², the best of 5 before and 5 after the runs: a peak measured only while other jobs load the
-machine would flatter the share; on the threads the runtimes use), the model's FLOPs per window from
+peak (2048² products, the best of 5 before and 5 after the runs: a peak measured only while other jobs load the
+machine would flatter the share; on the threads the runtimes use; the best of torch.mm, onnxruntime's MatMul and
+one-thread onnxruntime MatMuls side by side: on this AMD CPU torch.mm reaches about half of onnxruntime's MLAS GEMM,
+so a torch.mm peak would flatter the share about twofold), the model's FLOPs per window from
 `torch.utils.flop_counter.FlopCounterMode` (multiply-adds counted as 2) of the network the served default runs (decode
 head folded, `lulc_core.decoder_fold`: about half the unfolded model's FLOPs, which the details also give), the
 windows it runs for the area (overlap included), and the achieved share of the peak end to end. Info: the same
@@ -169,26 +171,73 @@ class OriginalPath:
                 return bytes(second.read())
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's fp32 matmul rate on torch's threads: the best of `repeats` n x n products (GFLOP/s)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """This machine's fp32 matmul rate on `threads` threads, by three GEMMs (GFLOP/s of n x n products, the best of
+    `repeats` each): torch.mm on that many torch threads, onnxruntime's MatMul (MLAS, the served default's GEMM)
+    with that many intra-op threads, and that many one-thread onnxruntime MatMuls at once (how the served default
+    runs its windows). The peak is the best of them: on this AMD CPU torch's BLAS reaches about half of MLAS's
+    rate, so torch.mm alone would understate the peak and flatter the share."""
+    from concurrent.futures import ThreadPoolExecutor
 
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
 
-def one_thread_peak_gflops() -> float:
-    """`matmul_peak_gflops` on one torch thread (torch's thread count is restored)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in ("a", "b")]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        inputs,
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+
+    def session(intra: int) -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    wide, single = session(threads), session(1)
+    feeds = {"a": a, "b": b}
+    pool = ThreadPoolExecutor(threads)
+    products: dict[str, tuple[Callable[[], object], int]] = {
+        "torch.mm": (lambda: torch.mm(ta, tb), 1),
+        "onnxruntime MatMul": (lambda: wide.run(None, feeds), 1),
+    }
+    if threads > 1:
+        products[f"{threads} one-thread onnxruntime MatMuls at once"] = (
+            lambda: list(pool.map(lambda _: single.run(None, feeds), range(threads))),
+            threads,
+        )
+    rates = {}
     try:
-        return matmul_peak_gflops()
+        for name, (product, count) in products.items():
+            product()
+            best = math.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                product()
+                best = min(best, time.perf_counter() - t0)
+            rates[name] = count * 2 * n**3 / best / 1e9
     finally:
-        torch.set_num_threads(threads)
+        pool.shutdown()
+        torch.set_num_threads(torch_threads)
+    return rates
+
+
+def best_rates(*runs: dict[str, float]) -> dict[str, float]:
+    """Each GEMM's best rate over several `matmul_peak_gflops` runs (before and after the timed runs)."""
+    return {name: max(run[name] for run in runs) for name in runs[0]}
+
+
+def describe_peak(rates: dict[str, float]) -> str:
+    """'name X, name Y, ...' GFLOP/s of each GEMM, the best first."""
+    return ", ".join(f"{name} {rate:.0f}" for name, rate in sorted(rates.items(), key=lambda kv: -kv[1]))
 
 
 def model_alone_seconds(bundle_dir: Path, window: int, repeats: int) -> float:
@@ -330,7 +379,7 @@ def run(quick: bool = False) -> Section:
                     raise RuntimeError(f"/segment/ answered {response.status_code}: {response.text[:300]}")
                 return response.content
 
-            peak_before = matmul_peak_gflops()
+            peak_before = matmul_peak_gflops(threads)
             progress(f"inference: original path vs served default, {repeats} interleaved repeats")
             base_t, ours_t, base_tif, ours_tif = interleaved(original, served, repeats)
             progress("inference: original path with torch eager (info)")
@@ -338,7 +387,8 @@ def run(quick: bool = False) -> Section:
         with rasterio.io.MemoryFile(ours_tif) as mem, mem.open() as src:
             served_shape, served_runtime_ok = (src.height, src.width), src.count == 1
         progress("inference: fp32 matmul peak and the model's FLOPs")
-        peak = max(peak_before, matmul_peak_gflops())
+        rates = best_rates(peak_before, matmul_peak_gflops(threads))
+        peak = max(rates.values())
         buffer_px = math.ceil(defaults.edge_buffer_m / 10.0)
         windows, win = served_windows(served_shape[0], served_shape[1], defaults.window, defaults.overlap, buffer_px)
         run_window, upsampling = window_flops(FoldedSegformer(bundle.model), len(bundle.metadata.bands), win)
@@ -346,7 +396,8 @@ def run(quick: bool = False) -> Section:
         per_window_unfolded, _ = window_flops(LogitsOnly(bundle.model), len(bundle.metadata.bands), win)
         progress("inference: the model alone, one window on one thread")
         alone = model_alone_seconds(bundle_dir, win, 3 if quick else 12)
-        peak_one = one_thread_peak_gflops()
+        rates_one = matmul_peak_gflops(1)
+        peak_one = max(rates_one.values())
         progress("inference: int8 vs fp32 ONNX (the predictor's sessions), interleaved")
         mosaic = sample_mosaic(defaults.window * 2, defaults.window * 2)
         q = int8_against_fp32(bundle_dir, mosaic, defaults.window, defaults.batch_size, 3 if quick else 9)
@@ -396,8 +447,9 @@ def run(quick: bool = False) -> Section:
             f"({per_window / 1e9:.2f} GFLOP; decode head folded, lulc_core.decoder_fold; unfolded "
             f"{per_window_unfolded / win**2:,.0f} FLOP/px; not counted: the {upsampling / win**2:,.0f} FLOP/px of "
             "the folded head's upsampling products, bilinear interpolation as dense matrices), "
-            f"{windows} windows for {served_shape[0]}x{served_shape[1]} px + {buffer_px} px edge buffer; peak: "
-            f"torch.mm 2048² fp32 on {threads} threads, best before and after the runs; the served default runs "
+            f"{windows} windows for {served_shape[0]}x{served_shape[1]} px + {buffer_px} px edge buffer; peak: the "
+            f"best fp32 GEMM of 2048² on {threads} threads, before and after the runs (GFLOP/s: {describe_peak(rates)}); "
+            "the served default runs "
             f"{threads} one-thread onnxruntime calls at once",
             baseline_name="fp32 matmul peak GFLOP/s",
         ),
@@ -424,7 +476,7 @@ def run(quick: bool = False) -> Section:
             "info",
             None,
             f"GFLOP/s of the FLOPs the target row counts, median of {3 if quick else 12} runs of the predictor's "
-            f"own session ({alone * 1e3:.1f} ms per window); peak: torch.mm 2048² on one thread. Where the end-to-end "
+            f"own session ({alone * 1e3:.1f} ms per window); peak: the best fp32 GEMM of 2048² on one thread ({describe_peak(rates_one)}). Where the end-to-end "
             f"share is lost: at this rate the {windows} windows would fill {model_part:.0%} of the request's time on "
             f"{threads} threads; the rest goes to reading and normalising the imagery, blending the windows, the "
             "classes, the GeoTIFF and HTTP, and to the threads sharing the machine",

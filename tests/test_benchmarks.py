@@ -49,6 +49,7 @@ def test_inference_throughput_quick(quick: dict[str, Section]) -> None:
     assert served[0].baseline_name.startswith("original")
     (share,) = _rows(section, "share of the fp32 matmul peak")
     assert isinstance(share.baseline, float) and share.baseline > 0 and share.ratio is not None and share.ratio > 0
+    assert "torch.mm" in share.note and "onnxruntime MatMul" in share.note  # the peak is the best of both GEMMs
     (alone,) = _rows(section, "share of the one-thread fp32 matmul peak, the served model alone")
     assert alone.baseline_name.endswith("one thread") and isinstance(alone.ours, float) and alone.ours > 0
     assert alone.ratio is not None and alone.ratio > 0 and "% of the request's time" in alone.note
