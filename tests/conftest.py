@@ -219,6 +219,18 @@ def registry_tiny_bundle(registry_tiny_bundle_source: Path, tmp_path_factory: py
     return copy_bundle(registry_tiny_bundle_source, tmp_path_factory.mktemp("registry_bundle_copy") / "bundle")
 
 
+@pytest.fixture(scope="session")
+def mapping_sample_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work dir where mapping_helpers.register_sample_model registered lulc-sample v1 (production), once per
+    session (seconds: MLflow's schema migrations and the ONNX export); tests take a copy of its database with
+    mapping_helpers.copy_sample_registry and never write to this one."""
+    from mapping_helpers import register_sample_model
+
+    work = tmp_path_factory.mktemp("mapping-registry")
+    register_sample_model(work)
+    return work
+
+
 @pytest.fixture(scope="module")
 def torch_single_thread():
     """Run torch on one intra-op thread for the module (the shared 2-core box thrashes with more)."""

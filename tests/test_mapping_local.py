@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
@@ -19,7 +20,7 @@ import pytest
 import rasterio
 import shapely
 from conftest import REPO, SAMPLE
-from mapping_helpers import MODEL, register_sample_model, sample_config
+from mapping_helpers import MODEL, copy_sample_registry, sample_config
 from shapely.geometry import box, mapping
 from typer.testing import CliRunner
 
@@ -33,11 +34,11 @@ GAP_CONFIDENCE = 0.16  # the random test model is barely sure of anything (about
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def run(tmp_path_factory: pytest.TempPathFactory, mapping_sample_registry: Path) -> dict[str, Any]:
     from lulc.cli import app
 
     work = tmp_path_factory.mktemp("map-local")
-    register_sample_model(work)
+    copy_sample_registry(mapping_sample_registry, work)
     aoi = json.loads((SAMPLE / "aoi.geojson").read_text())
     aoi["features"].append(
         {"type": "Feature", "properties": {"name": "berlin", "start": "2023-06-05", "end": "2023-06-15"},

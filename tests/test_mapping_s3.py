@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import rasterio
 from conftest import SAMPLE
-from mapping_helpers import MODEL, register_sample_model, sample_config
+from mapping_helpers import MODEL, copy_sample_registry, sample_config
 from standins.s3 import S3StandIn
 from typer.testing import CliRunner
 
@@ -34,10 +34,12 @@ def _statuses(s3: Any) -> dict[str, str]:
     return {d["id"]: d["status"] for d in docs}
 
 
-def test_map_to_s3_and_resume_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_map_to_s3_and_resume_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapping_sample_registry: Path
+) -> None:
     from lulc_core.mapping.blocks import is_cog
 
-    register_sample_model(tmp_path)
+    copy_sample_registry(mapping_sample_registry, tmp_path)
     aoi = json.loads((SAMPLE / "aoi.geojson").read_text())
     aoi["features"] = aoi["features"][:1]  # one zone keeps the test short
     (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
