@@ -97,7 +97,7 @@ def write_config(
 ) -> Path:
     """A user's run YAML for one cell: the sample patch, local imagery, the cell's label source and registry.
 
-    `tracking`: the MLflow database (default `<tmp>/mlflow.db`); the module's cells share one, as a user's runs do.
+    `tracking`: the MLflow database (default `<tmp>/mlflow.db`); the in-process cells share one, as a user's runs do.
     """
     sh = services["sh"]
     cfg = {
@@ -140,8 +140,9 @@ def write_config(
 
 @pytest.fixture(scope="module")
 def mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One embedded MLflow database for the module's cells (each its own model name), as one user's runs share it:
-    created by the first cell, not once per cell (creating one runs MLflow's schema migrations, seconds each)."""
+    """One embedded MLflow database for the module's in-process cells (each its own model name), as one user's runs
+    share it: created by the first cell, not once per cell (creating one runs MLflow's schema migrations, seconds
+    each)."""
     return tmp_path_factory.mktemp("matrix-mlflow") / "mlflow.db"
 
 
