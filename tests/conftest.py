@@ -200,9 +200,35 @@ def make_registry_bundle(path: Path, miou: float = 0.42, accuracy: float = 0.81,
 
 
 @pytest.fixture(scope="session")
-def registry_tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model bundle directory (random weights; test mIoU 0.42, accuracy 0.81) shared read-only by tests."""
+def registry_tiny_bundle_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle `registry_tiny_bundle` copies, written once; only fixtures that copy it again may read it."""
     return make_registry_bundle(tmp_path_factory.mktemp("registry_bundle") / "bundle")
+
+
+def copy_bundle(source: Path, target: Path) -> Path:
+    """A private copy of the bundle at `source` (a few MB: milliseconds)."""
+    import shutil
+
+    return Path(shutil.copytree(source, target))
+
+
+@pytest.fixture
+def registry_tiny_bundle(registry_tiny_bundle_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model bundle directory (random weights; test mIoU 0.42, accuracy 0.81), a fresh copy for each test:
+    registering a bundle exports model.onnx into it, so a shared directory would let test order change results."""
+    return copy_bundle(registry_tiny_bundle_source, tmp_path_factory.mktemp("registry_bundle_copy") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def mapping_sample_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work dir where mapping_helpers.register_sample_model registered lulc-sample v1 (production), once per
+    session (seconds: MLflow's schema migrations and the ONNX export); tests take a copy of its database with
+    mapping_helpers.copy_sample_registry and never write to this one."""
+    from mapping_helpers import register_sample_model
+
+    work = tmp_path_factory.mktemp("mapping-registry")
+    register_sample_model(work)
+    return work
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,15 @@ def register_sample_model(work_dir: Path, *, confusion: bool = True) -> None:
     registry.promote(ref, "production")
 
 
+def copy_sample_registry(source_work: Path, work_dir: Path) -> None:
+    """Give `work_dir` the registry `register_sample_model(source_work)` made: a copy of its MLflow database (its
+    versions' artifacts stay under `source_work` and are only read), so one registration serves many runs."""
+    import shutil
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source_work / "mlflow.db", work_dir / "mlflow.db")
+
+
 def sample_config(work_dir: Path, **mapping: Any) -> RunConfig:
     """conf/run.yaml with its work_dir in `work_dir`, CPU mapping, small blocks and a fixed throughput."""
     settings = {"block_px": 128, "accelerator_type": None, "throughput_px_s": 50_000.0, "shards": 3, **mapping}

@@ -20,10 +20,10 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
-def onnx_bundle(registry_tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def onnx_bundle(registry_tiny_bundle_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the registry engineer's tiny bundle (b0, 3 bands, v3 labels) with its model.onnx."""
     path = tmp_path_factory.mktemp("runtime") / "bundle"
-    shutil.copytree(registry_tiny_bundle, path)
+    shutil.copytree(registry_tiny_bundle_source, path)
     export_onnx(path)
     return path
 

@@ -3,13 +3,23 @@
 The AOI is the three sample patches (three UTM zones, one time frame each) plus a fourth polygon near Berlin where
 the local store has no imagery: its blocks must be reported `no_imagery`, its zone mosaic marked incomplete, the
 run reported INCOMPLETE — and the other zones finish. The OSM extract lacks the sample's crop polygons, so the
-model finds gaps. One run (~1.5-3 min on the shared 2 cores) serves every test of the module.
+model finds gaps. One run (~30 s on the shared 2 cores) serves every test of the module.
+
+`lulc map run --local -o s3://bucket/prefix` writes blocks, zone mosaics and STAC to an object store (moto's real S3
+server on 127.0.0.1, reached through AWS_ENDPOINT_URL as MinIO or AWS would be) and is resumable there: a block
+object that exists and validates is skipped, a missing or truncated one is predicted again. Its first run is a
+`lulc map run` process started with the module, beside the local run (each is a chain of one-process steps: one
+after the other they took ~30 s each); the resume runs in process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
@@ -19,8 +29,9 @@ import pytest
 import rasterio
 import shapely
 from conftest import REPO, SAMPLE
-from mapping_helpers import MODEL, register_sample_model, sample_config
+from mapping_helpers import MODEL, copy_sample_registry, sample_config
 from shapely.geometry import box, mapping
+from standins.s3 import S3StandIn
 from typer.testing import CliRunner
 
 from lulc_core.errors import LulcError
@@ -32,12 +43,52 @@ BERLIN = box(13.40, 52.50, 13.41, 52.506)
 GAP_CONFIDENCE = 0.16  # the random test model is barely sure of anything (about 0.17)
 
 
+BUCKET = "lulc-maps"
+PREFIX = "runs/sample"
+S3_TEST = "test_map_to_s3_and_resume_there"
+
+
+def _s3_args(work: Path, config: Path, aoi: Path) -> list[str]:
+    args = ["map", "run", "--local", "-c", str(config), "--model", MODEL, "--aoi", str(aoi)]
+    return [*args, "-o", f"s3://{BUCKET}/{PREFIX}", "--pipeline-root", str(work / "kfp")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def s3_first_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mapping_sample_registry: Path
+) -> Iterator[dict[str, Any] | None]:
+    """The S3 stand-in (bucket created) and the first `lulc map run ... -o s3://` as its own process, started when
+    the module starts when the S3 test is selected (else None). One zone keeps it short."""
+    if not any(i.module is request.module and i.originalname == S3_TEST for i in request.session.items):
+        yield None
+        return
+    work = tmp_path_factory.mktemp("map-s3")
+    copy_sample_registry(mapping_sample_registry, work)
+    aoi = json.loads((SAMPLE / "aoi.geojson").read_text())
+    aoi["features"] = aoi["features"][:1]
+    (work / "aoi.geojson").write_text(json.dumps(aoi))
+    config = work / "run.json"
+    config.write_text(sample_config(work, shards=1).model_dump_json())
+    with S3StandIn() as server:
+        server.create_bucket(BUCKET)
+        log = work / "first-run.log"
+        with log.open("wb") as out:
+            command = [sys.executable, "-m", "lulc.cli", *_s3_args(work, config, work / "aoi.geojson")]
+            process = subprocess.Popen(command, stdout=out, stderr=out, env=os.environ | server.env())
+        try:
+            yield {"work": work, "config": config, "server": server, "process": process, "log": log}
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def run(tmp_path_factory: pytest.TempPathFactory, mapping_sample_registry: Path) -> dict[str, Any]:
     from lulc.cli import app
 
     work = tmp_path_factory.mktemp("map-local")
-    register_sample_model(work)
+    copy_sample_registry(mapping_sample_registry, work)
     aoi = json.loads((SAMPLE / "aoi.geojson").read_text())
     aoi["features"].append(
         {"type": "Feature", "properties": {"name": "berlin", "start": "2023-06-05", "end": "2023-06-15"},
@@ -241,3 +292,53 @@ def test_a_rerun_redoes_only_missing_blocks(run: dict[str, Any]) -> None:
     statuses = predict_blocks(plan, zone, predictor, out)
     assert [s.status for s in statuses[:2]] == ["done", "done"]
     assert {s.status for s in statuses[2:]} == {"skipped"}
+
+
+def _statuses(s3: Any) -> dict[str, str]:
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/status/")["Contents"]
+    docs = [json.loads(s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()) for o in listing]
+    return {d["id"]: d["status"] for d in docs}
+
+
+def test_map_to_s3_and_resume_there(s3_first_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from lulc.cli import app
+    from lulc_core.mapping.blocks import is_cog
+
+    work, config, server = s3_first_run["work"], s3_first_run["config"], s3_first_run["server"]
+    s3 = server.client()
+    first = s3_first_run["process"].wait(timeout=900)
+    output = s3_first_run["log"].read_text()
+    assert first == 0, output[-4000:]
+    assert f"s3://{BUCKET}/{PREFIX}" in output
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX)["Contents"]}
+    blocks = sorted(k for k in keys if k.startswith(f"{PREFIX}/blocks/") and not k.endswith(".confidence.tif"))
+    zones = sorted(k for k in keys if k.startswith(f"{PREFIX}/zones/"))  # classes before .confidence
+    assert len(blocks) >= 4 and len(zones) == 2 and f"{PREFIX}/stac/collection.json" in keys
+    assert not [k for k in keys if k.endswith(".part")]  # only complete objects
+    assert set(_statuses(s3).values()) == {"done"}
+    for key in (blocks[0], next(z for z in zones if not z.endswith(".confidence.tif"))):
+        local = work / Path(key).name
+        s3.download_file(BUCKET, key, str(local))
+        assert is_cog(local)
+        with rasterio.open(local) as src:
+            assert src.nodata == 255 and src.colormap(1)
+    collection = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/stac/collection.json")["Body"].read())
+    item_links = [link["href"] for link in collection["links"] if link["rel"] == "item"]
+    item_key = f"{PREFIX}/stac/" + item_links[0].removeprefix("./")
+    item = json.loads(s3.get_object(Bucket=BUCKET, Key=item_key)["Body"].read())
+    href = item["assets"]["classes"]["href"]  # relative to the item: the catalogue moves with its prefix
+    asset_key = str(Path(item_key).parent.joinpath(href)).replace("/stac/", "/", 1)
+    assert not href.startswith(("/", "s3:")) and Path(asset_key).name in {Path(k).name for k in keys}
+
+    # resume: one block object deleted, one truncated (an object, but not a valid COG): only those are redone
+    s3.delete_object(Bucket=BUCKET, Key=blocks[0])
+    body = s3.get_object(Bucket=BUCKET, Key=blocks[1])["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=blocks[1], Body=body[:200])
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    second = CliRunner().invoke(app, _s3_args(work, config, work / "aoi.geojson"))
+    assert second.exit_code == 0, second.output
+    statuses = _statuses(s3)
+    redone = {k for k, v in statuses.items() if v == "done"}
+    assert redone == {Path(blocks[0]).stem, Path(blocks[1]).stem}
+    assert {v for k, v in statuses.items() if k not in redone} == {"skipped"}

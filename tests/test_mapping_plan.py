@@ -9,7 +9,7 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 import shapely
-from mapping_helpers import MODEL, register_sample_model, sample_config
+from mapping_helpers import MODEL, copy_sample_registry, register_sample_model, sample_config
 from shapely.geometry import box
 from typer.testing import CliRunner
 
@@ -17,9 +17,9 @@ from lulc_core.errors import InputError, NotFoundError
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def work(tmp_path_factory: pytest.TempPathFactory, mapping_sample_registry: Path) -> Path:
     work = tmp_path_factory.mktemp("map-plan")
-    register_sample_model(work)
+    copy_sample_registry(mapping_sample_registry, work)
     return work
 
 

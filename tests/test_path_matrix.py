@@ -17,6 +17,8 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -95,7 +97,7 @@ def write_config(
 ) -> Path:
     """A user's run YAML for one cell: the sample patch, local imagery, the cell's label source and registry.
 
-    `tracking`: the MLflow database (default `<tmp>/mlflow.db`); the module's cells share one, as a user's runs do.
+    `tracking`: the MLflow database (default `<tmp>/mlflow.db`); the in-process cells share one, as a user's runs do.
     """
     sh = services["sh"]
     cfg = {
@@ -138,8 +140,9 @@ def write_config(
 
 @pytest.fixture(scope="module")
 def mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One embedded MLflow database for the module's cells (each its own model name), as one user's runs share it:
-    created by the first cell, not once per cell (creating one runs MLflow's schema migrations, seconds each)."""
+    """One embedded MLflow database for the module's in-process cells (each its own model name), as one user's runs
+    share it: created by the first cell, not once per cell (creating one runs MLflow's schema migrations, seconds
+    each)."""
     return tmp_path_factory.mktemp("matrix-mlflow") / "mlflow.db"
 
 
@@ -175,10 +178,50 @@ def test_lulc_run(source: str, registry: str, services: dict[str, Any], tmp_path
     assert source in provenance or (source == "file" and "sample_osm" in provenance)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def pipeline_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[tuple[str, str], tuple[Path, subprocess.Popen[bytes], Path]]]:
+    """The selected kfp.local cells, each `lulc pipeline run --local` in its own process, started when the module
+    starts: they run side by side, and beside the in-process cells before them (each mostly waits on its own step
+    processes; one after the other they took ~40 s each). Each has its own MLflow database (no SQLite writer
+    shares it). Yields config, process and log per cell; test_pipeline_local waits for its cell."""
+    cells = {
+        tuple(item.callspec.params[k] for k in ("source", "registry"))
+        for item in request.session.items
+        if item.module is request.module and item.originalname == "test_pipeline_local"
+    }
+    if not cells or shutil.which("node") is None:  # nothing to start (without node the cells skip)
+        yield {}
+        return
+    services = request.getfixturevalue("services")
+    runs: dict[tuple[str, str], tuple[Path, subprocess.Popen[bytes], Path]] = {}
+    try:
+        for source, registry in sorted(cells):
+            tmp = tmp_path_factory.mktemp(f"matrix-kfp-{source}-{registry}")
+            config = write_config(tmp, source, registry, services, f"matrix-kfp-{source}")
+            log = tmp / "pipeline.log"
+            args = ["pipeline", "run", "--local", "--config", str(config), "--epochs", "1", "--deploy-target", "none"]
+            with log.open("wb") as out:
+                process = subprocess.Popen([sys.executable, "-m", "lulc.cli", *args], stdout=out, stderr=out)
+            runs[(source, registry)] = (config, process, log)
+        yield runs
+    finally:
+        for _, process, _ in runs.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
 @pytest.mark.parametrize(("source", "registry"), PIPELINE_CELLS)
-def test_pipeline_local(source: str, registry: str, services: dict[str, Any], tmp_path: Path, mlflow_db: Path) -> None:
-    config = write_config(tmp_path, source, registry, services, f"matrix-kfp-{source}", mlflow_db)
-    invoke("pipeline", "run", "--local", "--config", str(config), "--epochs", "1", "--deploy-target", "none")
+def test_pipeline_local(
+    source: str,
+    registry: str,
+    services: dict[str, Any],
+    pipeline_runs: dict[tuple[str, str], tuple[Path, subprocess.Popen[bytes], Path]],
+) -> None:
+    config, process, log = pipeline_runs[(source, registry)]
+    assert process.wait(timeout=900) == 0, log.read_text()[-4000:]
     assert (registered(config) / "lulc.json").is_file()
 
 

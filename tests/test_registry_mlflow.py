@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_registry_bundle
+from conftest import copy_bundle, make_registry_bundle
 from typer.testing import CliRunner
 
 from lulc.commands.registry import app as registry_app
@@ -26,11 +26,12 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @pytest.fixture(scope="module")
-def mlflow_work(tmp_path_factory: pytest.TempPathFactory, registry_tiny_bundle: Path) -> dict:
+def mlflow_work(tmp_path_factory: pytest.TempPathFactory, registry_tiny_bundle_source: Path) -> dict:
     """One SQLite registry with two versions (v1 production, v2 registered) shared by the tests of this module."""
     work = tmp_path_factory.mktemp("mlflow_work")
     registry = build_registry(RegistryConfig(), work)
-    v1 = registry.register(registry_tiny_bundle, RegistrationInfo(description="first"))
+    bundle = copy_bundle(registry_tiny_bundle_source, work / "first-bundle")  # registering exports into it
+    v1 = registry.register(bundle, RegistrationInfo(description="first"))
     registry.promote(v1, "production")
     better = make_registry_bundle(work / "better-bundle", miou=0.55, accuracy=0.86)
     v2 = registry.register(better, RegistrationInfo(run_name="better"))
