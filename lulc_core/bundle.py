@@ -199,14 +199,11 @@ def export_onnx(
     import onnx
 
     target = Path(output) if output is not None else Path(bundle_dir) / ONNX_FILE
-    ModelBundle.read_metadata(bundle_dir)  # what is not a bundle is refused before anything else
-    recorded = recorded_fingerprint(target) if reuse and verify else None
-    weights_there = (Path(bundle_dir) / WEIGHTS_DIR).is_dir()
-    if recorded is not None and weights_there and recorded == export_fingerprint(bundle_dir, opset):
+    bundle = ModelBundle.load(bundle_dir)  # what is not a bundle is refused before anything else
+    fingerprint = export_fingerprint(bundle_dir, opset)
+    if reuse and verify and recorded_fingerprint(target) == fingerprint:
         log.info("%s is a verified export of these weights: kept", target)
         return target
-    bundle = ModelBundle.load(bundle_dir)
-    fingerprint = export_fingerprint(bundle_dir, opset)
     original = LogitsOnly(bundle.model).eval()  # eval() reaches the model: both graphs use running statistics
     wrapper = inference_network(bundle.model)
     channels = len(bundle.metadata.bands)

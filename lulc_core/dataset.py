@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import rasterio
@@ -31,9 +31,6 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from lulc_core.errors import InputError
 from lulc_core.labels import UNKNOWN
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 

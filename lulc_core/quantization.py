@@ -4,11 +4,11 @@ checked against fp32 on the test tiles before it may be served.
 `quantize_bundle` (`registry.onnx_quantization: int8`; run after evaluation by `lulc run` and the pipeline's
 evaluate step, before registration):
 
-1. `model.onnx` (exported and verified against torch unless a verified export of these weights is there) goes through onnxruntime's `quant_pre_process`
-   (symbolic shape inference, graph optimisation), then `quantize_static` in QDQ format of the nodes `int8_nodes`
-   chooses (the MatMuls with constant weights): int8 weights per output channel,
-   uint8 activations whose ranges come from a `CalibrationDataReader` over `data.chip_size` chips of the
-   *training* tiles (never the test tiles).
+1. `model.onnx` (exported and verified against torch unless a verified export of these weights is there) goes
+   through onnxruntime's `quant_pre_process` (symbolic shape inference, graph optimisation), then
+   `quantize_static` in QDQ format of the nodes `int8_nodes` chooses (the MatMuls with constant weights): int8
+   weights per output channel, uint8 activations whose ranges come from a `CalibrationDataReader` over
+   `data.chip_size` chips of the *training* tiles (never the test tiles).
 2. fp32 and int8 sessions predict every test tile whole; the share of pixels with the same class (agreement) and
    each one's test mIoU (torchmetrics, as `lulc_core.evaluation`) are compared.
 3. Accepted (agreement >= `int8_min_agreement` and mIoU drop <= `int8_max_miou_drop`): `model.int8.onnx` is written
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from lulc_core.bundle import INT8_FILE, BundleMetadata, ModelBundle
+from lulc_core.bundle import INT8_FILE, BundleMetadata, ModelBundle, export_onnx
 from lulc_core.dataset import chip_offsets
 from lulc_core.errors import InputError
 from lulc_core.raster import atomic_path
@@ -226,8 +226,6 @@ def quantize_bundle(
     if not test_ids:
         raise InputError("split.test", "no test tiles to check the int8 model on", "give the split test tiles")
     bundle_dir = Path(bundle_dir)
-    from lulc_core.bundle import export_onnx
-
     fp32 = export_onnx(bundle_dir, reuse=True)  # a model.onnx of other weights would be quantised otherwise
     meta = ModelBundle.read_metadata(bundle_dir)
     chips = training_chips(meta, Path(imagery_dir), Path(labels_dir), train_ids, calibration_chips)

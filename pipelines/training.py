@@ -152,7 +152,7 @@ def build_pipeline(cfg: RunConfig, image: str | None = None) -> GraphComponent:
             "register",
             cache=False,
         )
-        _secrets(_network(reg, s), "lulc-neptune", "lulc-mlflow")
+        _secrets(_network(reg, s), *TRACKER_SECRETS)
         with dsl.If(reg.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 — a KFP condition, not a bool
             dep = deploy(
                 config=part["deploy"],
