@@ -35,10 +35,13 @@ peak), which shows how much of the distance lies in the network and how much aro
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -259,6 +262,73 @@ def model_alone_seconds(bundle_dir: Path, window: int, repeats: int) -> float:
     return median(times)
 
 
+GEMM_OPS = ("MatMul", "FusedMatMul", "Gemm", "Conv", "FusedConv")
+"""onnxruntime kernels that are matrix products or convolutions (the FLOPs the peak is about)."""
+
+
+@dataclass
+class OperatorProfile:
+    """Where one window's time goes inside the served default's session (onnxruntime's own per-node profile)."""
+
+    gemm_flops: float
+    """FLOPs of the matrix products and convolutions, from the shapes they ran at (a multiply-add counts 2)."""
+    gemm_seconds: float
+    """Their kernel time per window."""
+    kernel_seconds: float
+    """Every node's kernel time per window."""
+    seconds_by_op: dict[str, float]
+    """Kernel time per window by operator type."""
+
+
+def node_flops(op: str, inputs: list[list[int]], output: list[int]) -> float:
+    """FLOPs of a matrix product or convolution node from the shapes onnxruntime's profile records. A product's
+    inner dimension is the first input's elements per output row (a transposed input has the same count); a
+    constant (pre-packed) weight is not listed and is not needed. A convolution's weight is [out, in/groups, k...]."""
+    out = math.prod(output)
+    if op in ("Conv", "FusedConv"):
+        return 2.0 * out * math.prod(inputs[1][1:])
+    return 2.0 * out * (math.prod(inputs[0]) / math.prod(output[:-1]))
+
+
+def operator_profile(bundle_dir: Path, window: int, repeats: int) -> OperatorProfile:
+    """Profile one window on one thread in a session of the bundle's served ONNX file with the predictor's own
+    options (`session_options`), medians over `repeats` runs after a warm-up."""
+    import onnxruntime as ort
+
+    from lulc_core.bundle import ModelBundle
+    from lulc_core.inference.runtime import onnx_file, session_options
+
+    bundle = ModelBundle.load(bundle_dir)
+    with tempfile.TemporaryDirectory(prefix="lulc-bench-prof-") as tmp:
+        options = session_options(1)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "window")
+        session = ort.InferenceSession(str(onnx_file(bundle)), options, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((1, len(bundle.metadata.bands), window, window))
+        feeds = {"pixel_values": x.astype(np.float32)}
+        session.run(None, feeds)  # warm-up (its events are dropped below: only the last `repeats` runs count)
+        for _ in range(repeats):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_node[event["name"]].append(event)
+    gemm_flops = gemm_seconds = kernel_seconds = 0.0
+    by_op: dict[str, float] = defaultdict(float)
+    for runs in per_node.values():
+        args = runs[-1]["args"]
+        seconds = median(e["dur"] for e in runs[-repeats:]) / 1e6
+        kernel_seconds += seconds
+        by_op[args["op_name"]] += seconds
+        if args["op_name"] in GEMM_OPS:
+            shapes = [next(iter(d.values())) for d in args["input_type_shape"]]
+            output = next(iter(args["output_type_shape"][0].values()))
+            gemm_flops += node_flops(args["op_name"], shapes, output)
+            gemm_seconds += seconds
+    return OperatorProfile(gemm_flops, gemm_seconds, kernel_seconds, dict(by_op))
+
+
 def window_flops(model: torch.nn.Module, channels: int, window: int) -> tuple[float, float]:
     """FLOPs of one forward pass of a window (FlopCounterMode: a multiply-add counts 2), and how many of them are
     the folded head's upsampling products (its matrix products; its convolutions are the model's work)."""
@@ -396,6 +466,7 @@ def run(quick: bool = False) -> Section:
         per_window_unfolded, _ = window_flops(LogitsOnly(bundle.model), len(bundle.metadata.bands), win)
         progress("inference: the model alone, one window on one thread")
         alone = model_alone_seconds(bundle_dir, win, 3 if quick else 12)
+        profile = operator_profile(bundle_dir, win, 3 if quick else 12)
         rates_one = matmul_peak_gflops(1)
         peak_one = max(rates_one.values())
         progress("inference: int8 vs fp32 ONNX (the predictor's sessions), interleaved")
@@ -408,7 +479,13 @@ def run(quick: bool = False) -> Section:
     share = achieved / peak
     achieved_unfolded = per_window_unfolded * windows / median(ours_t) / 1e9
     alone_gflops = per_window / alone / 1e9
-    model_part = windows * alone / threads / median(ours_t)  # the request's time the windows would fill at that rate
+    model_part = windows * alone / threads / median(ours_t)
+    gemm_gflops = profile.gemm_flops / profile.gemm_seconds / 1e9
+    gemm_part = profile.gemm_seconds / profile.kernel_seconds
+    others = sorted(((op, t) for op, t in profile.seconds_by_op.items() if op not in GEMM_OPS), key=lambda kv: -kv[1])
+    slowest_others = ", ".join(
+        f"{op} {t / profile.kernel_seconds:.0%}" for op, t in others[:6]
+    )  # the request's time the windows would fill at that rate
     original_name = "original: whole image, onnxruntime (arenas off), 1/4-res post-processing"
     section.rows += [
         Row(
@@ -480,6 +557,24 @@ def run(quick: bool = False) -> Section:
             f"share is lost: at this rate the {windows} windows would fill {model_part:.0%} of the request's time on "
             f"{threads} threads; the rest goes to reading and normalising the imagery, blending the windows, the "
             "classes, the GeoTIFF and HTTP, and to the threads sharing the machine",
+            baseline_name="fp32 matmul peak GFLOP/s, one thread",
+        ),
+        Row(
+            "1 inference",
+            f"share of the one-thread fp32 matmul peak, the served model's matrix products and convolutions while they "
+            f"run, one {win}² window (info)",
+            round(peak_one, 1),
+            round(gemm_gflops, 1),
+            gemm_gflops / peak_one,
+            "info",
+            None,
+            f"GFLOP/s of the matrix-product and convolution kernels in onnxruntime's per-node profile of the served "
+            f"session on one thread ({profile.gemm_flops / 1e9:.2f} GFLOP from the shapes they ran at, the folded head's upsampling "
+            f"products included, in "
+            f"{profile.gemm_seconds * 1e3:.1f} ms). They take {gemm_part:.0%} of the window's operator time "
+            f"({profile.kernel_seconds * 1e3:.1f} ms); the rest is operators with few FLOPs that move the "
+            f"activations (by time: {slowest_others}). The distance to the peak is in those operators, not in the "
+            "GEMMs",
             baseline_name="fp32 matmul peak GFLOP/s, one thread",
         ),
         Row(

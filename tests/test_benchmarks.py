@@ -53,6 +53,9 @@ def test_inference_throughput_quick(quick: dict[str, Section]) -> None:
     (alone,) = _rows(section, "share of the one-thread fp32 matmul peak, the served model alone")
     assert alone.baseline_name.endswith("one thread") and isinstance(alone.ours, float) and alone.ours > 0
     assert alone.ratio is not None and alone.ratio > 0 and "% of the request's time" in alone.note
+    (gemms,) = _rows(section, "share of the one-thread fp32 matmul peak, the served model's matrix products")
+    assert gemms.baseline == alone.baseline and isinstance(gemms.ours, float) and gemms.ours > alone.ours
+    assert "% of the window's operator time" in gemms.note and "Transpose" in gemms.note
     (int8,) = _rows(section, "px/s, int8 vs fp32 ONNX")
     assert int8.baseline_name == "lulc fp32 ONNX" and int8.ratio is not None and int8.ratio > 0
     assert "agreement 0." in int8.metric or "agreement 1." in int8.metric

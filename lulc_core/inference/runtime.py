@@ -80,18 +80,7 @@ def _session(bundle: ModelBundle, threads: int) -> Any:
         per_bundle = _sessions.setdefault(bundle, {})
         session = per_bundle.get(threads)
         if session is None:
-            options = ort.SessionOptions()
-            options.enable_cpu_mem_arena = True
-            options.enable_mem_pattern = False  # see the module docstring: half the memory, same speed
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # idle threads sleep instead of spinning: spinning burns a pod's CPU quota and, on shared cores,
-            # the time of the very threads it waits for
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            # one memory arena for the sessions of every thread count (each keeps what it once needed otherwise)
-            _register_shared_arena()
-            options.add_session_config_entry("session.use_env_allocators", "1")
+            options = session_options(threads)
             path = onnx_file(bundle)
             try:
                 session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -103,6 +92,26 @@ def _session(bundle: ModelBundle, threads: int) -> Any:
             per_bundle[threads] = session
             log.info("inference on onnxruntime: %s (threads per call: %d)", path, threads)
         return session
+
+
+def session_options(threads: int) -> Any:
+    """The onnxruntime session options the predictor runs its sessions with (`threads` per call; see the module
+    docstring). Benchmarks profile a session built with these, so they measure the served configuration."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = False  # see the module docstring: half the memory, same speed
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle threads sleep instead of spinning: spinning burns a pod's CPU quota and, on shared cores,
+    # the time of the very threads it waits for
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # one memory arena for the sessions of every thread count (each keeps what it once needed otherwise)
+    _register_shared_arena()
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
 
 
 @functools.cache
