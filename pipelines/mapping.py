@@ -22,6 +22,7 @@ from components.map_blocks import map_blocks
 from components.map_gaps import map_gaps
 from components.map_plan import map_plan
 from lulc_core.config import RunConfig
+from pipelines.secrets import TRACKER_SECRETS
 from pipelines.training import _cache, _gpu, _heavy, _network, _secrets
 
 PIPELINE_NAME = "lulc-mapping"
@@ -95,7 +96,7 @@ def build_mapping_pipeline(cfg: RunConfig, image: str | None = None) -> GraphCom
         config = conf.outputs["full"]  # the mapping steps read area, imagery, labels, serving and mapping
         # the registry may have moved the stage since the last run: never cached
         plan = step(map_plan(config=config, model=model), "plan", cache=False)
-        _secrets(_network(plan, s), "lulc-mlflow", "lulc-neptune")
+        _secrets(_network(plan, s), *TRACKER_SECRETS)
         with dsl.ParallelFor(plan.outputs["Output"], parallelism=cfg.mapping.parallelism) as shard:
             blk = map_blocks(config=config, plan=plan.outputs["plan"], bundle=plan.outputs["bundle"], shard=shard)
             # resumable by itself (valid blocks are skipped): no KFP cache, retries redo only unfinished blocks
