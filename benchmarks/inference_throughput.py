@@ -27,7 +27,10 @@ so a torch.mm peak would flatter the share about twofold), the model's FLOPs per
 head folded, `lulc_core.decoder_fold`: about half the unfolded model's FLOPs, which the details also give), the
 windows it runs for the area (overlap included), and the achieved share of the peak end to end. Info: the same
 share for the model alone (one window through the served default's session on one thread, against the one-thread
-peak), which shows how much of the distance lies in the network and how much around it.
+peak), which shows how much of the distance lies in the network and how much around it; and, inside the network,
+onnxruntime's per-node profile of that window (`operator_profile`): the matrix products' and convolutions' rate
+while they run and their share of the window's operator time, which shows how much lies in the GEMMs and how much
+in the memory-bound operators between them.
 
     .venv/bin/python -m benchmarks.inference_throughput            # 1024² px, 5 interleaved repeats
     .venv/bin/python -m benchmarks.inference_throughput --quick    # 512² px, 1 repeat
