@@ -42,13 +42,29 @@ run.register(app)
 serve.register(app)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to `sys.stderr` as it is when the record is emitted (as `logging.lastResort` does), not to
+    the stream of the moment `lulc` configured logging: code that runs `lulc` in process and swaps and then closes
+    `sys.stderr` (typer's CliRunner, notebooks) must not leave the root logger writing to a closed file."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 @app.callback()
 def _main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
 ) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[_StderrHandler()], force=True
+    )
     install_redaction()  # client libraries log credentials at DEBUG (e.g. the OAuth token request body)
     for notice in apply_legacy_env():  # the original lulc-utility's variable names (SENTINELHUB_API_ID, ...)
         logging.getLogger("lulc").warning(notice)

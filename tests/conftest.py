@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,21 +9,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
 V3_LABELS = REPO / "conf" / "labels" / "v3.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _root_logger_as_found() -> Iterator[None]:
-    """`lulc` invoked in process (typer's CliRunner) points the root logger at the runner's stderr
-    (`logging.basicConfig(force=True)`), and the runner closes that stream when the invocation returns: any later
-    record in the process went to a closed file ("--- Logging error ---"). Each test leaves the root logger's
-    stream handlers and level as it found them (pytest's own capture handlers are its business)."""
-    root = logging.getLogger()
-    before, level = set(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in before and type(handler) is logging.StreamHandler:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

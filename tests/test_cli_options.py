@@ -29,3 +29,14 @@ def test_compile_options_with_a_compiled_package_are_refused(
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, InputError), result.output
     assert result.exception.field == field and "--package" in str(result.exception)
+
+
+def test_logging_after_an_in_process_invocation_reaches_the_current_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """`lulc` configures the root logger; run in process (the runner swaps sys.stderr, then closes its stream), a
+    later record must reach the stderr of the moment, not the closed stream ("--- Logging error ---")."""
+    import logging
+
+    assert CliRunner().invoke(app, ["registry", "--help"]).exit_code == 0
+    logging.getLogger("lulc.test").warning("after the invocation")
+    err = capsys.readouterr().err
+    assert "after the invocation" in err and "Logging error" not in err

@@ -173,3 +173,40 @@ def test_offline_mode_writes_run_for_sync(
     assert len(synced) == 1
     assert synced[0].attrs["metrics/miou"].value == pytest.approx(0.42)
     assert any(name.endswith("model/model.safetensors") for name in synced[0].files["bundle"])
+
+
+def test_a_version_still_being_registered_is_not_resolved(
+    neptune_env: NeptuneStandIn, registry_tiny_bundle: Path
+) -> None:
+    """Neptune lists a version as soon as it exists; while another process uploads its bundle (its
+    lulc/registration is "in progress", as `register` writes it first), `@latest` is the newest complete version and
+    the pending one by number is a clear 404-style error, not a missing-field error from the client."""
+    import neptune
+
+    from lulc_core.registry.neptune_backend import TAG_REGISTRATION, _tag_path
+
+    registry = build_registry(CFG, Path("work"))
+    done = registry.register(registry_tiny_bundle)
+    model_id = f"{neptune_env.project_key}-LULC"
+    pending = neptune.init_model_version(model=model_id, mode="sync")  # what a concurrent `register` has written
+    try:
+        pending[_tag_path(TAG_REGISTRATION)] = "in progress"
+        pending_id = str(pending["sys/id"].fetch())
+    finally:
+        pending.stop()
+    number = int(pending_id.rsplit("-", 1)[1])
+    assert number == (done.version or 0) + 1
+    assert [v.version for v in registry.list_versions()][:2] == [number, done.version]  # listed, with its tag
+    assert registry.get("LULC@latest").version == done.version
+    assert registry.resolve("LULC@latest").name == str(done.version)
+    with pytest.raises(NotFoundError, match=f"{pending_id} is still being registered"):
+        registry.get(f"LULC@{number}")
+    assert registry.get(f"LULC@{done.version}").tags[TAG_REGISTRATION] == "complete"
+
+
+def test_client_errors_name_the_problem_without_colour_codes() -> None:
+    from neptune.exceptions import MissingFieldException
+
+    from lulc_core.registry.neptune_backend import _first_line
+
+    assert _first_line(MissingFieldException("bundle")) == 'The field "bundle" was not found.'

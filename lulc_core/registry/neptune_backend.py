@@ -12,6 +12,8 @@ the default - and sync register synchronously; offline; read-only). The model ke
 A version holds: `bundle` (file set: the bundle directory), `metrics/*`, `hyperparameters/*`, `provenance/*`,
 `label_set/{name,fingerprint,yaml}`, `run_url`, `sys/stage` (none/staging/production/archived, changed with
 `change_stage`), and `lulc/<tag>` strings mirroring the MLflow version tags (gate decision, lineage, test set).
+`lulc/registration` is "in progress" from a version's creation until its bundle is uploaded ("complete"): Neptune
+shows a version as soon as it exists, so `@latest` and the stages skip one that is still being registered.
 
 Offline mode: the neptune client cannot create models or versions offline, so a registration is stored as an
 offline *run* tagged `lulc-model-candidate` with the same fields and the bundle (copied to
@@ -91,12 +93,37 @@ def _neptune() -> Any:
     return neptune
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of a neptune client error that says something: without its colour codes and its
+    "----ExceptionName----" banner."""
+    name = type(exc).__name__
+    for line in _ANSI.sub("", str(exc)).splitlines():
+        text = line.strip(" -")
+        if text and text != name:
+            return text
+    return name
+
+
 def _tag_path(key: str) -> str:
     return "lulc/" + key.replace("/", "__")
 
 
 def _tag_key(path: str) -> str:
     return path.removeprefix("lulc/").replace("__", "/")
+
+
+TAG_REGISTRATION = "lulc.registration"
+"""Written "in progress" as a version's first field and "complete" after its bundle is uploaded: `@latest` and the
+stages skip a version another process is still registering (or whose registration failed), whose bundle is not
+there yet. Versions without it (written by other tools) count as complete."""
+REGISTRATION_COMPLETE = "complete"
+
+
+def _registration_complete(info: ModelVersionInfo) -> bool:
+    return info.tags.get(TAG_REGISTRATION, REGISTRATION_COMPLETE) == REGISTRATION_COMPLETE
 
 
 class NeptuneRegistry(ModelRegistry):
@@ -189,7 +216,7 @@ class NeptuneRegistry(ModelRegistry):
                 status_code=503,
             ) from exc
         except NeptuneException as exc:
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip(" -")), type(exc).__name__)
+            first = _first_line(exc)
             raise UpstreamError("neptune", f"{what}: {first}") from exc
 
     def _kwargs(self, mode: str) -> dict[str, Any]:
@@ -316,13 +343,23 @@ class NeptuneRegistry(ModelRegistry):
         versions = self.list_versions(key)
         if r.version is not None:
             for v in versions:
+                if v.version == r.version and not _registration_complete(v):
+                    raise NotFoundError(
+                        f"{v.version_id} is still being registered, or its registration failed (its "
+                        f"{TAG_REGISTRATION} is {v.tags[TAG_REGISTRATION]!r}): use another version"
+                    )
                 if v.version == r.version:
                     return v
             have = ", ".join(str(v.version) for v in versions[::-1]) or "none"
             raise NotFoundError(f"model {key!r} has no version {r.version} (versions: {have})")
+        pending = [v.version for v in versions if not _registration_complete(v)]
+        versions = [v for v in versions if _registration_complete(v)]
         if r.is_latest:
             if not versions:
-                raise NotFoundError(f"model {key!r} has no versions yet")
+                raise NotFoundError(
+                    f"model {key!r} has no versions yet"
+                    + (f" (versions {pending} are still being registered)" if pending else "")
+                )
             return versions[0]
         for v in versions:
             if v.stage == r.alias:
@@ -372,6 +409,7 @@ class NeptuneRegistry(ModelRegistry):
             model.stop()
             version = neptune.init_model_version(model=model_id, name=reg.run_name, **self._kwargs("sync"))
             try:
+                version[_tag_path(TAG_REGISTRATION)] = "in progress"
                 self._write_fields(version, reg)
                 version["bundle"].upload_files(str(reg.bundle_dir), wait=True)
                 version_id = str(version["sys/id"].fetch())
@@ -379,6 +417,7 @@ class NeptuneRegistry(ModelRegistry):
                     version["run_url"] = version.get_url()
                 if reg.provenance.tracking_run:
                     version["training_run"] = reg.provenance.tracking_run
+                version[_tag_path(TAG_REGISTRATION)] = REGISTRATION_COMPLETE
                 version.wait()
             finally:
                 version.stop()

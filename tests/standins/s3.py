@@ -10,6 +10,7 @@ Both MLflow's artifact store (boto3) and KServe's storage initializer (`kserve_s
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
@@ -31,6 +32,9 @@ class S3StandIn:
     def __init__(self) -> None:
         self.port = _free_port()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        # werkzeug (moto's HTTP server) logs every request at INFO from the server's threads, into whatever stream
+        # its first record found: only warnings and errors here
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     @property
     def url(self) -> str:
