@@ -24,6 +24,7 @@ from lulc_core.config import RunConfig
 from lulc_core.errors import InputError, LulcError, NotFoundError
 from lulc_core.extras import missing_extra
 from lulc_core.legacy_env import apply_legacy_env
+from lulc_core.logs import StderrHandler
 from lulc_core.redaction import install_redaction, redact
 
 app = typer.Typer(
@@ -42,20 +43,6 @@ run.register(app)
 serve.register(app)
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes each record to `sys.stderr` as it is when the record is emitted (as `logging.lastResort` does), not to
-    the stream of the moment `lulc` configured logging: code that runs `lulc` in process and swaps and then closes
-    `sys.stderr` (typer's CliRunner, notebooks) must not leave the root logger writing to a closed file."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
 @app.callback()
 def _main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
@@ -63,7 +50,7 @@ def _main(
 ) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[_StderrHandler()], force=True
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[StderrHandler()], force=True
     )
     install_redaction()  # client libraries log credentials at DEBUG (e.g. the OAuth token request body)
     for notice in apply_legacy_env():  # the original lulc-utility's variable names (SENTINELHUB_API_ID, ...)

@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 
+from lulc_core.logs import StderrHandler
 from lulc_core.redaction import RedactingFilter
 
 REQUESTS = Counter(
@@ -74,7 +75,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: int = logging.INFO) -> None:
     """JSON logs with request ids for lulc's loggers (kserve and uvicorn keep their own configuration)."""
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RequestIdFilter())
     handler.addFilter(RedactingFilter())

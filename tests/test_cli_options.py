@@ -40,3 +40,27 @@ def test_logging_after_an_in_process_invocation_reaches_the_current_stderr(capsy
     logging.getLogger("lulc.test").warning("after the invocation")
     err = capsys.readouterr().err
     assert "after the invocation" in err and "Logging error" not in err
+
+
+def test_the_predictors_json_logs_reach_the_current_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """The predictor's JSON log handler, configured while another stream was stderr (closed since), writes to the
+    stderr of the moment."""
+    import contextlib
+    import io
+    import logging
+
+    from serving.observability import configure_logging
+
+    loggers = [logging.getLogger(name) for name in ("serving", "lulc_core", "lulc")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) as then:
+            configure_logging()
+        then.close()
+        logging.getLogger("lulc.test").warning("after the stream closed")
+        err = capsys.readouterr().err
+        assert '"message": "after the stream closed"' in err and "Logging error" not in err
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            lg.handlers[:], lg.propagate = handlers, propagate
+            lg.setLevel(level)
