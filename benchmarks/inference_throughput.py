@@ -482,13 +482,11 @@ def run(quick: bool = False) -> Section:
     share = achieved / peak
     achieved_unfolded = per_window_unfolded * windows / median(ours_t) / 1e9
     alone_gflops = per_window / alone / 1e9
-    model_part = windows * alone / threads / median(ours_t)
+    model_part = windows * alone / threads / median(ours_t)  # the request's time the windows would fill at that rate
     gemm_gflops = profile.gemm_flops / profile.gemm_seconds / 1e9
     gemm_part = profile.gemm_seconds / profile.kernel_seconds
     others = sorted(((op, t) for op, t in profile.seconds_by_op.items() if op not in GEMM_OPS), key=lambda kv: -kv[1])
-    slowest_others = ", ".join(
-        f"{op} {t / profile.kernel_seconds:.0%}" for op, t in others[:6]
-    )  # the request's time the windows would fill at that rate
+    slowest_others = ", ".join(f"{op} {t / profile.kernel_seconds:.0%}" for op, t in others[:6])
     original_name = "original: whole image, onnxruntime (arenas off), 1/4-res post-processing"
     section.rows += [
         Row(

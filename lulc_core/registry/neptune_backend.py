@@ -12,8 +12,8 @@ the default - and sync register synchronously; offline; read-only). The model ke
 A version holds: `bundle` (file set: the bundle directory), `metrics/*`, `hyperparameters/*`, `provenance/*`,
 `label_set/{name,fingerprint,yaml}`, `run_url`, `sys/stage` (none/staging/production/archived, changed with
 `change_stage`), and `lulc/<tag>` strings mirroring the MLflow version tags (gate decision, lineage, test set).
-`lulc/registration` is "in progress" from a version's creation until its bundle is uploaded ("complete"): Neptune
-shows a version as soon as it exists, so `@latest` and the stages skip one that is still being registered.
+`lulc/lulc.registration` is "in progress" from a version's creation until its bundle is uploaded ("complete"):
+Neptune shows a version as soon as it exists, so `@latest` and the stages skip one that is still being registered.
 
 Offline mode: the neptune client cannot create models or versions offline, so a registration is stored as an
 offline *run* tagged `lulc-model-candidate` with the same fields and the bundle (copied to
@@ -119,7 +119,7 @@ TAG_REGISTRATION = "lulc.registration"
 """Written "in progress" as a version's first field and "complete" after its bundle is uploaded: `@latest` and the
 stages skip a version another process is still registering (or whose registration failed), whose bundle is not
 there yet. Versions without it (written by other tools) count as complete."""
-REGISTRATION_COMPLETE = "complete"
+REGISTRATION_IN_PROGRESS, REGISTRATION_COMPLETE = "in progress", "complete"
 
 
 def _registration_complete(info: ModelVersionInfo) -> bool:
@@ -343,13 +343,14 @@ class NeptuneRegistry(ModelRegistry):
         versions = self.list_versions(key)
         if r.version is not None:
             for v in versions:
-                if v.version == r.version and not _registration_complete(v):
+                if v.version != r.version:
+                    continue
+                if not _registration_complete(v):
                     raise NotFoundError(
                         f"{v.version_id} is still being registered, or its registration failed (its "
                         f"{TAG_REGISTRATION} is {v.tags[TAG_REGISTRATION]!r}): use another version"
                     )
-                if v.version == r.version:
-                    return v
+                return v
             have = ", ".join(str(v.version) for v in versions[::-1]) or "none"
             raise NotFoundError(f"model {key!r} has no version {r.version} (versions: {have})")
         pending = [v.version for v in versions if not _registration_complete(v)]
@@ -409,7 +410,7 @@ class NeptuneRegistry(ModelRegistry):
             model.stop()
             version = neptune.init_model_version(model=model_id, name=reg.run_name, **self._kwargs("sync"))
             try:
-                version[_tag_path(TAG_REGISTRATION)] = "in progress"
+                version[_tag_path(TAG_REGISTRATION)] = REGISTRATION_IN_PROGRESS
                 self._write_fields(version, reg)
                 version["bundle"].upload_files(str(reg.bundle_dir), wait=True)
                 version_id = str(version["sys/id"].fetch())
